@@ -1,0 +1,137 @@
+"""Resolve everything an audit needs before any checkpoint is read: the plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flq_audit.capture import LayerInfo, layer_infos, select_layers
+from flq_audit.errors import FlqAuditError, ModelBuildError, ProbeError
+from flq_audit.models import BuiltModel, build_model
+from flq_audit.probes import Probe, load_probe
+from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
+from flq_audit.store import StoreLayout
+
+DEFAULT_MODEL_FILE = "model_spec.json"
+DEFAULT_PROBE_FILE = "probe.npz"
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """How activations are captured; serialised into the store's attrs."""
+
+    model: str
+    layers: tuple[str, ...]
+    activation_dtype: str = "float32"
+    gram_dtype: str = "float32"
+    max_samples: int | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "layers": list(self.layers),
+            "activation_dtype": self.activation_dtype, "gram_dtype": self.gram_dtype,
+            "max_samples": self.max_samples,
+        }
+
+
+@dataclass
+class AuditPlan:
+    """What an audit will do: returned as is by ``audit(..., dry_run=True)``."""
+
+    source: CheckpointSource
+    refs: list[CheckpointRef]
+    all_steps: list[int]
+    store: Path
+    built: BuiltModel
+    probe: Probe
+    layers: list[LayerInfo]
+    config: CaptureConfig
+    layout: StoreLayout
+    already_done: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (what ``--dry-run --json`` prints)."""
+        return {
+            "source": self.source.describe(),
+            "store": str(self.store),
+            "store_exists": self.store.exists(),
+            "steps": [r.step for r in self.refs],
+            "already_done": self.already_done,
+            "checkpoints": [
+                {"step": r.step, "label": r.label, "format": r.fmt, "bytes": r.size_bytes,
+                 "files": [Path(f).name for f in r.files], "commit": r.commit}
+                for r in self.refs
+            ],
+            "checkpoint_bytes": sum(r.size_bytes for r in self.refs),
+            "probe": {"name": self.probe.name, "n_samples": self.probe.n_samples,
+                      "kind": self.probe.kind, "num_classes": self.probe.num_classes,
+                      "fingerprint": self.probe.fingerprint},
+            "layers": [
+                {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
+                for li in self.layers
+            ],
+            "store_bytes_estimate": self.layout.estimated_bytes(),
+            "sample_chunk": self.layout.sample_chunk,
+            "capture_config": self.config.to_json_dict(),
+        }
+
+
+def make_plan(
+    source: str,
+    *,
+    steps: str,
+    model: str | None,
+    probe: str | None,
+    layers: list[str] | None,
+    out: str | Path | None,
+    activation_dtype: str,
+    gram_dtype: str,
+    max_samples: int | None,
+) -> AuditPlan:
+    """Resolve source, steps, model, probe and layers; validate the probe against the model."""
+    src = open_source(source)
+    all_refs = src.list_refs()
+    wanted = set(select_steps([r.step for r in all_refs], steps))
+    refs = [r for r in all_refs if r.step in wanted]
+    root = Path(source).expanduser()
+    model_spec = model or _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelBuildError)
+    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeError)
+    built = build_model(model_spec)
+    loaded = load_probe(probe_spec)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ProbeError(f"--max-samples must be >= 1, got {max_samples}")
+        loaded = loaded.head(max_samples)
+    chosen = select_layers(built.module, layers)
+    infos = layer_infos(built.module, chosen, loaded.inputs)
+    config = CaptureConfig(
+        model=str(model_spec), layers=tuple(li.name for li in infos),
+        activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
+    )
+    store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
+    layout = StoreLayout(
+        source=src.describe(),
+        steps=tuple(r.step for r in refs),
+        labels=tuple(r.label for r in refs),
+        commits=tuple(r.commit or "" for r in refs),
+        layers=tuple(infos),
+        probe=loaded,
+        capture_config=config.to_json_dict(),
+        activation_dtype=activation_dtype,
+        gram_dtype=gram_dtype,
+    )
+    return AuditPlan(
+        source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store, built=built,
+        probe=loaded, layers=infos, config=config, layout=layout,
+    )
+
+
+def _default_file(root: Path, name: str, flag: str, error: type[FlqAuditError]) -> str:
+    candidate = root / name
+    if root.is_dir() and candidate.is_file():
+        return str(candidate)
+    raise error(
+        f"no {flag} given and {str(candidate)!r} does not exist",
+        hint=f"Pass {flag} explicitly (see `flq-audit --help`).",
+    )

@@ -1,0 +1,129 @@
+"""Run an audit plan: for each step, load, replay, write, mark done."""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from flq_audit._plan import AuditPlan
+from flq_audit.capture import gram, replay
+from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
+from flq_audit.models import load_weights
+from flq_audit.sources import CheckpointRef
+from flq_audit.store import StepWriter, consolidate, create_or_resume, store_lock
+from flq_audit.weights import file_sha256, load_state_dict
+
+#: Errors that fail one step (recorded in ``error(step)``) without stopping the audit.
+STEP_ERRORS = (WeightsError, ModelBuildError, CaptureError)
+
+
+class Progress(Protocol):
+    """Callbacks the runner reports to; the CLI renders them as progress bars."""
+
+    def start(self, total_steps: int, batches_per_step: int) -> None: ...
+    def step_started(self, ref: CheckpointRef) -> None: ...
+    def batch_done(self) -> None: ...
+    def step_finished(self, ref: CheckpointRef, error: str | None) -> None: ...
+
+
+class _Silent:
+    def start(self, total_steps: int, batches_per_step: int) -> None: ...
+    def step_started(self, ref: CheckpointRef) -> None: ...
+    def batch_done(self) -> None: ...
+    def step_finished(self, ref: CheckpointRef, error: str | None) -> None: ...
+
+
+@dataclass
+class AuditResult:
+    """What an audit did."""
+
+    store: Path
+    written: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"store": str(self.store), "written": self.written, "skipped": self.skipped,
+                "failed": {str(k): v for k, v in self.failed.items()}}
+
+
+def run_audit(
+    plan: AuditPlan,
+    *,
+    overwrite: bool,
+    batch_size: int,
+    device: str,
+    trust_pickle: bool,
+    version: str,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Write every selected step that is not yet done; a rerun resumes where this one stopped."""
+    progress = progress or _Silent()
+    result = AuditResult(store=plan.store)
+    with store_lock(plan.store):
+        writer = create_or_resume(plan.store, plan.layout, overwrite=overwrite, version=version)
+        done = set(writer.done_steps())
+        todo = [r for r in plan.refs if r.step not in done]
+        result.skipped = [r.step for r in plan.refs if r.step in done]
+        n_batches = -(-plan.probe.n_samples // batch_size)
+        progress.start(len(todo), n_batches)
+        for ref in todo:
+            progress.step_started(ref)
+            index = plan.layout.steps.index(ref.step)
+            try:
+                _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle, progress)
+            except STEP_ERRORS as err:
+                writer.fail_step(index, str(err))
+                result.failed[ref.step] = str(err)
+                progress.step_finished(ref, str(err))
+                continue
+            finally:
+                gc.collect()
+            result.written.append(ref.step)
+            progress.step_finished(ref, None)
+        writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
+        consolidate(plan.store)
+    return result
+
+
+def _audit_step(
+    plan: AuditPlan,
+    writer: StepWriter,
+    ref: CheckpointRef,
+    index: int,
+    batch_size: int,
+    device: str,
+    trust_pickle: bool,
+    progress: Progress,
+) -> None:
+    paths = plan.source.fetch(ref)
+    shas = [file_sha256(p) for p in paths]
+    state = load_state_dict(paths, trust_pickle=trust_pickle, step=ref.step)
+    state = load_weights(plan.built, state, step=ref.step)
+    modules = dict(plan.built.module.named_modules())
+    layers = {li.name: modules[li.name] for li in plan.layers}
+    writer.begin_step()
+    dtype = np.dtype(plan.config.activation_dtype)
+    try:
+        for start, _stop, captured in replay(
+            plan.built.module, layers, plan.probe.inputs, batch_size=batch_size,
+            device=device, dtype=dtype,
+        ):
+            for layer_index, info in enumerate(plan.layers):
+                writer.write_batch(index, layer_index, start, captured[info.name])
+            progress.batch_done()
+    except FlqAuditError:
+        raise
+    except Exception as err:
+        raise CaptureError(
+            f"step {ref.step} ({ref.label}): replaying the probe failed ({err})", step=ref.step
+        ) from err
+    for layer_index, info in enumerate(plan.layers):
+        weight = state.get(f"{info.name}.weight")
+        writer.write_gram(index, layer_index, gram(layers[info.name], weight))
+    writer.finish_step(index, [str(p) for p in paths], shas)

@@ -1,0 +1,174 @@
+"""The Python API: what the CLI and notebooks call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import xarray as xr
+
+from flq_audit import __version__
+from flq_audit._plan import AuditPlan, make_plan
+from flq_audit._runner import AuditResult, Progress, run_audit
+from flq_audit.capture import resolve_device
+from flq_audit.errors import MetricError
+from flq_audit.export import metric_variables, to_netcdf
+from flq_audit.metrics import METRICS, target_linearity_dataset
+from flq_audit.sources import CheckpointRef, open_source
+from flq_audit.store import consolidate, open_dataset, store_lock
+
+DtypeOptions = Literal["float32", "float16"]
+GramDtypeOptions = Literal["float32", "float64"]
+
+
+def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
+    """Checkpoints of ``source`` selected by ``steps``."""
+    from flq_audit.sources import select_steps
+
+    refs = open_source(source).list_refs()
+    wanted = set(select_steps([r.step for r in refs], steps))
+    return [r for r in refs if r.step in wanted]
+
+
+def audit(
+    source: str,
+    *,
+    steps: str = "all",
+    model: str | None = None,
+    probe: str | None = None,
+    layers: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 512,
+    device: str = "auto",
+    activation_dtype: DtypeOptions = "float32",
+    gram_dtype: GramDtypeOptions = "float32",
+    max_samples: int | None = None,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> AuditPlan | AuditResult:
+    """Audit a checkpoint sequence into a Zarr store.
+
+    Resolves the source, the step selection, the model, the probe and the layers (the probe
+    is checked against the model before any checkpoint is read), then writes each step that
+    is not yet done. With ``dry_run=True`` nothing is written and the :class:`AuditPlan` is
+    returned.
+
+    Raises
+    ------
+    CheckpointNotFoundError
+        The source does not exist or holds no checkpoints.
+    StepSelectionError
+        ``steps`` is malformed, or two checkpoints claim one step.
+    ProbeError, ModelBuildError, LayerNotFoundError
+        The probe, model or layer selection is invalid.
+    StoreMismatchError, StoreLockedError
+        The output store belongs to another audit, or is being written.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if activation_dtype not in ("float32", "float16"):
+        raise ValueError(f"activation_dtype must be float32 or float16, got {activation_dtype!r}")
+    if gram_dtype not in ("float32", "float64"):
+        raise ValueError(f"gram_dtype must be float32 or float64, got {gram_dtype!r}")
+    plan = make_plan(
+        source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
+        activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
+    )
+    if plan.store.exists() and not overwrite:
+        try:
+            done = open_dataset(plan.store)["done"]
+            plan.already_done = [int(s) for s in done["step"].values[done.values.astype(bool)]]
+        except Exception:  # an unreadable store is reported by the real run
+            plan.already_done = []
+    if dry_run:
+        return plan
+    return run_audit(
+        plan, overwrite=overwrite, batch_size=batch_size, device=resolve_device(device),
+        trust_pickle=trust_pickle, version=__version__, progress=progress,
+    )
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features."""
+    return open_dataset(path)
+
+
+def compute_metrics(
+    store: str | Path,
+    *,
+    metrics: Sequence[str] = ("tl",),
+    pca: int | None = None,
+    pca_threshold: int = 1000,
+    ridge: float = 0.0,
+    scheduler: str | None = None,
+) -> xr.Dataset:
+    """Compute metrics lazily from the store, persist them beside the data, return them.
+
+    Results are stored as ``target_linearity`` for the default parameters, or with a suffix
+    such as ``target_linearity__pca256`` so that runs with other parameters sit side by side.
+    Recomputing with the same parameters over the same done steps is a no-op.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise MetricError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
+    if pca is not None and pca < 1:
+        raise MetricError(f"pca must be >= 1, got {pca}")
+    ds = open_dataset(store)
+    suffix = _suffix(pca=pca, ridge=ridge, pca_threshold=pca_threshold)
+    name = f"target_linearity{suffix}"
+    done_key = json.dumps([int(s) for s in ds["step"].values[ds["done"].values.astype(bool)]])
+    if name in ds and ds[name].attrs.get("done_steps") == done_key:
+        return ds[[v for v in metric_variables(ds) if v.startswith(name)]].compute()
+    tl = target_linearity_dataset(ds, ridge=ridge, pca=pca, pca_threshold=pca_threshold)
+    result = _compute(tl, scheduler)
+    renamed = result.rename({
+        "target_linearity": name, "n_samples": f"{name}_n_samples",
+        "n_features": f"{name}_n_features", "rank": f"{name}_rank",
+        "chance_floor": f"{name}_chance_floor",
+    })
+    renamed[name].attrs["done_steps"] = done_key
+    renamed.attrs = dict(ds.attrs)  # appending rewrites the group attrs: keep provenance
+    with store_lock(store):
+        renamed.drop_vars([c for c in renamed.coords if c not in ("step", "layer")]).drop_vars(
+            ["step", "layer"]
+        ).to_zarr(str(store), mode="a", consolidated=False, zarr_format=3)
+        consolidate(store)
+    return renamed
+
+
+def export(
+    store: str | Path, out: str | Path, *, with_activations: bool = False,
+    with_grams: bool = False,
+) -> Path:
+    """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4."""
+    return to_netcdf(
+        open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
+    )
+
+
+def _compute(ds: xr.Dataset, scheduler: str | None) -> xr.Dataset:
+    if scheduler in (None, "threads", "sync", "synchronous", "processes"):
+        return ds.compute(scheduler=scheduler or "threads")
+    from dask.distributed import Client
+
+    with Client(scheduler) as client:
+        return client.compute(ds).result()
+
+
+def _suffix(*, pca: int | None, ridge: float, pca_threshold: int) -> str:
+    parts = []
+    if pca is not None:
+        parts.append(f"pca{pca}" + ("" if pca_threshold == 1000 else f"t{pca_threshold}"))
+    if ridge:
+        parts.append(f"ridge{ridge:g}")
+    return "__" + "_".join(parts) if parts else ""
+
+
+__all__ = [
+    "AuditPlan", "AuditResult", "audit", "compute_metrics", "export", "list_checkpoints",
+    "open_store",
+]

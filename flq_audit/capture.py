@@ -1,0 +1,166 @@
+"""Replay a probe through a model and capture what each weight layer reads.
+
+A layer's *activation* is the input of a weight-bearing module (Linear, Conv1d/2d, or
+transformers' Conv1D), flattened per sample; its *gram* is WᵀW of that module's weight in the
+same input space (conv kernels reshaped to ``C_out × C_in·k·k``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from flq_audit.errors import CaptureError, LayerNotFoundError, ProbeError
+
+_WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A captured layer: its module name, kind, activation width and Gram width."""
+
+    name: str
+    kind: str
+    width: int
+    gram_width: int
+
+
+class _StopForward(Exception):
+    """Raised by the last hook: nothing after the deepest captured layer needs computing."""
+
+
+def discover_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """Every weight-bearing module by dotted name, in registration order."""
+    found = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, _WEIGHT_MODULES) or type(sub).__name__ == "Conv1D":
+            found[name] = sub
+    return found
+
+
+def select_layers(module: nn.Module, patterns: Sequence[str] | None) -> dict[str, nn.Module]:
+    """Layers whose names match any glob pattern (all weight layers when ``patterns`` is empty)."""
+    available = discover_layers(module)
+    if not patterns:
+        if not available:
+            raise LayerNotFoundError("the model has no Linear or Conv layers to capture")
+        return available
+    named = dict(module.named_modules())
+    chosen: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+        if not hits and pattern in named and hasattr(named[pattern], "weight"):
+            hits = [pattern]
+        if not hits:
+            raise LayerNotFoundError(
+                f"layer pattern {pattern!r} matches no weight layer; available: "
+                f"{list(available)[:30]}",
+                layer=pattern, hint="Pass --layers with one of these names or a glob like 'layers.*'.",
+            )
+        for name in hits:
+            chosen[name] = named[name]
+    return {n: chosen[n] for n in available if n in chosen} | {
+        n: m for n, m in chosen.items() if n not in available
+    }
+
+
+def weight_matrix(module: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight as a ``d_out × d_in`` matrix whose Gram lives in the layer's input space."""
+    w = module.weight if weight is None else weight
+    if type(module).__name__ == "Conv1D":  # transformers stores (d_in, d_out)
+        return w.t()
+    return w.reshape(w.shape[0], -1)
+
+
+def gram(module: nn.Module, weight: torch.Tensor | None = None) -> np.ndarray:
+    """WᵀW in float64."""
+    w = weight_matrix(module, weight).detach().to("cpu", torch.float64)
+    return (w.t() @ w).numpy()
+
+
+def layer_infos(
+    model: nn.Module, layers: dict[str, nn.Module], sample_inputs: np.ndarray
+) -> list[LayerInfo]:
+    """Measure each layer's input width with one small forward pass.
+
+    This runs before any checkpoint is read, so a probe that does not fit the model fails
+    fast with :class:`ProbeError`.
+    """
+    widths: dict[str, int] = {}
+    batch = next(iter(replay(model, layers, sample_inputs[:2], batch_size=2, device="cpu")))
+    for name, array in batch[2].items():
+        widths[name] = array.shape[1]
+    infos = []
+    for name, module in layers.items():
+        if name not in widths:
+            raise CaptureError(
+                f"layer {name!r} was never called in the forward pass", layer=name
+            )
+        kind = type(module).__name__
+        gram_width = weight_matrix(module).shape[1]
+        infos.append(LayerInfo(name, kind, widths[name], gram_width))
+    return infos
+
+
+def replay(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: np.ndarray,
+    *,
+    batch_size: int,
+    device: str,
+    dtype: np.dtype | type = np.float32,
+) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    """Yield ``(start, stop, {layer: (B, width) array})`` batch by batch (eval, no grad)."""
+    model.eval()
+    model.to(device)
+    captured: dict[str, np.ndarray] = {}
+    wanted = set(layers)
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            if name in captured or not args:
+                return
+            tensor = args[0].detach()
+            flat = tensor.reshape(tensor.shape[0], -1).to("cpu", torch.float32, copy=True).numpy()
+            captured[name] = flat if dtype == np.float32 else flat.astype(dtype)
+            if len(captured) == len(wanted):
+                raise _StopForward
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
+    try:
+        for start in range(0, inputs.shape[0], batch_size):
+            stop = min(start + batch_size, inputs.shape[0])
+            captured = {}
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(device)
+            try:
+                with torch.no_grad():
+                    model(x)
+            except _StopForward:
+                pass
+            except RuntimeError as err:
+                raise ProbeError(
+                    f"probe inputs of shape {tuple(inputs.shape[1:])} per sample do not fit "
+                    f"the model: {str(err).splitlines()[0]}",
+                    hint="Check that --probe and --model belong together.",
+                ) from err
+            yield start, stop, captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CaptureError(f"--device {device!r} asked for CUDA, but no CUDA device is available")
+    return device

@@ -1,0 +1,65 @@
+"""The ``flq-audit`` command line: a thin Typer shell over :mod:`flq_audit.api`.
+
+``flq-audit SOURCE [OPTIONS]`` runs the audit (the ``audit`` subcommand); ``metrics``,
+``show``, ``export`` and ``demo`` work on a store.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flq_audit.cli import _output
+from flq_audit.cli._audit import audit_command
+from flq_audit.cli._errors import mapped
+from flq_audit.cli._options import QuietOpt
+from flq_audit.cli._store import export_command, metrics_command, show_command
+
+app = typer.Typer(
+    name="flq-audit",
+    help="How did each layer's features evolve over training? Audit a checkpoint sequence "
+    "into a Zarr store, compute linearization metrics, export them.\n\n"
+    "Exit codes: 0 ok, 2 usage, 3 input missing, 4 data error, 5 some steps failed "
+    "(recorded in the store), 130 interrupted (rerun to resume).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("audit")(audit_command)
+app.command("metrics")(metrics_command)
+app.command("show")(show_command)
+app.command("export")(export_command)
+
+
+@app.command("demo")
+@mapped
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where checkpoints, store and outputs go.")] = Path(
+        "flq-demo"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap."""
+    from flq_audit.demo import run_demo
+
+    with _output.RichProgress(quiet=quiet) as progress:
+        result = run_demo(workdir, progress=progress)
+    tl = result.metrics["target_linearity"]
+    _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
+    _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
+
+
+COMMANDS = {"audit", "metrics", "show", "export", "demo"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: ``flq-audit SOURCE ...`` means ``flq-audit audit SOURCE ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+        args.insert(0, "audit")
+    app(args=args, prog_name="flq-audit")
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,117 @@
+"""``flq-audit SOURCE``: audit a checkpoint sequence into a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flq_audit import api
+from flq_audit._plan import AuditPlan
+from flq_audit._runner import AuditResult
+from flq_audit.cli import _output
+from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
+from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
+
+AUDIT_EXAMPLES = """
+Examples:
+
+  flq-audit runs/mlp --steps all
+
+  flq-audit runs/mlp --steps log:8 --model runs/mlp/model_spec.json --probe digits
+
+  flq-audit runs/cnn --model nets.py:make_cnn --layers 'features.*' --out cnn.zarr --dry-run
+"""
+
+
+def _layers(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+@mapped
+def audit_command(
+    source: Annotated[str, typer.Argument(help="Folder of checkpoints.")],
+    steps: StepsOpt = "all",
+    model: Annotated[str | None, typer.Option(
+        help="JSON spec file, 'file.py:function' or 'package.module:function'. "
+        "Default: SOURCE/model_spec.json.")] = None,
+    probe: Annotated[str | None, typer.Option(
+        help="Builtin probe (digits, swissroll) or a .npz/.safetensors/.pt file. "
+        "Default: SOURCE/probe.npz.")] = None,
+    layers: Annotated[list[str] | None, typer.Option(
+        "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
+        "Default: every Linear/Conv layer.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output Zarr store. Default: ./<source name>.zarr")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
+    gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    max_samples: Annotated[int | None, typer.Option(
+        min=1, help="Use only the first N probe samples.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the resolved plan and write nothing.")] = False,
+    as_json: JsonOpt = False,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Allow full unpickling of checkpoints that need it "
+        "(runs code from the file: only for files you trust).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing store instead of resuming it.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
+    with _output.RichProgress(quiet=quiet or as_json) as progress:
+        result = api.audit(
+            source, steps=steps, model=model, probe=probe, layers=_layers(layers), out=out,
+            batch_size=batch_size, device=device, activation_dtype=activation_dtype,
+            gram_dtype=gram_dtype, max_samples=max_samples, trust_pickle=trust_pickle,
+            overwrite=overwrite, dry_run=dry_run, progress=progress,
+        )
+    if isinstance(result, AuditPlan):
+        _render_plan(result, as_json)
+        return
+    assert isinstance(result, AuditResult)
+    if as_json:
+        _output.print_json(result.to_dict())
+    elif not quiet:
+        _output.stdout.print(
+            f"store {result.store}: {len(result.written)} step(s) written, "
+            f"{len(result.skipped)} already done, {len(result.failed)} failed"
+        )
+    if result.failed:
+        for step, message in result.failed.items():
+            _output.error(f"step {step}: {message}")
+        raise typer.Exit(EXIT_STEPS_FAILED)
+
+
+audit_command.__doc__ = (audit_command.__doc__ or "") + AUDIT_EXAMPLES
+
+
+def _render_plan(plan: AuditPlan, as_json: bool) -> None:
+    summary = plan.summary()
+    if as_json:
+        _output.print_json(summary)
+        return
+    from rich.table import Table
+
+    out = _output.stdout
+    out.print(f"source  {summary['source']}")
+    out.print(f"store   {summary['store']} ({'resume' if summary['store_exists'] else 'new'}; "
+              f"~{summary['store_bytes_estimate'] / 2**20:.1f} MiB uncompressed)")
+    out.print(f"probe   {summary['probe']['name']}: {summary['probe']['n_samples']} samples, "
+              f"{summary['probe']['kind']}")
+    table = Table(title="checkpoints")
+    for column in ("step", "label", "format", "MiB", "status"):
+        table.add_column(column)
+    for ckpt in summary["checkpoints"]:
+        status = "done" if ckpt["step"] in summary["already_done"] else "to do"
+        table.add_row(str(ckpt["step"]), ckpt["label"], ckpt["format"],
+                      f"{ckpt['bytes'] / 2**20:.2f}", status)
+    out.print(table)
+    layers = Table(title="layers")
+    for column in ("layer", "kind", "width", "gram width"):
+        layers.add_column(column)
+    for layer in summary["layers"]:
+        layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
+    out.print(layers)

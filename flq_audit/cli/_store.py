@@ -1,0 +1,125 @@
+"""Commands that read a store: ``metrics``, ``show``, ``export``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from flq_audit import api
+from flq_audit.cli import _output
+from flq_audit.cli._errors import mapped
+from flq_audit.cli._options import JsonOpt, StoreArg
+from flq_audit.export import metric_variables
+
+
+@mapped
+def metrics_command(
+    store: StoreArg,
+    metric: Annotated[str, typer.Option(help="Comma-separated metrics to compute: tl.")] = "tl",
+    pca: Annotated[int | None, typer.Option(
+        min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
+        "directions (reference convention).")] = None,
+    pca_threshold: Annotated[int, typer.Option(min=1)] = 1000,
+    ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
+    scheduler: Annotated[str | None, typer.Option(
+        help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute metrics from a store, persist them in it, print a step × layer table.
+
+    Example: flq-audit metrics run.zarr --metric tl --pca 256
+    """
+    names = [m.strip() for m in metric.split(",") if m.strip()]
+    result = api.compute_metrics(
+        store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+        scheduler=scheduler,
+    )
+    tl_name = next(v for v in result.data_vars if v.startswith("target_linearity")
+                   and v.count("_") <= 3 and not v.endswith(("_n_samples", "_n_features",
+                                                             "_rank", "_chance_floor")))
+    tl = result[tl_name]
+    if as_json:
+        _output.print_json({
+            "metric": tl_name, "steps": [int(s) for s in tl["step"].values],
+            "layers": [str(name) for name in tl["layer"].values],
+            "values": np.where(np.isfinite(tl.values), tl.values, None).tolist(),
+            "chance_floor": result[f"{tl_name}_chance_floor"].values.tolist(),
+            "attrs": {k: v for k, v in tl.attrs.items() if k != "done_steps"},
+        })
+        return
+    _output.stdout.print(_output.metric_table(tl, title=f"{tl_name} (step × layer input)"))
+    floor = result[f"{tl_name}_chance_floor"].max().item()
+    _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
+
+
+@mapped
+def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
+    """Summarise a store: steps done and failed, layers, sizes, provenance."""
+    ds = api.open_store(store)
+    done = ds["done"].values.astype(bool)
+    errors = [str(e) for e in ds["error"].values]
+    steps = [int(s) for s in ds["step"].values]
+    labels = [str(v) for v in ds["label"].values]
+    size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+    summary = {
+        "store": str(store), "source": ds.attrs.get("source"),
+        "flq_audit_version": ds.attrs.get("flq_audit_version"),
+        "probe": json.loads(ds.attrs.get("probe", "{}")),
+        "capture_config": json.loads(ds.attrs.get("capture_config", "{}")),
+        "steps": [{"step": s, "label": lab, "done": bool(d), "error": e or None}
+                  for s, lab, d, e in zip(steps, labels, done, errors, strict=True)],
+        "layers": [{"name": str(n), "kind": str(k), "width": int(w), "gram_width": int(g)}
+                   for n, k, w, g in zip(ds["layer"].values, ds["layer_kind"].values,
+                                         ds["width"].values, ds["gram_width"].values,
+                                         strict=True)],
+        "n_samples": int(ds.sizes["sample"]), "bytes_on_disk": size,
+        "metrics": metric_variables(ds),
+    }
+    if as_json:
+        _output.print_json(summary)
+        return
+    out = _output.stdout
+    out.print(f"store   {store} ({size / 2**20:.1f} MiB on disk)")
+    out.print(f"source  {summary['source']}")
+    out.print(f"probe   {summary['probe'].get('name')} ({summary['n_samples']} samples, "
+              f"{summary['probe'].get('kind')}, sha256 {str(summary['probe'].get('fingerprint'))[:12]})")
+    out.print(f"steps   {int(done.sum())} done, {sum(1 for e in errors if e)} failed, "
+              f"{len(steps)} in all")
+    table = Table(title="steps")
+    for column in ("step", "label", "status"):
+        table.add_column(column)
+    for s, lab, d, e in zip(steps, labels, done, errors, strict=True):
+        status = "done" if d else ("failed: " + e.splitlines()[0][:80] if e else "to do")
+        table.add_row(str(s), lab, status)
+    out.print(table)
+    layers = Table(title="layers")
+    for column in ("layer", "kind", "width", "gram width"):
+        layers.add_column(column)
+    for layer in summary["layers"]:
+        layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
+    out.print(layers)
+    out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
+
+
+@mapped
+def export_command(
+    store: StoreArg,
+    out: Annotated[Path, typer.Argument(help="Output NetCDF file (.nc).")],
+    with_activations: Annotated[bool, typer.Option("--with-activations")] = False,
+    with_grams: Annotated[bool, typer.Option("--with-grams")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export metrics and coordinates to NetCDF4 (h5netcdf engine).
+
+    Example: flq-audit export run.zarr run.nc
+    """
+    path = api.export(store, out, with_activations=with_activations, with_grams=with_grams)
+    if as_json:
+        _output.print_json({"netcdf": str(path), "bytes": path.stat().st_size})
+    else:
+        _output.stdout.print(f"wrote {path} ({path.stat().st_size / 2**10:.1f} KiB)")

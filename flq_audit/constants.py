@@ -1,0 +1,38 @@
+"""Constants and the one place where ``FLQ_AUDIT_*`` environment variables are read."""
+
+from __future__ import annotations
+
+import os
+
+SCHEMA_VERSION = 1
+
+# Dimension names of the store, defined once.
+STEP = "step"
+LAYER = "layer"
+SAMPLE = "sample"
+FEATURE = "feature"
+GRAM_I = "gram_i"
+GRAM_J = "gram_j"
+TARGET = "target"
+
+# Chunking: aim for write-aligned chunks of about this many bytes.
+DEFAULT_CHUNK_BYTES = int(os.environ.get("FLQ_AUDIT_CHUNK_BYTES", 4 * 2**20))
+
+# Checkpoint file conventions.
+SAFETENSORS_EXTENSIONS = (".safetensors",)
+PICKLE_EXTENSIONS = (".pt", ".pth", ".bin", ".ckpt")
+WEIGHT_EXTENSIONS = SAFETENSORS_EXTENSIONS + PICKLE_EXTENSIONS
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+PICKLE_INDEX_FILE = "pytorch_model.bin.index.json"
+SAFETENSORS_SINGLE_FILE = "model.safetensors"
+PICKLE_SINGLE_FILE = "pytorch_model.bin"
+NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
+# Files that live beside checkpoints but are not model weights.
+NON_WEIGHT_STEMS = ("optimizer", "optim", "scheduler", "rng_state", "training_args", "trainer_state", "scaler")
+
+# Reference convention for the optional PCA in Target Linearity (paper-notes §4.4).
+DEFAULT_PCA_THRESHOLD = 1000
+# Relative eigenvalue cutoff for rank-revealing pseudo-inverses (paper-notes §8.1).
+RANK_RTOL = 1e-12
+
+LOCK_FILE = ".flq-audit.lock"

@@ -1,0 +1,81 @@
+"""Export a store to NetCDF (explicit engine) and CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from flq_audit.errors import ExportError
+
+NETCDF_ENGINE = "h5netcdf"
+_BOOKKEEPING = ("done", "error", "sha256", "files")
+
+
+def metric_variables(ds: xr.Dataset) -> list[str]:
+    """Persisted metric variables: every (step, layer)-shaped data variable."""
+    return [
+        name for name, var in ds.data_vars.items()
+        if var.dims == ("step", "layer") and name not in _BOOKKEEPING
+    ]
+
+
+def to_netcdf(
+    ds: xr.Dataset, out: str | Path, *, with_activations: bool = False, with_grams: bool = False
+) -> Path:
+    """Write metrics, coordinates and bookkeeping (optionally activations/Grams) to NetCDF4.
+
+    Attributes are reduced to strings and numbers (NetCDF rejects dicts, None and bools);
+    float16 is cast to float32 (NetCDF has no half precision).
+    """
+    out = Path(out)
+    names = metric_variables(ds) + [v for v in _BOOKKEEPING if v in ds]
+    names.append("targets")
+    if with_activations:
+        names.append("activations")
+    if with_grams:
+        names.append("gram")
+    subset = ds[names]
+    subset = subset.assign_attrs(_clean_attrs(ds.attrs))
+    for name in list(subset.variables):
+        var = subset[name]
+        if var.dtype == np.float16:
+            subset[name] = var.astype(np.float32)
+        if var.dtype == bool:
+            subset[name] = var.astype(np.int8).assign_attrs(var.attrs, flag_values="0, 1")
+        subset[name].attrs = _clean_attrs(subset[name].attrs)
+        subset[name].encoding = {}
+        if var.dtype == object or var.dtype.kind in "TU":
+            strings = np.asarray([str(v) for v in np.ravel(var.values)], dtype=object)
+            subset[name] = var.copy(data=strings.reshape(var.shape))
+    try:
+        subset.to_netcdf(out, engine=NETCDF_ENGINE, format="NETCDF4")
+    except Exception as err:
+        raise ExportError(f"cannot write NetCDF {str(out)!r} ({err})", path=out) from err
+    return out
+
+
+def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
+    """Tidy CSV (one row per step and layer) of every metric variable."""
+    names = metric_variables(ds)
+    if not names:
+        raise ExportError("the store holds no metrics; run `flq-audit metrics STORE` first")
+    frame = ds[names].reset_coords(drop=True).to_dataframe()
+    frame.to_csv(out)
+    return Path(out)
+
+
+def _clean_attrs(attrs: dict) -> dict[str, str | int | float]:
+    clean: dict[str, str | int | float] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bool | np.bool_):
+            clean[key] = int(value)
+        elif isinstance(value, str | int | float | np.integer | np.floating):
+            clean[key] = value
+        elif value is None:
+            clean[key] = ""
+        else:
+            clean[key] = json.dumps(value, default=str)
+    return clean

@@ -1,0 +1,72 @@
+"""Streaming second moments: one augmented Gram carries every sufficient statistic.
+
+For features ``H`` (n × d) and targets ``Y`` (n × k) the block ``A = [H | Y | 1]`` gives
+
+.. math:: A^\\top A = \\begin{pmatrix} H^\\top H & H^\\top Y & H^\\top 1 \\\\
+          Y^\\top H & Y^\\top Y & Y^\\top 1 \\\\ 1^\\top H & 1^\\top Y & n \\end{pmatrix}
+
+and sums of such blocks over sample chunks equal the moments of the whole probe, in any
+order: ``update`` per chunk, ``merge`` by addition, ``compute`` reads only the sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+
+def _moments_update(h: npt.ArrayLike, y: npt.ArrayLike, *, size: int | None = None) -> F64:
+    """Augmented moment matrix of one sample block.
+
+    Parameters
+    ----------
+    h : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples, n_targets)
+    size : int, optional
+        Pad the feature block to ``size`` columns (zeros), so blocks of layers with
+        different widths share one shape.
+
+    Returns
+    -------
+    ndarray of shape (size + n_targets + 1, size + n_targets + 1), float64
+    """
+    h = np.asarray(h, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(h.shape[0], -1)
+    d = h.shape[1] if size is None else size
+    a = np.zeros((h.shape[0], d + y.shape[1] + 1))
+    a[:, : h.shape[1]] = h
+    a[:, d : d + y.shape[1]] = y
+    a[:, -1] = 1.0
+    return a.T @ a
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Named views of an augmented moment matrix for a layer of width ``d``."""
+
+    hh: F64  # HᵀH (d × d)
+    hy: F64  # HᵀY (d × k)
+    h_sum: F64  # Hᵀ1 (d,)
+    yy: F64  # YᵀY (k × k)
+    y_sum: F64  # Yᵀ1 (k,)
+    n: float
+
+    @classmethod
+    def from_matrix(cls, matrix: F64, width: int, n_targets: int) -> Moments:
+        """Split the matrix; the feature block occupies the first ``size`` rows."""
+        size = matrix.shape[0] - n_targets - 1
+        t = slice(size, size + n_targets)
+        return cls(
+            hh=matrix[:width, :width], hy=matrix[:width, t], h_sum=matrix[:width, -1],
+            yy=matrix[t, t], y_sum=matrix[t, -1], n=float(matrix[-1, -1]),
+        )
+
+    def centered_targets(self) -> tuple[F64, float]:
+        """``(Hᵀ Y_c, ‖Y_c‖²_F)`` for column-centred targets ``Y_c = Y − 1 ȳᵀ``."""
+        hy_c = self.hy - np.outer(self.h_sum, self.y_sum) / self.n
+        total = float(np.trace(self.yy) - self.y_sum @ self.y_sum / self.n)
+        return hy_c, total

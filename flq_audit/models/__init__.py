@@ -1,0 +1,94 @@
+"""Rebuild a network and load a checkpoint's state dict into it, strictly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flq_audit.errors import ModelBuildError
+from flq_audit.models.factory import KeyMapper, build_from_factory
+from flq_audit.models.spec import CNN, MLP, build_from_spec, load_spec
+
+# Buffers that optimisers and norm layers add which never change a forward pass.
+_IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
+
+
+@dataclass
+class BuiltModel:
+    """A module ready for checkpoints, with the key mapper its factory provided."""
+
+    module: nn.Module
+    origin: str
+    key_mapper: KeyMapper | None = None
+
+
+def build_model(model: str) -> BuiltModel:
+    """Build from a JSON spec file (``*.json``) or a factory (``file.py:fn``, ``pkg.mod:fn``)."""
+    if model.lower().endswith(".json"):
+        return BuiltModel(build_from_spec(load_spec(model), origin=model), origin=model)
+    if ":" in model:
+        module, mapper = build_from_factory(model)
+        return BuiltModel(module, origin=model, key_mapper=mapper)
+    if Path(model).exists():
+        raise ModelBuildError(f"--model {model!r}: expected a .json spec or 'file.py:function'")
+    raise ModelBuildError(
+        f"--model {model!r} is neither an existing .json spec nor 'module:function'",
+        hint="Examples: --model run/model_spec.json, --model nets.py:make_net",
+    )
+
+
+def load_weights(
+    built: BuiltModel, state: dict[str, torch.Tensor], *, step: int | None
+) -> dict[str, torch.Tensor]:
+    """Load ``state`` into the module; any missing or unexpected parameter is an error.
+
+    Returns the state dict under the module's own key names (after ``map_checkpoint_key``).
+    """
+    if built.key_mapper is not None:
+        mapped: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            new_key = built.key_mapper(key)
+            if new_key is not None:
+                mapped[new_key] = value
+        state = mapped
+    module = built.module
+    own = module.state_dict()
+    buffers = {name for name, _ in module.named_buffers()}
+    missing = sorted(k for k in own if k not in state and k not in buffers)
+    unexpected = sorted(
+        k for k in state if k not in own and not k.endswith(_IGNORABLE_KEY_SUFFIXES)
+    )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        raise ModelBuildError(
+            f"step {step}: the checkpoint does not fit model {built.origin!r}: " + "; ".join(parts),
+            step=step,
+            hint="Check --model, or give the factory module a map_checkpoint_key(key) function.",
+        )
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state and state[k].shape != own[k].shape
+    ]
+    if mismatched:
+        raise ModelBuildError(
+            f"step {step}: tensor shapes differ from model {built.origin!r}: {_short(mismatched)}",
+            step=step,
+        )
+    filtered = {k: v for k, v in state.items() if k in own}
+    module.load_state_dict(filtered, strict=False)
+    return filtered
+
+
+def _short(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
+
+
+__all__ = ["CNN", "MLP", "BuiltModel", "build_from_spec", "build_model", "load_spec", "load_weights"]

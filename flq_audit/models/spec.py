@@ -1,0 +1,125 @@
+"""Build the paper's plain networks (MLP, CNN) from a small JSON spec.
+
+MLP spec::
+
+    {"type": "mlp", "in_features": 64, "widths": [128, 128, 128, 128],
+     "out_features": 10, "activation": "gelu", "bias": true}
+
+CNN spec::
+
+    {"type": "cnn", "in_channels": 1, "input_size": [8, 8], "channels": [16, 16],
+     "kernel_sizes": [3, 3], "padding": [1, 1], "pool_after": [0], "activation": "relu",
+     "num_classes": 10, "bias": true}
+
+Module names are stable (``layers.0`` ... for the MLP, ``features.N`` and ``classifier`` for
+the CNN) so checkpoints saved from these modules load back by name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flq_audit.errors import ModelBuildError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "identity": nn.Identity,
+}
+
+
+class MLP(nn.Module):
+    """Fully connected network: ``len(widths)`` hidden layers and a linear read-out."""
+
+    def __init__(
+        self, in_features: int, widths: list[int], out_features: int,
+        activation: str = "gelu", bias: bool = True,
+    ) -> None:
+        super().__init__()
+        sizes = [in_features, *widths, out_features]
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b, bias=bias) for a, b in itertools.pairwise(sizes)
+        )
+        self.act = _activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
+
+
+class CNN(nn.Module):
+    """Convolutions with optional max-pooling, then a linear classifier."""
+
+    def __init__(
+        self, in_channels: int, input_size: list[int], channels: list[int],
+        kernel_sizes: list[int], num_classes: int, padding: list[int] | None = None,
+        pool_after: list[int] | None = None, activation: str = "relu", bias: bool = True,
+    ) -> None:
+        super().__init__()
+        padding = padding if padding is not None else [k // 2 for k in kernel_sizes]
+        pool_after = pool_after or []
+        if not len(channels) == len(kernel_sizes) == len(padding):
+            raise ModelBuildError("cnn spec: channels, kernel_sizes and padding differ in length")
+        modules: list[nn.Module] = []
+        previous = in_channels
+        height, width = input_size
+        for i, (out, k, p) in enumerate(zip(channels, kernel_sizes, padding, strict=True)):
+            modules += [nn.Conv2d(previous, out, k, padding=p, bias=bias), _activation(activation)]
+            height, width = height + 2 * p - k + 1, width + 2 * p - k + 1
+            if i in pool_after:
+                modules.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            previous = out
+        self.input_shape = (in_channels, *input_size)
+        self.features = nn.Sequential(*modules)
+        self.classifier = nn.Linear(previous * height * width, num_classes, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.input_shape)
+        return self.classifier(self.features(x).flatten(1))
+
+
+_BUILDERS = {"mlp": MLP, "cnn": CNN}
+
+
+def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Module:
+    """Instantiate the network a spec describes."""
+    kind = str(spec.get("type", "")).lower()
+    if kind not in _BUILDERS:
+        raise ModelBuildError(
+            f"{origin}: unknown model type {spec.get('type')!r}; expected one of {list(_BUILDERS)}"
+        )
+    params = {k: v for k, v in spec.items() if k != "type"}
+    try:
+        return _BUILDERS[kind](**params)
+    except TypeError as err:
+        raise ModelBuildError(f"{origin}: invalid {kind} spec ({err})", path=origin) from err
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """Read a JSON model spec file."""
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ModelBuildError(f"model spec {str(path)!r} does not exist", path=path) from err
+    except ValueError as err:
+        raise ModelBuildError(f"model spec {str(path)!r} is not valid JSON ({err})", path=path) from err
+    if not isinstance(spec, dict):
+        raise ModelBuildError(f"model spec {str(path)!r} must be a JSON object", path=path)
+    return spec
+
+
+def _activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name.lower()]()
+    except KeyError:
+        raise ModelBuildError(
+            f"unknown activation {name!r}; expected one of {list(ACTIVATIONS)}"
+        ) from None

@@ -1,0 +1,178 @@
+"""Probe datasets: the inputs replayed through every checkpoint, and their targets.
+
+Builtins: ``digits`` (scikit-learn 8×8 digits, 1797 samples, 10 classes, pixels scaled to
+[0, 1]) and ``swissroll`` (1000 points, continuous target). Files: ``.npz``,
+``.safetensors`` or ``.pt`` holding ``inputs``, ``targets`` and optionally ``num_classes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from flq_audit.errors import ProbeError
+
+TargetKind = Literal["classes", "continuous"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Inputs ``(N, ...)`` and targets ``Y``: one-hot ``(N, C)`` or continuous ``(N, k)``."""
+
+    name: str
+    inputs: np.ndarray
+    targets: np.ndarray
+    kind: TargetKind
+    labels: np.ndarray | None = None
+    num_classes: int | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the inputs, the targets and their shapes and dtypes."""
+        digest = hashlib.sha256()
+        for array in (self.inputs, self.targets):
+            contiguous = np.ascontiguousarray(array)
+            digest.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+            digest.update(contiguous.tobytes())
+        return digest.hexdigest()
+
+    def head(self, n: int) -> Probe:
+        """The first ``n`` samples (``--max-samples``)."""
+        if n >= self.n_samples:
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        return Probe(self.name, self.inputs[:n], self.targets[:n], self.kind, labels,
+                     self.num_classes)
+
+
+BUILTIN_PROBES = ("digits", "swissroll")
+
+
+def load_probe(spec: str | Path) -> Probe:
+    """Load a builtin probe by name or a probe file, validated; raises :class:`ProbeError`."""
+    text = str(spec)
+    if text in BUILTIN_PROBES:
+        return _builtin(text)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ProbeError(
+            f"probe {text!r} is neither a builtin ({', '.join(BUILTIN_PROBES)}) nor an existing "
+            "file", path=text,
+        )
+    arrays = _read_file(path)
+    if "inputs" not in arrays or "targets" not in arrays:
+        raise ProbeError(
+            f"probe file {text!r} must hold arrays 'inputs' and 'targets'; it holds "
+            f"{sorted(arrays)}", path=path,
+        )
+    num_classes = arrays.get("num_classes")
+    classes = None if num_classes is None else int(np.asarray(num_classes).reshape(-1)[0])
+    return make_probe(path.name, arrays["inputs"], arrays["targets"], num_classes=classes)
+
+
+def make_probe(
+    name: str, inputs: np.ndarray, targets: np.ndarray, *, num_classes: int | None = None
+) -> Probe:
+    """Validate arrays and encode targets.
+
+    Integer targets of shape ``(N,)`` with ``num_classes`` are class labels and become
+    one-hot with exactly ``num_classes`` columns; floating targets stay ``(N, k)``.
+    """
+    inputs = np.asarray(inputs)
+    targets = np.asarray(targets)
+    if inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise ProbeError(f"probe {name!r}: inputs must be (N, ...) with N > 0, got {inputs.shape}")
+    if not np.issubdtype(inputs.dtype, np.number) or np.issubdtype(inputs.dtype, np.complexfloating):
+        raise ProbeError(f"probe {name!r}: inputs must be real numbers, got dtype {inputs.dtype}")
+    inputs = inputs.astype(np.float32, copy=False)
+    if not np.isfinite(inputs).all():
+        bad = int((~np.isfinite(inputs)).any(axis=tuple(range(1, inputs.ndim))).sum())
+        raise ProbeError(f"probe {name!r}: {bad} input sample(s) contain NaN or infinity")
+    if targets.shape[0] != inputs.shape[0]:
+        raise ProbeError(
+            f"probe {name!r}: {inputs.shape[0]} inputs but {targets.shape[0]} targets"
+        )
+    if num_classes is not None or np.issubdtype(targets.dtype, np.integer):
+        return _class_probe(name, inputs, targets, num_classes)
+    targets = targets.astype(np.float64).reshape(targets.shape[0], -1)
+    if not np.isfinite(targets).all():
+        raise ProbeError(f"probe {name!r}: targets contain NaN or infinity")
+    return Probe(name, inputs, targets, "continuous")
+
+
+def _class_probe(
+    name: str, inputs: np.ndarray, targets: np.ndarray, num_classes: int | None
+) -> Probe:
+    if targets.ndim != 1:
+        raise ProbeError(f"probe {name!r}: class labels must be (N,), got {targets.shape}")
+    if num_classes is None:
+        raise ProbeError(
+            f"probe {name!r}: integer targets need 'num_classes' (it is never inferred from the "
+            "largest label present)", hint="Save num_classes=C in the probe file.",
+        )
+    labels = np.asarray(targets)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ProbeError(f"probe {name!r}: class labels must be integers")
+        labels = labels.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ProbeError(
+            f"probe {name!r}: labels must lie in [0, {num_classes}), "
+            f"found [{labels.min()}, {labels.max()}]"
+        )
+    onehot = np.zeros((labels.shape[0], num_classes), dtype=np.float64)
+    onehot[np.arange(labels.shape[0]), labels] = 1.0
+    return Probe(name, inputs, onehot, "classes", labels.astype(np.int64), int(num_classes))
+
+
+def _builtin(name: str) -> Probe:
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        return make_probe("digits", data.data / 16.0, data.target, num_classes=10)
+    from sklearn.datasets import make_swiss_roll
+
+    points, t = make_swiss_roll(1000, random_state=0)
+    xy = points[:, [0, 2]]
+    xy = (xy - xy.min(0)) / (xy.max(0) - xy.min(0))
+    t = (t - t.min()) / (t.max() - t.min())
+    return make_probe("swissroll", xy, t[:, None])
+
+
+def _read_file(path: Path) -> dict[str, np.ndarray]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        if suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            return dict(load_file(str(path)))
+        if suffix in (".pt", ".pth"):
+            import torch
+
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict):
+                raise ProbeError(f"probe file {str(path)!r} must hold a dict of tensors", path=path)
+            return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in obj.items()}
+    except ProbeError:
+        raise
+    except Exception as err:
+        raise ProbeError(f"cannot read probe file {str(path)!r} ({err})", path=path) from err
+    raise ProbeError(
+        f"probe file {str(path)!r}: unsupported extension {suffix!r}; "
+        "expected .npz, .safetensors or .pt", path=path,
+    )
+
+
+__all__ = ["BUILTIN_PROBES", "Probe", "load_probe", "make_probe"]

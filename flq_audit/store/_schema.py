@@ -1,0 +1,181 @@
+"""Schema of the audit store: names, the template Dataset, chunking and the fingerprint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from flq_audit.capture import LayerInfo
+from flq_audit.constants import (
+    DEFAULT_CHUNK_BYTES,
+    FEATURE,
+    GRAM_I,
+    GRAM_J,
+    LAYER,
+    SAMPLE,
+    SCHEMA_VERSION,
+    STEP,
+    TARGET,
+)
+from flq_audit.probes import Probe
+
+ACTIVATIONS = "activations"
+GRAM = "gram"
+TARGETS = "targets"
+DONE = "done"
+ERROR = "error"
+SHA256 = "sha256"
+FILES = "files"
+
+#: Attributes that must agree between a store and a rerun that resumes it.
+FINGERPRINT_KEYS = ("source", "probe_fingerprint", "layers", "capture_config")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Everything needed to write the empty store before any checkpoint is read."""
+
+    source: str
+    steps: tuple[int, ...]
+    labels: tuple[str, ...]
+    commits: tuple[str, ...]
+    layers: tuple[LayerInfo, ...]
+    probe: Probe
+    capture_config: dict[str, Any] = field(default_factory=dict)
+    activation_dtype: str = "float32"
+    gram_dtype: str = "float32"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    @property
+    def feature_max(self) -> int:
+        return max(layer.width for layer in self.layers)
+
+    @property
+    def gram_max(self) -> int:
+        return max(layer.gram_width for layer in self.layers)
+
+    @property
+    def sample_chunk(self) -> int:
+        """Rows per activation chunk: about ``chunk_bytes`` per (step, layer) block."""
+        itemsize = np.dtype(self.activation_dtype).itemsize
+        rows = max(1, self.chunk_bytes // (self.feature_max * itemsize))
+        return int(min(rows, self.probe.n_samples))
+
+    def fingerprint(self) -> dict[str, str]:
+        """The attributes compared on resume, as JSON strings."""
+        return {
+            "source": self.source,
+            "probe_fingerprint": self.probe.fingerprint,
+            "layers": json.dumps([asdict(layer) for layer in self.layers]),
+            "capture_config": json.dumps(self.capture_config, sort_keys=True),
+        }
+
+    def estimated_bytes(self) -> int:
+        """Uncompressed size of activations and Grams as NaN-padded arrays."""
+        act = len(self.steps) * len(self.layers) * self.probe.n_samples * self.feature_max
+        grams = len(self.steps) * len(self.layers) * self.gram_max**2
+        return act * np.dtype(self.activation_dtype).itemsize + grams * np.dtype(
+            self.gram_dtype
+        ).itemsize
+
+
+def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
+    """The full store as a lazy Dataset: data arrays are dask NaNs, never computed."""
+    n_steps, n_layers = len(layout.steps), len(layout.layers)
+    n = layout.probe.n_samples
+    act_chunks = (1, 1, layout.sample_chunk, layout.feature_max)
+    gram_chunks = (1, 1, layout.gram_max, layout.gram_max)
+    acts = da.full(
+        (n_steps, n_layers, n, layout.feature_max), np.nan,
+        dtype=layout.activation_dtype, chunks=act_chunks,
+    )
+    grams = da.full(
+        (n_steps, n_layers, layout.gram_max, layout.gram_max), np.nan,
+        dtype=layout.gram_dtype, chunks=gram_chunks,
+    )
+    probe = layout.probe
+    data_vars: dict[str, Any] = {
+        ACTIVATIONS: ((STEP, LAYER, SAMPLE, FEATURE), acts, {
+            "long_name": "input features of each weight layer", "units": "1",
+            "description": "NaN-padded beyond width(layer)",
+        }),
+        GRAM: ((STEP, LAYER, GRAM_I, GRAM_J), grams, {
+            "long_name": "weight Gram W^T W in the layer's input space", "units": "1",
+            "description": "NaN-padded beyond gram_width(layer); conv kernels as C_out x C_in*k*k",
+        }),
+        TARGETS: ((SAMPLE, TARGET), probe.targets.astype(np.float64), {
+            "long_name": "probe targets (one-hot classes or continuous)", "kind": probe.kind,
+        }),
+        DONE: ((STEP,), np.zeros(n_steps, dtype=bool), {
+            "description": "1 once every array of the step is written",
+        }),
+        ERROR: ((STEP,), _strings([""] * n_steps), {
+            "description": "why the step failed; empty when it did not",
+        }),
+        SHA256: ((STEP,), _strings([""] * n_steps), {"description": "sha256 of each file (JSON)"}),
+        FILES: ((STEP,), _strings([""] * n_steps), {"description": "checkpoint files (JSON)"}),
+    }
+    coords: dict[str, Any] = {
+        STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
+        "label": ((STEP,), _strings(layout.labels)),
+        "commit": ((STEP,), _strings(layout.commits)),
+        LAYER: ((LAYER,), _strings([layer.name for layer in layout.layers])),
+        "layer_kind": ((LAYER,), _strings([layer.kind for layer in layout.layers])),
+        "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64)),
+        "width": ((LAYER,), np.asarray([layer.width for layer in layout.layers], dtype=np.int64)),
+        "gram_width": (
+            (LAYER,), np.asarray([layer.gram_width for layer in layout.layers], dtype=np.int64)
+        ),
+        SAMPLE: ((SAMPLE,), np.arange(n, dtype=np.int64)),
+    }
+    if probe.labels is not None:
+        coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
+    attrs = {
+        "Conventions": "CF-1.8 flq-audit-1",
+        "title": f"flq-audit store of {layout.source}",
+        "schema_version": SCHEMA_VERSION,
+        "flq_audit_version": version,
+        "probe": json.dumps({
+            "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,
+            "kind": probe.kind, "num_classes": probe.num_classes,
+        }),
+        **layout.fingerprint(),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
+    """Chunk encoding aligned with writes: one step, one layer, a block of samples."""
+    return {
+        ACTIVATIONS: {
+            "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
+        },
+        GRAM: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan},
+        STEP: {"chunks": (max(1, len(layout.steps)),)},
+    }
+
+
+def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, str]) -> list[str]:
+    """Human-readable differences between a store's attrs and a new run's fingerprint."""
+    diffs = []
+    for key in FINGERPRINT_KEYS:
+        old, new = stored.get(key), wanted[key]
+        if old != new:
+            diffs.append(f"{key}: store has {_clip(old)}, this run has {_clip(new)}")
+    return diffs
+
+
+def _clip(value: object, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _strings(values: Sequence[str]) -> np.ndarray:
+    """Variable-length strings (object dtype): Zarr v3 stores them without warnings."""
+    return np.asarray(list(values), dtype=object)

@@ -1,0 +1,120 @@
+"""Write one step at a time into the pre-declared template, then mark it done (last)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from flq_audit.store._schema import (
+    ACTIVATIONS,
+    DONE,
+    ERROR,
+    FILES,
+    GRAM,
+    SHA256,
+    StoreLayout,
+)
+
+
+class StepWriter:
+    """Region writes into an existing store, aligned with its chunks.
+
+    Activation rows are buffered per layer until a whole sample chunk is complete, so every
+    write covers whole chunks (no read-modify-write) and memory stays at one chunk per layer.
+    """
+
+    def __init__(self, path: str | Path, layout: StoreLayout) -> None:
+        self.path = Path(path)
+        self.layout = layout
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.acts = self.group[ACTIVATIONS]
+        self.grams = self.group[GRAM]
+        self.done = self.group[DONE]
+        self.error = self.group[ERROR]
+        self.sha = self.group[SHA256]
+        self.files = self.group[FILES]
+        self._rows = layout.sample_chunk
+        self._width = layout.feature_max
+        self._buffers: dict[int, np.ndarray] = {}
+        self._filled: dict[int, int] = {}
+        self._chunk_start: dict[int, int] = {}
+
+    def done_steps(self) -> list[int]:
+        flags = np.asarray(self.done[:], dtype=bool)
+        return [s for s, flag in zip(self.layout.steps, flags, strict=True) if flag]
+
+    # ------------------------------------------------------------------ one step
+    def begin_step(self) -> None:
+        self._buffers.clear()
+        self._filled.clear()
+        self._chunk_start.clear()
+
+    def write_batch(self, step_index: int, layer_index: int, start: int, block: np.ndarray) -> None:
+        """Add rows ``start:start+len(block)`` of one layer; flush each completed chunk."""
+        buffer = self._buffers.get(layer_index)
+        if buffer is None:
+            buffer = np.full((self._rows, self._width), np.nan, dtype=self.layout.activation_dtype)
+            self._buffers[layer_index] = buffer
+            self._filled[layer_index] = 0
+            self._chunk_start[layer_index] = start
+        offset = 0
+        while offset < block.shape[0]:
+            filled = self._filled[layer_index]
+            take = min(self._rows - filled, block.shape[0] - offset)
+            buffer[filled : filled + take, : block.shape[1]] = block[offset : offset + take]
+            self._filled[layer_index] = filled + take
+            offset += take
+            chunk_end = self._chunk_start[layer_index] + self._filled[layer_index]
+            if self._filled[layer_index] == self._rows or chunk_end == self.layout.probe.n_samples:
+                self._flush(step_index, layer_index)
+
+    def _flush(self, step_index: int, layer_index: int) -> None:
+        rows = self._filled[layer_index]
+        if rows == 0:
+            return
+        begin = self._chunk_start[layer_index]
+        buffer = self._buffers[layer_index]
+        self.acts[step_index, layer_index, begin : begin + rows, :] = buffer[:rows]
+        buffer.fill(np.nan)
+        self._chunk_start[layer_index] = begin + rows
+        self._filled[layer_index] = 0
+
+    def write_gram(self, step_index: int, layer_index: int, gram: np.ndarray) -> None:
+        padded = np.full(
+            (self.layout.gram_max, self.layout.gram_max), np.nan, dtype=self.layout.gram_dtype
+        )
+        padded[: gram.shape[0], : gram.shape[1]] = gram
+        self.grams[step_index, layer_index] = padded
+
+    def finish_step(
+        self, step_index: int, files: Sequence[str], sha256: Sequence[str]
+    ) -> None:
+        """Record provenance, then set ``done`` — the very last write of a step."""
+        for layer_index in list(self._buffers):
+            self._flush(step_index, layer_index)
+        self.files[step_index] = json.dumps([Path(f).name for f in files])
+        self.sha[step_index] = json.dumps(list(sha256))
+        self.error[step_index] = ""
+        self.done[step_index] = True
+
+    def fail_step(self, step_index: int, message: str) -> None:
+        self.error[step_index] = message
+        self.done[step_index] = False
+
+    def step_provenance(self) -> dict[str, dict[str, object]]:
+        """``{step: {label, files, sha256}}`` for every done step."""
+        flags = np.asarray(self.done[:], dtype=bool)
+        files, shas = self.files[:], self.sha[:]
+        out: dict[str, dict[str, object]] = {}
+        for i, step in enumerate(self.layout.steps):
+            if flags[i]:
+                out[str(step)] = {
+                    "label": self.layout.labels[i],
+                    "files": json.loads(str(files[i]) or "[]"),
+                    "sha256": json.loads(str(shas[i]) or "[]"),
+                }
+        return out

@@ -1,0 +1,138 @@
+"""Read a checkpoint's state dict: safetensors first, weights-only torch pickles otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from flq_audit.constants import NESTED_STATE_DICT_KEYS, SAFETENSORS_EXTENSIONS
+from flq_audit.errors import UnsafeCheckpointError, WeightsError
+
+StateDict = dict[str, torch.Tensor]
+
+
+def load_state_dict(
+    files: Sequence[str | Path], *, trust_pickle: bool = False, step: int | None = None
+) -> StateDict:
+    """Load and merge the tensors of one checkpoint (one file, or several shards).
+
+    Tensors land on the CPU whatever device they were saved from; floating tensors are
+    upcast to float32 (bf16/fp16 included) so downstream math never runs in half precision.
+
+    Raises
+    ------
+    WeightsError
+        A file is truncated, not a checkpoint, or holds no tensors.
+    UnsafeCheckpointError
+        A pickle needs full unpickling and ``trust_pickle`` is false.
+    """
+    merged: StateDict = {}
+    for file in files:
+        path = Path(file)
+        part = (
+            _load_safetensors(path, step)
+            if path.suffix.lower() in SAFETENSORS_EXTENSIONS
+            else _load_pickle(path, trust_pickle, step)
+        )
+        merged.update(part)
+    if not merged:
+        raise WeightsError(
+            f"step {step}: {[Path(f).name for f in files]} hold no tensors", step=step,
+            path=files[0] if files else None,
+        )
+    return {k: _upcast(v) for k, v in merged.items()}
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_safetensors(path: Path, step: int | None) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"step {step}: cannot read {str(path)!r} as safetensors ({err}); "
+            "the file is truncated or not a safetensors file",
+            path=path, step=step, hint="Re-download or re-save this checkpoint.",
+        ) from err
+
+
+def _load_pickle(path: Path, trust_pickle: bool, step: int | None) -> StateDict:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise UnsafeCheckpointError(
+                f"step {step}: {str(path)!r} cannot be loaded with weights_only=True: it holds "
+                "Python objects that full unpickling would execute ({})".format(
+                    str(err).splitlines()[0]
+                ),
+                path=path, step=step,
+                hint="Only if you trust who made this file, rerun with --trust-pickle; "
+                "better, convert it to safetensors.",
+            ) from err
+        obj = _load_trusted_pickle(path, step)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"step {step}: cannot read {str(path)!r} as a torch checkpoint ({err})",
+            path=path, step=step,
+        ) from err
+    return _find_state_dict(obj, path, step)
+
+
+def _load_trusted_pickle(path: Path, step: int | None) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # arbitrary code ran; report whatever it raised
+        raise WeightsError(
+            f"step {step}: unpickling {str(path)!r} failed ({err})", path=path, step=step
+        ) from err
+
+
+def _find_state_dict(obj: object, path: Path, step: int | None) -> StateDict:
+    """Find the tensor mapping, also when nested under ``model``/``state_dict``/... keys."""
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.state_dict())
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return _strip_prefix(tensors)
+        for key in NESTED_STATE_DICT_KEYS:
+            if key in obj:
+                return _find_state_dict(obj[key], path, step)
+        keys = list(obj)[:10]
+        raise WeightsError(
+            f"step {step}: {str(path)!r} holds a dict without tensors; looked for nested keys "
+            f"{list(NESTED_STATE_DICT_KEYS)} and found keys {keys}",
+            path=path, step=step,
+        )
+    raise WeightsError(
+        f"step {step}: {str(path)!r} holds a {type(obj).__name__}, expected a state dict",
+        path=path, step=step,
+    )
+
+
+def _strip_prefix(state: StateDict, prefix: str = "module.") -> StateDict:
+    """Drop the ``module.`` prefix that DataParallel/DDP add to every key."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _upcast(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_floating_point() and tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
