@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -10,14 +9,13 @@ from typing import Literal
 import xarray as xr
 
 from flq_audit import __version__
+from flq_audit._metrics_run import run_metrics
 from flq_audit._plan import AuditPlan, make_plan
 from flq_audit._runner import AuditResult, Progress, run_audit
 from flq_audit.capture import resolve_device
-from flq_audit.errors import MetricError
-from flq_audit.export import metric_variables, to_netcdf
-from flq_audit.metrics import METRICS, target_linearity_dataset
+from flq_audit.export import to_netcdf
 from flq_audit.sources import CheckpointRef, open_source
-from flq_audit.store import consolidate, open_dataset, store_lock
+from flq_audit.store import open_dataset
 
 DtypeOptions = Literal["float32", "float16"]
 GramDtypeOptions = Literal["float32", "float64"]
@@ -108,36 +106,17 @@ def compute_metrics(
 ) -> xr.Dataset:
     """Compute metrics lazily from the store, persist them beside the data, return them.
 
-    Results are stored as ``target_linearity`` for the default parameters, or with a suffix
-    such as ``target_linearity__pca256`` so that runs with other parameters sit side by side.
-    Recomputing with the same parameters over the same done steps is a no-op.
+    ``metrics`` is any subset of :data:`flq_audit.metrics.METRICS` (``tl``, ``surrogate``,
+    ``gram``, ``dynamics``). TL-dependent results are stored as ``target_linearity`` for the
+    default parameters, or with a suffix such as ``target_linearity__pca256`` so that runs
+    with other parameters sit side by side. Recomputing with the same parameters over the
+    same done steps is a no-op. ``scheduler`` is ``threads`` (default), ``sync``, or a
+    ``dask.distributed`` scheduler address.
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise MetricError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
-    if pca is not None and pca < 1:
-        raise MetricError(f"pca must be >= 1, got {pca}")
-    ds = open_dataset(store)
-    suffix = _suffix(pca=pca, ridge=ridge, pca_threshold=pca_threshold)
-    name = f"target_linearity{suffix}"
-    done_key = json.dumps([int(s) for s in ds["step"].values[ds["done"].values.astype(bool)]])
-    if name in ds and ds[name].attrs.get("done_steps") == done_key:
-        return ds[[v for v in metric_variables(ds) if v.startswith(name)]].compute()
-    tl = target_linearity_dataset(ds, ridge=ridge, pca=pca, pca_threshold=pca_threshold)
-    result = _compute(tl, scheduler)
-    renamed = result.rename({
-        "target_linearity": name, "n_samples": f"{name}_n_samples",
-        "n_features": f"{name}_n_features", "rank": f"{name}_rank",
-        "chance_floor": f"{name}_chance_floor",
-    })
-    renamed[name].attrs["done_steps"] = done_key
-    renamed.attrs = dict(ds.attrs)  # appending rewrites the group attrs: keep provenance
-    with store_lock(store):
-        renamed.drop_vars([c for c in renamed.coords if c not in ("step", "layer")]).drop_vars(
-            ["step", "layer"]
-        ).to_zarr(str(store), mode="a", consolidated=False, zarr_format=3)
-        consolidate(store)
-    return renamed
+    return run_metrics(
+        store, metrics=metrics, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+        scheduler=scheduler,
+    )
 
 
 def export(
@@ -148,24 +127,6 @@ def export(
     return to_netcdf(
         open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
     )
-
-
-def _compute(ds: xr.Dataset, scheduler: str | None) -> xr.Dataset:
-    if scheduler in (None, "threads", "sync", "synchronous", "processes"):
-        return ds.compute(scheduler=scheduler or "threads")
-    from dask.distributed import Client
-
-    with Client(scheduler) as client:
-        return client.compute(ds).result()
-
-
-def _suffix(*, pca: int | None, ridge: float, pca_threshold: int) -> str:
-    parts = []
-    if pca is not None:
-        parts.append(f"pca{pca}" + ("" if pca_threshold == 1000 else f"t{pca_threshold}"))
-    if ridge:
-        parts.append(f"ridge{ridge:g}")
-    return "__" + "_".join(parts) if parts else ""
 
 
 __all__ = [

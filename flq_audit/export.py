@@ -15,11 +15,8 @@ _BOOKKEEPING = ("done", "error", "sha256", "files")
 
 
 def metric_variables(ds: xr.Dataset) -> list[str]:
-    """Persisted metric variables: every (step, layer)-shaped data variable."""
-    return [
-        name for name, var in ds.data_vars.items()
-        if var.dims == ("step", "layer") and name not in _BOOKKEEPING
-    ]
+    """Persisted metric variables (tagged with a ``flq_metric`` attribute)."""
+    return [name for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
 
 
 def to_netcdf(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -77,9 +78,7 @@ def _load_pickle(path: Path, trust_pickle: bool, step: int | None) -> StateDict:
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"step {step}: {str(path)!r} cannot be loaded with weights_only=True: it holds "
-                "Python objects that full unpickling would execute ({})".format(
-                    str(err).splitlines()[0]
-                ),
+                f"Python objects that full unpickling would execute ({_unpickler_reason(err)})",
                 path=path, step=step,
                 hint="Only if you trust who made this file, rerun with --trust-pickle; "
                 "better, convert it to safetensors.",
@@ -91,6 +90,16 @@ def _load_pickle(path: Path, trust_pickle: bool, step: int | None) -> StateDict:
             path=path, step=step,
         ) from err
     return _find_state_dict(obj, path, step)
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's weights_only error that names the refused global, without ANSI codes."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    for line in lines:
+        if "WeightsUnpickler error" in line:
+            return line.split(" Please use", 1)[0]
+    return lines[0] if lines else type(err).__name__
 
 
 def _load_trusted_pickle(path: Path, step: int | None) -> object:

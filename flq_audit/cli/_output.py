@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,11 +24,11 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}")
+    stderr.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def metric_table(values: xr.DataArray, title: str) -> Table:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from flq_audit import api
@@ -20,7 +21,7 @@ from flq_audit.export import metric_variables
 @mapped
 def metrics_command(
     store: StoreArg,
-    metric: Annotated[str, typer.Option(help="Comma-separated metrics to compute: tl.")] = "tl",
+    metric: Annotated[str, typer.Option(help="Comma-separated metric groups: tl, surrogate, gram, dynamics.")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
@@ -39,22 +40,40 @@ def metrics_command(
         store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
         scheduler=scheduler,
     )
-    tl_name = next(v for v in result.data_vars if v.startswith("target_linearity")
-                   and v.count("_") <= 3 and not v.endswith(("_n_samples", "_n_features",
-                                                             "_rank", "_chance_floor")))
-    tl = result[tl_name]
+    tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
+              and not v.startswith(("target_linearity_", "tl_chance"))
+              or v.startswith("target_linearity") and "_n_" not in v.replace("__", "")
+              and not v.endswith(("_rank", "_chance_floor"))]
     if as_json:
         _output.print_json({
-            "metric": tl_name, "steps": [int(s) for s in tl["step"].values],
-            "layers": [str(name) for name in tl["layer"].values],
-            "values": np.where(np.isfinite(tl.values), tl.values, None).tolist(),
-            "chance_floor": result[f"{tl_name}_chance_floor"].values.tolist(),
-            "attrs": {k: v for k, v in tl.attrs.items() if k != "done_steps"},
+            name: {
+                "dims": list(var.dims),
+                "coords": {d: [_plain(x) for x in result[d].values] for d in var.dims},
+                "values": np.where(np.isfinite(var.values), var.values, None).tolist(),
+                "attrs": {k: v for k, v in var.attrs.items() if k != "flq_stamp"},
+            }
+            for name, var in result.data_vars.items()
         })
         return
-    _output.stdout.print(_output.metric_table(tl, title=f"{tl_name} (step × layer input)"))
-    floor = result[f"{tl_name}_chance_floor"].max().item()
-    _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
+    for name in dict.fromkeys(tables):
+        _output.stdout.print(_output.metric_table(result[name], title=f"{name} (step × layer)"))
+    for name, var in result.data_vars.items():
+        if var.dims == ("layer",):
+            values = ", ".join(f"{layer}={_plain(v)}" for layer, v in
+                               zip(var["layer"].values, var.values, strict=True))
+            _output.stdout.print(f"{name}: {values}")
+    floors = [v for v in result.data_vars if v.endswith("_chance_floor")]
+    if floors:
+        floor = result[floors[0]].max().item()
+        _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value) if np.isfinite(value) else None
+    return str(value) if not isinstance(value, int | float) else value
 
 
 @mapped
@@ -94,7 +113,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
     for column in ("step", "label", "status"):
         table.add_column(column)
     for s, lab, d, e in zip(steps, labels, done, errors, strict=True):
-        status = "done" if d else ("failed: " + e.splitlines()[0][:80] if e else "to do")
+        status = "done" if d else ("failed: " + escape(e.splitlines()[0][:80]) if e else "to do")
         table.add_row(str(s), lab, status)
     out.print(table)
     layers = Table(title="layers")

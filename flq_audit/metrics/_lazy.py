@@ -29,12 +29,12 @@ def layer_moments(ds: xr.Dataset) -> xr.DataArray:
 
     def block(h: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         location = block_info[0]["array-location"]
-        layer = location[1][0]
+        first_layer = location[1][0]
         start, stop = location[2]
-        width = int(widths[layer])
         out = np.empty((h.shape[0], h.shape[1], 1, side, side))
         for i in range(h.shape[0]):
             for j in range(h.shape[1]):
+                width = int(widths[first_layer + j])  # a chunk may hold several layers
                 out[i, j, 0] = _moments_update(
                     h[i, j, :, :width], targets[start:stop], size=size
                 )

@@ -118,7 +118,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 def _activation(name: str) -> nn.Module:
     try:
-        return ACTIVATIONS[name.lower()]()
+        return ACTIVATIONS[str(name).lower()]()
     except KeyError:
         raise ModelBuildError(
             f"unknown activation {name!r}; expected one of {list(ACTIVATIONS)}"

@@ -35,7 +35,9 @@ def _moments_update(h: npt.ArrayLike, y: npt.ArrayLike, *, size: int | None = No
     ndarray of shape (size + n_targets + 1, size + n_targets + 1), float64
     """
     h = np.asarray(h, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).reshape(h.shape[0], -1)
+    y = np.asarray(y, dtype=np.float64)
+    # an empty block (0 rows) cannot infer the column count with -1
+    y = y.reshape(h.shape[0], -1) if y.size else y.reshape(0, int(np.prod(y.shape[1:])))
     d = h.shape[1] if size is None else size
     a = np.zeros((h.shape[0], d + y.shape[1] + 1))
     a[:, : h.shape[1]] = h

@@ -1,0 +1,58 @@
+"""Imports point forward only (cli → api → stages); metrics never touch torch or zarr."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import flq_audit
+
+PACKAGE = Path(flq_audit.__file__).parent
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(subpackage: str) -> list[Path]:
+    root = PACKAGE / subpackage
+    return sorted(root.rglob("*.py")) if root.is_dir() else [root.with_suffix(".py")]
+
+
+def test_metrics_import_only_numerics():
+    banned = ("torch", "zarr", "huggingface_hub", "safetensors", "flq_audit.store",
+              "flq_audit.capture", "flq_audit.sources")
+    for path in _modules("metrics"):
+        bad = [m for m in _imports(path) if m.startswith(banned)]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_sources_never_import_store_and_nothing_imports_cli():
+    for path in _modules("sources"):
+        assert not [m for m in _imports(path) if m.startswith("flq_audit.store")], path
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts or path.name == "__main__.py":
+            continue
+        assert not [m for m in _imports(path) if m.startswith("flq_audit.cli")], path
+
+
+def test_import_flq_audit_is_torch_free():
+    code = "import sys, flq_audit; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_modules_stay_small():
+    too_long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not too_long, too_long
