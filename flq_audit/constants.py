@@ -28,7 +28,9 @@ SAFETENSORS_SINGLE_FILE = "model.safetensors"
 PICKLE_SINGLE_FILE = "pytorch_model.bin"
 NESTED_STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net")
 # Files that live beside checkpoints but are not model weights.
-NON_WEIGHT_STEMS = ("optimizer", "optim", "scheduler", "rng_state", "training_args", "trainer_state", "scaler")
+NON_WEIGHT_STEMS = (
+    "optimizer", "optim", "scheduler", "rng_state", "training_args", "trainer_state", "scaler",
+)
 
 # Reference convention for the optional PCA in Target Linearity (paper-notes §4.4).
 DEFAULT_PCA_THRESHOLD = 1000

@@ -10,7 +10,7 @@ import xarray as xr
 from flq_audit import api
 from flq_audit._runner import AuditResult, Progress
 from flq_audit.recipes import digits_mlp
-from flq_audit.report import tl_heatmap
+from flq_audit.report import tl_heatmap, write_report
 
 
 @dataclass
@@ -34,10 +34,11 @@ def run_demo(workdir: str | Path = "flq-demo", *, progress: Progress | None = No
     store = work / "store.zarr"
     result = api.audit(str(checkpoints), out=store, progress=progress)
     assert isinstance(result, AuditResult)
-    metrics = api.compute_metrics(store)
+    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics"])
     netcdf = api.export(store, work / "metrics.nc")
     figure = tl_heatmap(
         metrics["target_linearity"], work / "target_linearity.png",
         title="Target Linearity of each layer's input, digits MLP (SGD + momentum)",
     )
+    write_report(metrics, work / "report")
     return DemoResult(checkpoints, store, netcdf, figure, result, metrics)

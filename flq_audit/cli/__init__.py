@@ -16,7 +16,9 @@ from flq_audit.cli import _output
 from flq_audit.cli._audit import audit_command
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import QuietOpt
+from flq_audit.cli._report import layer_table, report_command
 from flq_audit.cli._store import export_command, metrics_command, show_command
+from flq_audit.report import sequential_verdict
 
 app = typer.Typer(
     name="flq-audit",
@@ -32,6 +34,7 @@ app.command("audit")(audit_command)
 app.command("metrics")(metrics_command)
 app.command("show")(show_command)
 app.command("export")(export_command)
+app.command("report")(report_command)
 
 
 @app.command("demo")
@@ -48,10 +51,13 @@ def demo_command(
         result = run_demo(workdir, progress=progress)
     tl = result.metrics["target_linearity"]
     _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
+    _output.stdout.print(layer_table(result.metrics))
+    rho = result.metrics["depth_spearman"].dropna("step").values
+    _output.stdout.print(sequential_verdict(result.metrics["t90"], float(rho[-1])))
     _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
 
 
-COMMANDS = {"audit", "metrics", "show", "export", "demo"}
+COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
 
 
 def main(argv: list[str] | None = None) -> None:

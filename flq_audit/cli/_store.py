@@ -21,7 +21,8 @@ from flq_audit.export import metric_variables
 @mapped
 def metrics_command(
     store: StoreArg,
-    metric: Annotated[str, typer.Option(help="Comma-separated metric groups: tl, surrogate, gram, dynamics.")] = "tl",
+    metric: Annotated[str, typer.Option(
+        help="Comma-separated metric groups: tl, surrogate, gram, dynamics.")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
@@ -40,10 +41,10 @@ def metrics_command(
         store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
         scheduler=scheduler,
     )
-    tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
-              and not v.startswith(("target_linearity_", "tl_chance"))
-              or v.startswith("target_linearity") and "_n_" not in v.replace("__", "")
-              and not v.endswith(("_rank", "_chance_floor"))]
+    tables = [v for v, var in result.data_vars.items() if (var.dims == ("step", "layer")
+              and not v.startswith(("target_linearity_", "tl_chance")))
+              or (v.startswith("target_linearity") and "_n_" not in v.replace("__", "")
+              and not v.endswith(("_rank", "_chance_floor")))]
     if as_json:
         _output.print_json({
             name: {

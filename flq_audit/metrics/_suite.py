@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import xarray as xr
 
+from flq_audit.metrics._dynamics import dynamics_dataset
+from flq_audit.metrics._gram import gram_dataset
 from flq_audit.metrics._lazy import layer_moments
-from flq_audit.metrics.dynamics import dynamics_dataset
-from flq_audit.metrics.gram import gram_dataset
-from flq_audit.metrics.surrogate import surrogate_dataset
-from flq_audit.metrics.target_linearity import target_linearity_dataset
+from flq_audit.metrics._surrogate import surrogate_dataset
+from flq_audit.metrics._target_linearity import target_linearity_dataset
 
 #: Metric groups the CLI and API accept, with what each stores.
 METRICS: dict[str, str] = {

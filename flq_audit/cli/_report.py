@@ -1,0 +1,56 @@
+"""``flq-audit report``: per-layer summary table, verdict and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from flq_audit import api
+from flq_audit.cli import _output
+from flq_audit.cli._errors import mapped
+from flq_audit.cli._options import StoreArg
+from flq_audit.report import sequential_verdict, write_report
+
+
+@mapped
+def report_command(
+    store: StoreArg,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the PNG figures. Default: beside the store, <store>-report/")] = None,
+) -> None:
+    """Per-layer table (TL first/last, t90, surrogate, alignment), a verdict, and figures.
+
+    Example: flq-audit report run.zarr --out run-report
+    """
+    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics"])
+    _output.stdout.print(layer_table(metrics))
+    last = metrics["depth_spearman"].dropna("step")
+    rho = float(last.values[-1]) if last.size else float("nan")
+    _output.stdout.print(sequential_verdict(metrics["t90"], rho))
+    folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
+    for path in write_report(metrics, folder):
+        _output.stdout.print(f"figure  {path}")
+
+
+def layer_table(metrics) -> Table:
+    """One row per layer: TL at the first and last done step, t90, surrogate, alignment."""
+    tl = metrics["target_linearity"].dropna("step", how="all")
+    table = Table(title="per layer")
+    for column in ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last"):
+        table.add_column(column, justify="right" if column != "layer" else "left")
+    for layer in tl["layer"].values:
+        row = [str(layer), _f(tl.sel(layer=layer).values[0]), _f(tl.sel(layer=layer).values[-1]),
+               _f(metrics["t90"].sel(layer=layer).item(), "{:.0f}")]
+        for name in ("surrogate", "alignment"):
+            values = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
+            row.append(_f(values[-1], "{:.3g}") if len(values) else "—")
+        table.add_row(*row)
+    return table
+
+
+def _f(value: float, fmt: str = "{:.3f}") -> str:
+    return fmt.format(value) if np.isfinite(value) else "—"
