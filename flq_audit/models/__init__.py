@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.errors import FlqAuditWarning, ModelBuildError
 from flq_audit.models.factory import KeyMapper, build_from_factory
 from flq_audit.models.spec import CNN, MLP, build_from_spec, load_spec
 
@@ -80,6 +81,14 @@ def load_weights(
         raise ModelBuildError(
             f"step {step}: tensor shapes differ from model {built.origin!r}: {_short(mismatched)}",
             step=step,
+        )
+    missing_buffers = sorted(k for k in own if k not in state and k in buffers
+                             and not k.endswith(_IGNORABLE_KEY_SUFFIXES))
+    if missing_buffers:
+        warnings.warn(
+            f"step {step}: the checkpoint lacks buffer(s) {_short(missing_buffers)}; the model "
+            "keeps its initial values for them, which may change its forward pass",
+            FlqAuditWarning, stacklevel=2,
         )
     filtered = {k: v for k, v in state.items() if k in own}
     module.load_state_dict(filtered, strict=False)

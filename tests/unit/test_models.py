@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.errors import FlqAuditWarning, ModelBuildError
 from flq_audit.models import MLP, BuiltModel, build_from_spec, build_model, load_weights
 
 MLP_SPEC = {"type": "mlp", "in_features": 6, "widths": [8, 8], "out_features": 3,
@@ -292,6 +292,15 @@ def test_checkpoint_without_num_batches_tracked_loads():
     loaded = load_weights(built, state, step=0)
     assert "bn.num_batches_tracked" not in loaded
     assert torch.equal(built.module.state_dict()["bn.weight"], state["bn.weight"])
+
+
+def test_missing_running_stats_warn_but_load():
+    state = {k: v.clone() for k, v in _WithBuffers().state_dict().items()
+             if not k.startswith("bn.running_")}
+    built = BuiltModel(_WithBuffers(), origin="m")
+    with pytest.warns(FlqAuditWarning, match=r"lacks buffer\(s\) \[bn\.running_mean, bn\.running_var\]"):
+        load_weights(built, state, step=4)
+    assert torch.equal(built.module.state_dict()["fc.weight"], state["fc.weight"])
 
 
 def test_stray_num_batches_tracked_is_ignored():
