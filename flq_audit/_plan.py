@@ -8,6 +8,7 @@ from typing import Any
 
 from flq_audit.capture import LayerInfo, layer_infos, select_layers
 from flq_audit.errors import FlqAuditError, ModelBuildError, ProbeError
+from flq_audit.feature_learning import FLConfig
 from flq_audit.models import BuiltModel, build_model
 from flq_audit.probes import Probe, load_probe
 from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
@@ -26,13 +27,17 @@ class CaptureConfig:
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
     max_samples: int | None = None
+    fl: FLConfig | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "model": self.model, "layers": list(self.layers),
             "activation_dtype": self.activation_dtype, "gram_dtype": self.gram_dtype,
             "max_samples": self.max_samples,
         }
+        if self.fl is not None:
+            out["fl"] = self.fl.to_json_dict()
+        return out
 
 
 @dataclass
@@ -88,6 +93,7 @@ def make_plan(
     activation_dtype: str,
     gram_dtype: str,
     max_samples: int | None,
+    fl: FLConfig | None = None,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe and layers; validate the probe against the model."""
     src = open_source(source)
@@ -107,8 +113,10 @@ def make_plan(
     infos = layer_infos(built.module, chosen, loaded.inputs)
     config = CaptureConfig(
         model=str(model_spec), layers=tuple(li.name for li in infos),
-        activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
+        activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples, fl=fl,
     )
+    if fl is not None:
+        _check_fl(fl, loaded, [r.step for r in refs])
     store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
     layout = StoreLayout(
         source=src.describe(),
@@ -120,11 +128,21 @@ def make_plan(
         capture_config=config.to_json_dict(),
         activation_dtype=activation_dtype,
         gram_dtype=gram_dtype,
+        fl_enabled=fl is not None,
     )
     return AuditPlan(
         source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store, built=built,
         probe=loaded, layers=infos, config=config, layout=layout,
     )
+
+
+def _check_fl(fl: FLConfig, probe: Probe, steps: list[int]) -> None:
+    """Refuse missing provenance before any checkpoint is read."""
+    if fl.loss == "ce" and probe.kind != "classes":
+        raise ProbeError("--fl-loss ce needs a class probe; this probe has continuous targets")
+    for step in steps[:-1]:
+        fl.lr_at(step)
+        fl.batch_at(step, probe.n_samples)
 
 
 def _default_file(root: Path, name: str, flag: str, error: type[FlqAuditError]) -> str:

@@ -13,7 +13,8 @@ import numpy as np
 from flq_audit._plan import AuditPlan
 from flq_audit.capture import gram, replay
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
-from flq_audit.models import load_weights
+from flq_audit.feature_learning import fl_quantities
+from flq_audit.models import load_weights, map_keys
 from flq_audit.sources import CheckpointRef
 from flq_audit.store import StepWriter, consolidate, create_or_resume, store_lock
 from flq_audit.weights import file_sha256, load_state_dict
@@ -91,6 +92,36 @@ def run_audit(
     return result
 
 
+def _feature_learning(
+    plan: AuditPlan,
+    writer: StepWriter,
+    ref: CheckpointRef,
+    index: int,
+    state: dict,
+    layers: dict,
+    trust_pickle: bool,
+) -> None:
+    """FL quantities of the update from ``ref`` to the next selected checkpoint."""
+    fl = plan.config.fl
+    assert fl is not None
+    following = plan.refs[plan.refs.index(ref) + 1]
+    next_state = map_keys(plan.built, load_state_dict(
+        plan.source.fetch(following), trust_pickle=trust_pickle, step=following.step))
+    missing = [name for name in layers if f"{name}.weight" not in next_state]
+    if missing:
+        raise ModelBuildError(f"step {following.step}: no weight for layer(s) {missing}",
+                              step=following.step)
+    batch = fl.batch_at(ref.step, plan.probe.n_samples)
+    labels = None if plan.probe.labels is None else plan.probe.labels[batch]
+    results = fl_quantities(
+        plan.built.module, layers, plan.probe.inputs[batch], plan.probe.targets[batch], labels,
+        state, {name: next_state[f"{name}.weight"] for name in layers},
+        loss=fl.loss, lr=fl.lr_at(ref.step),
+    )
+    for layer_index, info in enumerate(plan.layers):
+        writer.write_fl(index, layer_index, results[info.name])
+
+
 def _audit_step(
     plan: AuditPlan,
     writer: StepWriter,
@@ -126,4 +157,6 @@ def _audit_step(
     for layer_index, info in enumerate(plan.layers):
         weight = state.get(f"{info.name}.weight")
         writer.write_gram(index, layer_index, gram(layers[info.name], weight))
+    if plan.config.fl is not None and ref is not plan.refs[-1]:
+        _feature_learning(plan, writer, ref, index, state, layers, trust_pickle)
     writer.finish_step(index, [str(p) for p in paths], shas)

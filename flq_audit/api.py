@@ -14,6 +14,7 @@ from flq_audit._plan import AuditPlan, make_plan
 from flq_audit._runner import AuditResult, Progress, run_audit
 from flq_audit.capture import resolve_device
 from flq_audit.export import to_netcdf
+from flq_audit.feature_learning import load_fl_config
 from flq_audit.sources import CheckpointRef, open_source
 from flq_audit.store import open_dataset
 
@@ -46,6 +47,9 @@ def audit(
     trust_pickle: bool = False,
     overwrite: bool = False,
     dry_run: bool = False,
+    fl_loss: str | None = None,
+    fl_lr: str | float | None = None,
+    fl_batches: str | None = None,
     progress: Progress | None = None,
 ) -> AuditPlan | AuditResult:
     """Audit a checkpoint sequence into a Zarr store.
@@ -65,6 +69,14 @@ def audit(
         The probe, model or layer selection is invalid.
     StoreMismatchError, StoreLockedError
         The output store belongs to another audit, or is being written.
+
+    Notes
+    -----
+    With ``fl_loss`` (``"ce"`` or ``"mse"``), ``fl_lr`` (a number, or a JSON file
+    ``{step: lr}``) and ``fl_batches`` (``"full"``, or a JSON file ``{step: [probe indices]}``)
+    the audit also replays each step's training batch and stores the virtual covariance
+    shift, the Gram change to the next selected checkpoint, and the FL residuals
+    (see :mod:`flq_audit.feature_learning`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -72,9 +84,16 @@ def audit(
         raise ValueError(f"activation_dtype must be float32 or float16, got {activation_dtype!r}")
     if gram_dtype not in ("float32", "float64"):
         raise ValueError(f"gram_dtype must be float32 or float64, got {gram_dtype!r}")
+    fl = None
+    if fl_loss is not None or fl_lr is not None or fl_batches is not None:
+        if fl_loss is None or fl_lr is None or fl_batches is None:
+            raise ValueError("the FL residual needs all of fl_loss, fl_lr and fl_batches "
+                             "(--fl-loss, --fl-lr, --fl-batches): the training provenance")
+        fl = load_fl_config(fl_loss, fl_lr, fl_batches)
     plan = make_plan(
         source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
+        fl=fl,
     )
     if plan.store.exists() and not overwrite:
         try:

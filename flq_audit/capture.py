@@ -139,7 +139,8 @@ def replay(
         for start in range(0, inputs.shape[0], batch_size):
             stop = min(start + batch_size, inputs.shape[0])
             captured = {}
-            x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop]))
+            x = x.to(device, dtype=torch.float32)
             try:
                 with torch.no_grad():
                     model(x)

@@ -58,6 +58,13 @@ def audit_command(
         "(runs code from the file: only for files you trust).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing store instead of resuming it.")] = False,
+    fl_loss: Annotated[str | None, typer.Option(
+        help="FL residual: the training loss, ce or mse (mean reduction).")] = None,
+    fl_lr: Annotated[str | None, typer.Option(
+        help="FL residual: the learning rate, a number or a JSON file {step: lr}.")] = None,
+    fl_batches: Annotated[str | None, typer.Option(
+        help="FL residual: 'full' or a JSON file {step: [probe indices]} of each step's batch.")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
@@ -66,7 +73,8 @@ def audit_command(
             source, steps=steps, model=model, probe=probe, layers=_layers(layers), out=out,
             batch_size=batch_size, device=device, activation_dtype=activation_dtype,
             gram_dtype=gram_dtype, max_samples=max_samples, trust_pickle=trust_pickle,
-            overwrite=overwrite, dry_run=dry_run, progress=progress,
+            overwrite=overwrite, dry_run=dry_run, fl_loss=fl_loss, fl_lr=fl_lr,
+            fl_batches=fl_batches, progress=progress,
         )
     if isinstance(result, AuditPlan):
         _render_plan(result, as_json)

@@ -48,13 +48,7 @@ def load_weights(
 
     Returns the state dict under the module's own key names (after ``map_checkpoint_key``).
     """
-    if built.key_mapper is not None:
-        mapped: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            new_key = built.key_mapper(key)
-            if new_key is not None:
-                mapped[new_key] = value
-        state = mapped
+    state = map_keys(built, state)
     module = built.module
     own = module.state_dict()
     buffers = {name for name, _ in module.named_buffers()}
@@ -95,9 +89,24 @@ def load_weights(
     return filtered
 
 
+def map_keys(built: BuiltModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys with the factory's ``map_checkpoint_key`` (if any)."""
+    if built.key_mapper is None:
+        return state
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new_key = built.key_mapper(key)
+        if new_key is not None:
+            mapped[new_key] = value
+    return mapped
+
+
 def _short(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
-__all__ = ["CNN", "MLP", "BuiltModel", "build_from_spec", "build_model", "load_spec", "load_weights"]
+__all__ = [
+    "CNN", "MLP", "BuiltModel", "build_from_spec", "build_model", "load_spec", "load_weights",
+    "map_keys",
+]

@@ -92,7 +92,8 @@ def make_probe(
         raise ProbeError(f"probe {name!r}: inputs must be (N, ...) with N > 0, got {inputs.shape}")
     if not np.issubdtype(inputs.dtype, np.number) or np.issubdtype(inputs.dtype, np.complexfloating):
         raise ProbeError(f"probe {name!r}: inputs must be real numbers, got dtype {inputs.dtype}")
-    inputs = inputs.astype(np.float32, copy=False)
+    # float64 stays float64 (exact FL replays need it); everything else becomes float32
+    inputs = inputs.astype(np.float64 if inputs.dtype == np.float64 else np.float32, copy=False)
     if not np.isfinite(inputs).all():
         bad = int((~np.isfinite(inputs)).any(axis=tuple(range(1, inputs.ndim))).sum())
         raise ProbeError(f"probe {name!r}: {bad} input sample(s) contain NaN or infinity")
@@ -138,14 +139,14 @@ def _builtin(name: str) -> Probe:
         from sklearn.datasets import load_digits
 
         data = load_digits()
-        return make_probe("digits", data.data / 16.0, data.target, num_classes=10)
+        return make_probe("digits", (data.data / 16.0).astype(np.float32), data.target, num_classes=10)
     from sklearn.datasets import make_swiss_roll
 
     points, t = make_swiss_roll(1000, random_state=0)
     xy = points[:, [0, 2]]
     xy = (xy - xy.min(0)) / (xy.max(0) - xy.min(0))
     t = (t - t.min()) / (t.max() - t.min())
-    return make_probe("swissroll", xy, t[:, None])
+    return make_probe("swissroll", xy.astype(np.float32), t[:, None])
 
 
 def _read_file(path: Path) -> dict[str, np.ndarray]:

@@ -51,6 +51,7 @@ class StoreLayout:
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    fl_enabled: bool = False
 
     @property
     def feature_max(self) -> int:
@@ -121,6 +122,8 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         SHA256: ((STEP,), _strings([""] * n_steps), {"description": "sha256 of each file (JSON)"}),
         FILES: ((STEP,), _strings([""] * n_steps), {"description": "checkpoint files (JSON)"}),
     }
+    if layout.fl_enabled:
+        data_vars.update(_fl_variables(layout, gram_chunks))
     coords: dict[str, Any] = {
         STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
         "label": ((STEP,), _strings(layout.labels)),
@@ -150,9 +153,37 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
+FL_MATRICES = {
+    "fl_vcs": "virtual covariance shift -η(WᵀG_W + G_WᵀW) + η²WᵀΔᵀΔW",
+    "fl_gram_change": "ΔG = W_nextᵀW_next − WᵀW",
+    "fl_remainder": "predicted η² remainder η²(G_WᵀG_W − WᵀΔᵀΔW)",
+}
+FL_SCALARS = {
+    "fl_r_vcs": "‖ΔG − VCS‖_F / ‖ΔG‖_F (O(η) for plain SGD)",
+    "fl_r_step": "‖(W − W_next)/η − ΔᵀH‖_F / ‖ΔᵀH‖_F (≈ 0 iff the step was plain SGD)",
+    "fl_residual": "‖ΔG − VCS − remainder‖_F / ‖ΔG‖_F (rounding level when exact)",
+}
+
+
+def _fl_variables(layout: StoreLayout, gram_chunks: tuple[int, ...]) -> dict[str, Any]:
+    n_steps, n_layers = len(layout.steps), len(layout.layers)
+    shape = (n_steps, n_layers, layout.gram_max, layout.gram_max)
+    out: dict[str, Any] = {
+        name: ((STEP, LAYER, GRAM_I, GRAM_J), da.full(shape, np.nan, chunks=gram_chunks),
+               {"long_name": text, "reference": "paper-notes §3"})
+        for name, text in FL_MATRICES.items()
+    }
+    for name, text in FL_SCALARS.items():
+        out[name] = ((STEP, LAYER), np.full((n_steps, n_layers), np.nan),
+                     {"long_name": text, "flq_metric": "fl", "reference": "paper-notes §3.3"})
+    return out
+
+
 def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
     """Chunk encoding aligned with writes: one step, one layer, a block of samples."""
-    return {
+    fl = {name: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan}
+          for name in FL_MATRICES} if layout.fl_enabled else {}
+    return {**fl,
         ACTIVATIONS: {
             "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
         },

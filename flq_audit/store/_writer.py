@@ -90,6 +90,17 @@ class StepWriter:
         padded[: gram.shape[0], : gram.shape[1]] = gram
         self.grams[step_index, layer_index] = padded
 
+    def write_fl(self, step_index: int, layer_index: int, result: object) -> None:
+        """Write one layer's FL quantities (a :class:`FLLayerResult`)."""
+        size = self.layout.gram_max
+        for name in ("vcs", "gram_change", "remainder"):
+            matrix = getattr(result, name)
+            padded = np.full((size, size), np.nan)
+            padded[: matrix.shape[0], : matrix.shape[1]] = matrix
+            self.group[f"fl_{name}"][step_index, layer_index] = padded
+        for name in ("r_vcs", "r_step", "residual"):
+            self.group[f"fl_{name}"][step_index, layer_index] = getattr(result, name)
+
     def finish_step(
         self, step_index: int, files: Sequence[str], sha256: Sequence[str]
     ) -> None:

@@ -219,11 +219,16 @@ def test_non_numeric_inputs():
         make_probe("p", np.array([["a", "b"]]), np.zeros(1))
 
 
-def test_inputs_become_float32_images_keep_shape():
-    inputs = np.arange(2 * 1 * 3 * 3, dtype=np.float64).reshape(2, 1, 3, 3)
+def test_input_dtypes_images_keep_shape():
+    inputs = np.arange(2 * 1 * 3 * 3, dtype=np.int64).reshape(2, 1, 3, 3)
     probe = make_probe("img", inputs, np.array([[0.1], [0.2]]))
     assert probe.inputs.dtype == np.float32
     assert probe.inputs.shape == (2, 1, 3, 3)
+    # float64 stays float64: exact FL replays of float64 training need the same inputs
+    exact = make_probe("img64", inputs.astype(np.float64), np.array([[0.1], [0.2]]))
+    assert exact.inputs.dtype == np.float64
+    half = make_probe("img16", inputs.astype(np.float16), np.array([[0.1], [0.2]]))
+    assert half.inputs.dtype == np.float32
 
 
 # ------------------------------------------------------------------ fingerprint and head
