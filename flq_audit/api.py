@@ -126,7 +126,7 @@ def compute_metrics(
     """Compute metrics lazily from the store, persist them beside the data, return them.
 
     ``metrics`` is any subset of :data:`flq_audit.metrics.METRICS` (``tl``, ``surrogate``,
-    ``gram``, ``dynamics``). TL-dependent results are stored as ``target_linearity`` for the
+    ``gram``, ``dynamics``, ``nc``). TL-dependent results are stored as ``target_linearity`` for the
     default parameters, or with a suffix such as ``target_linearity__pca256`` so that runs
     with other parameters sit side by side. Recomputing with the same parameters over the
     same done steps is a no-op. ``scheduler`` is ``threads`` (default), ``sync``, or a

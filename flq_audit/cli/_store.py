@@ -22,7 +22,7 @@ from flq_audit.export import metric_variables
 def metrics_command(
     store: StoreArg,
     metric: Annotated[str, typer.Option(
-        help="Comma-separated metric groups: tl, surrogate, gram, dynamics.")] = "tl",
+        help="Comma-separated metric groups: tl, surrogate, gram, dynamics, nc.")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,

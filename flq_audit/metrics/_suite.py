@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from flq_audit.metrics._collapse import collapse_dataset
 from flq_audit.metrics._dynamics import dynamics_dataset
 from flq_audit.metrics._gram import gram_dataset
 from flq_audit.metrics._lazy import layer_moments
@@ -17,6 +18,7 @@ METRICS: dict[str, str] = {
     "gram": "gram_top_eigenvalues, gram_effective_rank, gram_stable_rank, gram_drift, "
     "gram_cosine_to_final",
     "dynamics": "t50, t90 (per layer), depth_spearman, tl_gap (per step), tl_chance_corrected",
+    "nc": "nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class probes)",
 }
 #: Groups whose values depend on the TL parameters (pca, ridge): stored with a suffix.
 PARAMETRISED = ("tl", "dynamics")
@@ -35,8 +37,8 @@ def tl_suffix(*, pca: int | None, ridge: float, pca_threshold: int) -> str:
 def lazy_groups(
     ds: xr.Dataset, groups: list[str], *, pca: int | None, pca_threshold: int, ridge: float
 ) -> dict[str, xr.Dataset]:
-    """Lazy Datasets of the groups that read the store (TL and surrogate share moments)."""
-    moments = layer_moments(ds) if {"tl", "surrogate", "dynamics"} & set(groups) else None
+    """Lazy Datasets of the groups that read the store (TL, surrogate and NC share moments)."""
+    moments = layer_moments(ds) if {"tl", "surrogate", "dynamics", "nc"} & set(groups) else None
     out: dict[str, xr.Dataset] = {}
     if "tl" in groups or "dynamics" in groups:
         tl = target_linearity_dataset(
@@ -46,6 +48,8 @@ def lazy_groups(
                                if v != "target_linearity"})
     if "surrogate" in groups:
         out["surrogate"] = surrogate_dataset(ds, moments=moments)
+    if "nc" in groups:
+        out["nc"] = collapse_dataset(ds, moments=moments)
     if "gram" in groups:
         out["gram"] = gram_dataset(ds)
     return out

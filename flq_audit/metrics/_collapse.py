@@ -1,0 +1,61 @@
+"""Neural collapse NC1/NC2 over a store: lazy, one value per (step, layer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from flq_audit.metrics._kernels.collapse import _collapse_compute
+from flq_audit.metrics._kernels.moments import Moments
+from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, layer_moments
+
+REFERENCE = "Papyan, Han & Donoho 2020 (PNAS 117:24652); paper-notes §4.10"
+NAMES = {
+    "nc1": "NC1 = tr(Σ_W Σ_B⁺)/C, Σ_B unweighted over classes (within-class variability collapse)",
+    "nc2_equinorm": "std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (NC2 equinorm, ddof=0)",
+    "nc2_equiangularity": "mean_{c≠c'} |cos(μ_c − μ_G, μ_c' − μ_G) + 1/(C−1)| (NC2 equiangularity)",
+    "nc2_etf_error": "‖M̃ᵀM̃/‖M̃ᵀM̃‖_F − (I − 11ᵀ/C)/√(C−1)‖_F (distance to a simplex ETF)",
+    "nc_n_classes": "classes present in the probe (n_c > 0) that NC rests on",
+}
+
+
+def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
+    """Lazy ``nc1``, ``nc2_equinorm``, ``nc2_equiangularity``, ``nc2_etf_error`` and
+    ``nc_n_classes`` per (step, layer), from the streamed moments of a class probe.
+
+    Classes without probe samples are excluded (``C`` counts present classes) and listed in
+    each variable's ``excluded_classes`` attribute. Steps that are not done, and every value
+    of a store whose ``targets`` are continuous (``kind='continuous'``), are NaN.
+    """
+    kind = ds["targets"].attrs.get("kind")
+    done = ds["done"].astype(bool)
+    excluded: list[int] = []
+    if kind == "continuous":
+        template = (ds["done"].astype(np.float64) * ds["width"].astype(np.float64)).transpose(
+            "step", "layer"
+        )
+        outputs = [xr.full_like(template, np.nan)] * len(NAMES)
+    else:
+        moments = layer_moments(ds) if moments is None else moments
+        k = int(moments.attrs["n_targets"])
+        counts = np.nansum(np.asarray(ds["targets"].values, dtype=np.float64), axis=0)
+        excluded = [int(c) for c in np.flatnonzero(counts == 0)]
+
+        def kernel(matrix: np.ndarray, width: np.ndarray):
+            r = _collapse_compute(Moments.from_matrix(matrix, int(width), k))
+            n_classes = float(r.n_classes) if r.n_classes else np.nan  # 0: targets not one-hot
+            return r.nc1, r.nc2_equinorm, r.nc2_equiangularity, r.nc2_etf_error, n_classes
+
+        outputs = xr.apply_ufunc(
+            kernel, moments, ds["width"],
+            input_core_dims=[[MOMENT_I, MOMENT_J], []],
+            output_core_dims=[[]] * len(NAMES), vectorize=True, dask="parallelized",
+            output_dtypes=[np.float64] * len(NAMES),
+        )
+    attrs = {"reference": REFERENCE, "target_kind": str(kind or "unknown"),
+             "excluded_classes": excluded}
+    return xr.Dataset({
+        name: out.where(done).assign_attrs(long_name=text, **({} if name == "nc_n_classes" else
+                                                               {"units": "1"}), **attrs)
+        for (name, text), out in zip(NAMES.items(), outputs, strict=True)
+    })
