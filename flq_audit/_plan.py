@@ -110,7 +110,7 @@ def make_plan(
             raise ProbeError(f"--max-samples must be >= 1, got {max_samples}")
         loaded = loaded.head(max_samples)
     chosen = select_layers(built.module, layers)
-    infos = layer_infos(built.module, chosen, loaded.inputs)
+    infos = layer_infos(built.module, chosen, loaded)
     config = CaptureConfig(
         model=str(model_spec), layers=tuple(li.name for li in infos),
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples, fl=fl,

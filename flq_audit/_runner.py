@@ -142,7 +142,7 @@ def _audit_step(
     dtype = np.dtype(plan.config.activation_dtype)
     try:
         for start, _stop, captured in replay(
-            plan.built.module, layers, plan.probe.inputs, batch_size=batch_size,
+            plan.built.module, layers, plan.probe, batch_size=batch_size,
             device=device, dtype=dtype,
         ):
             for layer_index, info in enumerate(plan.layers):

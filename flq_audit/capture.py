@@ -8,8 +8,9 @@ same input space (conv kernels reshaped to ``C_out × C_in·k·k``).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -84,17 +85,16 @@ def gram(module: nn.Module, weight: torch.Tensor | None = None) -> np.ndarray:
 
 
 def layer_infos(
-    model: nn.Module, layers: dict[str, nn.Module], sample_inputs: np.ndarray
+    model: nn.Module, layers: dict[str, nn.Module], probe: BatchSource | np.ndarray
 ) -> list[LayerInfo]:
     """Measure each layer's input width with one small forward pass.
 
     This runs before any checkpoint is read, so a probe that does not fit the model fails
     fast with :class:`ProbeError`.
     """
-    widths: dict[str, int] = {}
-    batch = next(iter(replay(model, layers, sample_inputs[:2], batch_size=2, device="cpu")))
-    for name, array in batch[2].items():
-        widths[name] = array.shape[1]
+    first = next(iter(_batches(probe, 2)))
+    batch = next(iter(replay(model, layers, _OneBatch(first), batch_size=2, device="cpu")))
+    widths = {name: array.shape[1] for name, array in batch[2].items()}
     infos = []
     for name, module in layers.items():
         if name not in widths:
@@ -107,27 +107,73 @@ def layer_infos(
     return infos
 
 
+@dataclass(frozen=True)
+class ProbeBatch:
+    """One forward pass worth of probe: rows ``start:stop`` of the sample axis.
+
+    ``inputs`` is a tensor (called as ``model(x)``) or a dict (``model(**x)``); ``reduce``
+    maps a hooked tensor (batch, ..., width) to its ``stop − start`` sample rows (pooling or
+    token selection for text); ``None`` flattens each batch item into one row.
+    """
+
+    start: int
+    stop: int
+    inputs: torch.Tensor | dict[str, torch.Tensor]
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class BatchSource(Protocol):
+    def batches(self, batch_size: int) -> Iterator[ProbeBatch]: ...
+
+
+class _OneBatch:
+    def __init__(self, batch: ProbeBatch) -> None:
+        self.batch = batch
+
+    def batches(self, batch_size: int) -> Iterator[ProbeBatch]:
+        yield self.batch
+
+
+def array_batches(inputs: np.ndarray, batch_size: int) -> Iterator[ProbeBatch]:
+    """Batches of an array probe (one row per input sample)."""
+    for start in range(0, inputs.shape[0], batch_size):
+        stop = min(start + batch_size, inputs.shape[0])
+        x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(torch.float32)
+        yield ProbeBatch(start, stop, x)
+
+
+def _batches(probe: BatchSource | np.ndarray, batch_size: int) -> Iterator[ProbeBatch]:
+    if isinstance(probe, np.ndarray):
+        return array_batches(probe, batch_size)
+    return probe.batches(batch_size)
+
+
 def replay(
     model: nn.Module,
     layers: dict[str, nn.Module],
-    inputs: np.ndarray,
+    probe: BatchSource | np.ndarray,
     *,
     batch_size: int,
     device: str,
     dtype: np.dtype | type = np.float32,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-    """Yield ``(start, stop, {layer: (B, width) array})`` batch by batch (eval, no grad)."""
+    """Yield ``(start, stop, {layer: (rows, width) array})`` batch by batch (eval, no grad).
+
+    ``probe`` is an array of inputs or an object with ``batches(batch_size)`` (text probes).
+    """
     model.eval()
     model.to(device)
     captured: dict[str, np.ndarray] = {}
     wanted = set(layers)
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def make_hook(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             if name in captured or not args:
                 return
             tensor = args[0].detach()
-            flat = tensor.reshape(tensor.shape[0], -1).to("cpu", torch.float32, copy=True).numpy()
+            rows = reduce(tensor) if reduce is not None else tensor.reshape(tensor.shape[0], -1)
+            flat = rows.to("cpu", torch.float32, copy=True).numpy()
             captured[name] = flat if dtype == np.float32 else flat.astype(dtype)
             if len(captured) == len(wanted):
                 raise _StopForward
@@ -136,23 +182,26 @@ def replay(
 
     handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
     try:
-        for start in range(0, inputs.shape[0], batch_size):
-            stop = min(start + batch_size, inputs.shape[0])
+        for batch in _batches(probe, batch_size):
             captured = {}
-            x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop]))
-            x = x.to(device, dtype=torch.float32)
+            reduce = batch.reduce
             try:
                 with torch.no_grad():
-                    model(x)
+                    if isinstance(batch.inputs, dict):
+                        model(**{k: v.to(device) for k, v in batch.inputs.items()})
+                    else:
+                        model(batch.inputs.to(device))
             except _StopForward:
                 pass
             except RuntimeError as err:
+                shape = tuple(batch.inputs.shape[1:]) if not isinstance(batch.inputs, dict) else (
+                    {k: tuple(v.shape[1:]) for k, v in batch.inputs.items()})
                 raise ProbeError(
-                    f"probe inputs of shape {tuple(inputs.shape[1:])} per sample do not fit "
+                    f"probe inputs of shape {shape} per sample do not fit "
                     f"the model: {str(err).splitlines()[0]}",
                     hint="Check that --probe and --model belong together.",
                 ) from err
-            yield start, stop, captured
+            yield batch.start, batch.stop, captured
     finally:
         for handle in handles:
             handle.remove()

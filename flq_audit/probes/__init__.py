@@ -44,6 +44,12 @@ class Probe:
             digest.update(contiguous.tobytes())
         return digest.hexdigest()
 
+    def batches(self, batch_size: int):
+        """Forward-pass batches (see :class:`flq_audit.capture.ProbeBatch`)."""
+        from flq_audit.capture import array_batches
+
+        return array_batches(self.inputs, batch_size)
+
     def head(self, n: int) -> Probe:
         """The first ``n`` samples (``--max-samples``)."""
         if n >= self.n_samples:
