@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +10,26 @@ from flq_audit.capture import LayerInfo, layer_infos, select_layers
 from flq_audit.errors import FlqAuditError, ModelBuildError, ProbeError
 from flq_audit.feature_learning import FLConfig
 from flq_audit.models import BuiltModel, build_model
+from flq_audit.models.hf import build_hf_model
 from flq_audit.probes import Probe, load_probe
+from flq_audit.probes.text import TEXT_SUFFIXES
 from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
 from flq_audit.store import StoreLayout
 
 DEFAULT_MODEL_FILE = "model_spec.json"
 DEFAULT_PROBE_FILE = "probe.npz"
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How a text probe becomes rows (see :mod:`flq_audit.probes.text`)."""
+
+    task: str = "sequence"
+    pooling: str = "cls"
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
+    top_k: int = 50
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,8 @@ class CaptureConfig:
     gram_dtype: str = "float32"
     max_samples: int | None = None
     fl: FLConfig | None = None
+    text: TextOptions | None = None
+    trust_remote_code: bool = False
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -35,6 +51,8 @@ class CaptureConfig:
             "activation_dtype": self.activation_dtype, "gram_dtype": self.gram_dtype,
             "max_samples": self.max_samples,
         }
+        if self.text is not None:
+            out["text"] = asdict(self.text)
         if self.fl is not None:
             out["fl"] = self.fl.to_json_dict()
         return out
@@ -94,6 +112,8 @@ def make_plan(
     gram_dtype: str,
     max_samples: int | None,
     fl: FLConfig | None = None,
+    text: TextOptions | None = None,
+    trust_remote_code: bool = False,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe and layers; validate the probe against the model."""
     src = open_source(source)
@@ -101,10 +121,21 @@ def make_plan(
     wanted = set(select_steps([r.step for r in all_refs], steps))
     refs = [r for r in all_refs if r.step in wanted]
     root = Path(source).expanduser()
-    model_spec = model or _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelBuildError)
+    folder = checkpoint_folder(src, refs[0]) if refs else None
+    model_spec = model or _default_model(root, folder)
     probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeError)
-    built = build_model(model_spec)
-    loaded = load_probe(probe_spec)
+    if model_spec == "hf":
+        if folder is None:
+            raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
+        built = build_hf_model(folder, trust_remote_code=trust_remote_code)
+    else:
+        built = build_model(model_spec)
+    if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
+        text = text or TextOptions()
+        loaded = _text_probe(probe_spec, folder, text)
+    else:
+        text = None
+        loaded = load_probe(probe_spec)
     if max_samples is not None:
         if max_samples < 1:
             raise ProbeError(f"--max-samples must be >= 1, got {max_samples}")
@@ -114,6 +145,7 @@ def make_plan(
     config = CaptureConfig(
         model=str(model_spec), layers=tuple(li.name for li in infos),
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples, fl=fl,
+        text=text, trust_remote_code=trust_remote_code,
     )
     if fl is not None:
         _check_fl(fl, loaded, [r.step for r in refs])
@@ -136,8 +168,48 @@ def make_plan(
     )
 
 
+def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | None:
+    """The folder holding a checkpoint's config/tokenizer files, when it has one."""
+    config_dir = getattr(source, "config_dir", None)
+    if callable(config_dir):
+        return Path(config_dir(ref))
+    folder = Path(ref.files[0]).parent
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _default_model(root: Path, folder: Path | None) -> str:
+    if root.is_dir() and (root / DEFAULT_MODEL_FILE).is_file():
+        return str(root / DEFAULT_MODEL_FILE)
+    if folder is not None and (folder / "config.json").is_file():
+        return "hf"
+    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelBuildError)
+
+
+def _text_probe(spec: str, folder: Path | None, text: TextOptions) -> Any:
+    if folder is None:
+        raise ProbeError(
+            f"text probe {spec!r} needs a tokenizer, and the checkpoints have no folder with "
+            "tokenizer files", hint="Text probes work with transformers checkpoints.",
+        )
+    from transformers import AutoTokenizer
+
+    from flq_audit.probes.text import load_text_probe
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:
+        raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
+    return load_text_probe(
+        spec, tokenizer, task=text.task, text_column=text.text_column,  # type: ignore[arg-type]
+        label_column=text.label_column, pooling=text.pooling,  # type: ignore[arg-type]
+        max_length=text.max_length, top_k=text.top_k,
+    )
+
+
 def _check_fl(fl: FLConfig, probe: Probe, steps: list[int]) -> None:
     """Refuse missing provenance before any checkpoint is read."""
+    if not isinstance(probe, Probe):
+        raise ProbeError("the FL residual needs an array probe (inputs, targets)")
     if fl.loss == "ce" and probe.kind != "classes":
         raise ProbeError("--fl-loss ce needs a class probe; this probe has continuous targets")
     for step in steps[:-1]:

@@ -10,11 +10,12 @@ from typing import Protocol
 
 import numpy as np
 
-from flq_audit._plan import AuditPlan
+from flq_audit._plan import AuditPlan, checkpoint_folder
 from flq_audit.capture import gram, replay
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.feature_learning import fl_quantities
 from flq_audit.models import load_weights, map_keys
+from flq_audit.models.hf import load_hf_checkpoint
 from flq_audit.sources import CheckpointRef
 from flq_audit.store import StepWriter, consolidate, create_or_resume, store_lock
 from flq_audit.weights import file_sha256, load_state_dict
@@ -134,8 +135,15 @@ def _audit_step(
 ) -> None:
     paths = plan.source.fetch(ref)
     shas = [file_sha256(p) for p in paths]
-    state = load_state_dict(paths, trust_pickle=trust_pickle, step=ref.step)
-    state = load_weights(plan.built, state, step=ref.step)
+    if plan.config.model == "hf":
+        plan.built = load_hf_checkpoint(
+            checkpoint_folder(plan.source, ref) or paths[0].parent, step=ref.step,
+            trust_remote_code=plan.config.trust_remote_code,
+        )
+        state: dict = {}
+    else:
+        state = load_state_dict(paths, trust_pickle=trust_pickle, step=ref.step)
+        state = load_weights(plan.built, state, step=ref.step)
     modules = dict(plan.built.module.named_modules())
     layers = {li.name: modules[li.name] for li in plan.layers}
     writer.begin_step()

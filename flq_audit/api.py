@@ -10,7 +10,7 @@ import xarray as xr
 
 from flq_audit import __version__
 from flq_audit._metrics_run import run_metrics
-from flq_audit._plan import AuditPlan, make_plan
+from flq_audit._plan import AuditPlan, TextOptions, make_plan
 from flq_audit._runner import AuditResult, Progress, run_audit
 from flq_audit.capture import resolve_device
 from flq_audit.export import to_netcdf
@@ -50,6 +50,13 @@ def audit(
     fl_loss: str | None = None,
     fl_lr: str | float | None = None,
     fl_batches: str | None = None,
+    text_task: str = "sequence",
+    pooling: str = "cls",
+    text_column: str = "text",
+    label_column: str = "label",
+    max_length: int = 128,
+    top_k: int = 50,
+    trust_remote_code: bool = False,
     progress: Progress | None = None,
 ) -> AuditPlan | AuditResult:
     """Audit a checkpoint sequence into a Zarr store.
@@ -78,6 +85,10 @@ def audit(
     shift, the Gram change to the next selected checkpoint, and the FL residuals
     (see :mod:`flq_audit.feature_learning`).
     """
+    if text_task not in ("sequence", "token", "next-token"):
+        raise ValueError(f"text_task must be sequence, token or next-token, got {text_task!r}")
+    if pooling not in ("cls", "last", "mean"):
+        raise ValueError(f"pooling must be cls, last or mean, got {pooling!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if activation_dtype not in ("float32", "float16"):
@@ -93,7 +104,9 @@ def audit(
     plan = make_plan(
         source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
-        fl=fl,
+        fl=fl, trust_remote_code=trust_remote_code,
+        text=TextOptions(task=text_task, pooling=pooling, text_column=text_column,
+                         label_column=label_column, max_length=max_length, top_k=top_k),
     )
     if plan.store.exists() and not overwrite:
         try:

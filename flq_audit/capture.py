@@ -8,6 +8,7 @@ same input space (conv kernels reshaped to ``C_out × C_in·k·k``).
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flq_audit.errors import CaptureError, LayerNotFoundError, ProbeError
+from flq_audit.errors import CaptureError, FlqAuditWarning, LayerNotFoundError, ProbeError
 
 _WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -29,6 +30,10 @@ class LayerInfo:
     kind: str
     width: int
     gram_width: int
+
+
+class NotPerTokenError(CaptureError):
+    """A layer's input has no token axis, so a token-level probe cannot use it."""
 
 
 class _StopForward(Exception):
@@ -94,9 +99,15 @@ def layer_infos(
     """
     first = next(iter(_batches(probe, 2)))
     batch = next(iter(replay(model, layers, _OneBatch(first), batch_size=2, device="cpu")))
-    widths = {name: array.shape[1] for name, array in batch[2].items()}
+    widths = {name: array.shape[1] for name, array in batch[2].items() if array is not None}
+    skipped = [name for name, array in batch[2].items() if array is None]
+    if skipped:
+        warnings.warn(f"layers without a token axis are skipped for this token-level probe: "
+                      f"{skipped}", FlqAuditWarning, stacklevel=2)
     infos = []
     for name, module in layers.items():
+        if name in skipped:
+            continue
         if name not in widths:
             raise CaptureError(
                 f"layer {name!r} was never called in the forward pass", layer=name
@@ -172,7 +183,11 @@ def replay(
             if name in captured or not args:
                 return
             tensor = args[0].detach()
-            rows = reduce(tensor) if reduce is not None else tensor.reshape(tensor.shape[0], -1)
+            try:
+                rows = reduce(tensor) if reduce is not None else tensor.reshape(tensor.shape[0], -1)
+            except NotPerTokenError:
+                captured[name] = None  # type: ignore[assignment]
+                return
             flat = rows.to("cpu", torch.float32, copy=True).numpy()
             captured[name] = flat if dtype == np.float32 else flat.astype(dtype)
             if len(captured) == len(wanted):

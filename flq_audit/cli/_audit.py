@@ -34,11 +34,12 @@ def audit_command(
     source: Annotated[str, typer.Argument(help="Folder of checkpoints.")],
     steps: StepsOpt = "all",
     model: Annotated[str | None, typer.Option(
-        help="JSON spec file, 'file.py:function' or 'package.module:function'. "
-        "Default: SOURCE/model_spec.json.")] = None,
+        help="JSON spec file, 'file.py:function', 'package.module:function', or 'hf' "
+        "(transformers, from each checkpoint's config.json). Default: SOURCE/model_spec.json, "
+        "else 'hf' when checkpoints carry a config.json.")] = None,
     probe: Annotated[str | None, typer.Option(
-        help="Builtin probe (digits, swissroll) or a .npz/.safetensors/.pt file. "
-        "Default: SOURCE/probe.npz.")] = None,
+        help="Builtin probe (digits, swissroll), a .npz/.safetensors/.pt file, or a text "
+        "probe (.jsonl/.csv) for transformers models. Default: SOURCE/probe.npz.")] = None,
     layers: Annotated[list[str] | None, typer.Option(
         "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
         "Default: every Linear/Conv layer.")] = None,
@@ -65,6 +66,19 @@ def audit_command(
     fl_batches: Annotated[str | None, typer.Option(
         help="FL residual: 'full' or a JSON file {step: [probe indices]} of each step's batch.")
     ] = None,
+    task: Annotated[str, typer.Option(
+        help="Text probes: sequence (one row per text), token (one per word) or next-token.")
+    ] = "sequence",
+    pooling: Annotated[str, typer.Option(
+        help="Text probes, sequence task: cls, last or mean over real tokens.")] = "cls",
+    text_column: Annotated[str, typer.Option(help="Text probes: the text column.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Text probes: the label column.")] = "label",
+    max_length: Annotated[int, typer.Option(min=1, help="Text probes: tokens per text.")] = 128,
+    top_k: Annotated[int, typer.Option(
+        min=1, help="next-token task: keep the K most frequent next tokens (+ other).")] = 50,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Allow transformers to run code from the checkpoint repo.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
@@ -74,7 +88,9 @@ def audit_command(
             batch_size=batch_size, device=device, activation_dtype=activation_dtype,
             gram_dtype=gram_dtype, max_samples=max_samples, trust_pickle=trust_pickle,
             overwrite=overwrite, dry_run=dry_run, fl_loss=fl_loss, fl_lr=fl_lr,
-            fl_batches=fl_batches, progress=progress,
+            fl_batches=fl_batches, text_task=task, pooling=pooling, text_column=text_column,
+            label_column=label_column, max_length=max_length, top_k=top_k,
+            trust_remote_code=trust_remote_code, progress=progress,
         )
     if isinstance(result, AuditPlan):
         _render_plan(result, as_json)

@@ -32,7 +32,15 @@ def warning(message: str) -> None:
 
 
 def metric_table(values: xr.DataArray, title: str) -> Table:
-    """A step × layer table of one metric."""
+    """A step × layer table of one metric (layer × step when there are many layers)."""
+    if values.sizes["layer"] > 6 and values.sizes["step"] <= values.sizes["layer"]:
+        table = Table(title=title.replace("step × layer", "layer × step"), show_lines=False)
+        table.add_column("layer")
+        for step in values["step"].values:
+            table.add_column(str(int(step)), justify="right")
+        for layer in values["layer"].values:
+            table.add_row(str(layer), *(_fmt(v) for v in values.sel(layer=layer).values))
+        return table
     table = Table(title=title, show_lines=False)
     table.add_column("step", justify="right")
     for layer in values["layer"].values:

@@ -52,7 +52,11 @@ def load_weights(
     module = built.module
     own = module.state_dict()
     buffers = {name for name, _ in module.named_buffers()}
-    missing = sorted(k for k in own if k not in state and k not in buffers)
+    tied = _tied_groups(module)
+    missing = sorted(
+        k for k in own
+        if k not in state and k not in buffers and not any(t in state for t in tied.get(k, ()))
+    )
     unexpected = sorted(
         k for k in state if k not in own and not k.endswith(_IGNORABLE_KEY_SUFFIXES)
     )
@@ -87,6 +91,15 @@ def load_weights(
     filtered = {k: v for k, v in state.items() if k in own}
     module.load_state_dict(filtered, strict=False)
     return filtered
+
+
+def _tied_groups(module: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Keys of the state dict that share storage (tied weights, e.g. an LM head)."""
+    by_pointer: dict[int, list[str]] = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        by_pointer.setdefault(tensor.data_ptr(), []).append(key)
+    return {k: tuple(x for x in keys if x != k) for keys in by_pointer.values() if len(keys) > 1
+            for k in keys}
 
 
 def map_keys(built: BuiltModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

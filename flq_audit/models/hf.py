@@ -1,0 +1,111 @@
+"""Rebuild transformers models from a checkpoint's own ``config.json`` (extra ``flq-audit[hf]``).
+
+The architecture named in ``config.architectures`` is instantiated with random weights
+(``from_config``-style, no download) and the checkpoint's tensors are then loaded strictly by
+:func:`flq_audit.models.load_weights`. Remote code runs only with ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from flq_audit.errors import ModelBuildError
+from flq_audit.models import BuiltModel
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as err:
+        raise ModelBuildError(
+            "this checkpoint needs transformers: pip install 'flq-audit[hf]'"
+        ) from err
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def config_digest(config_dir: str | Path) -> str:
+    """sha256 of the canonical JSON of ``config.json`` (to notice configs that change)."""
+    data = json.loads((Path(config_dir) / "config.json").read_text())
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def build_hf_model(config_dir: str | Path, *, trust_remote_code: bool = False) -> BuiltModel:
+    """Instantiate the architecture of ``config_dir/config.json`` with random weights."""
+    config_file = Path(config_dir) / "config.json"
+    if not config_file.is_file():
+        raise ModelBuildError(
+            f"no config.json in {str(config_dir)!r}: cannot rebuild a transformers model",
+            path=config_dir, hint="Pass --model with a JSON spec or a factory instead.",
+        )
+    transformers = _transformers()
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            str(config_dir), trust_remote_code=trust_remote_code
+        )
+    except ValueError as err:
+        raise ModelBuildError(
+            f"{str(config_file)!r}: transformers cannot read this config ({err})",
+            path=config_file,
+            hint="Custom architectures need --trust-remote-code (runs code from the repo).",
+        ) from err
+    architectures = getattr(config, "architectures", None) or []
+    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    try:
+        if model_class is not None:
+            module = model_class(config)
+        else:
+            module = transformers.AutoModel.from_config(
+                config, trust_remote_code=trust_remote_code
+            )
+    except Exception as err:
+        raise ModelBuildError(
+            f"{str(config_file)!r}: cannot instantiate {architectures or config.model_type} "
+            f"({err})", path=config_file,
+        ) from err
+    module.eval()
+    name = architectures[0] if architectures else type(module).__name__
+    return BuiltModel(module, origin=f"hf:{name}")
+
+
+# Buffers that older checkpoints carry and current transformers recomputes.
+_BENIGN_UNEXPECTED = ("rotary_emb.inv_freq", "attn.masked_bias", "attn.bias", "position_ids")
+
+
+def load_hf_checkpoint(
+    folder: str | Path, *, step: int | None = None, trust_remote_code: bool = False
+) -> BuiltModel:
+    """Load one checkpoint folder (config + weights) with transformers, strictly.
+
+    transformers applies its own key renames and tied weights; any missing, unexpected or
+    shape-mismatched key it reports is an error here (benign legacy buffers excepted).
+    Weights load in float32; pickled ``.bin`` files load with ``weights_only``.
+    """
+    import torch
+
+    built = build_hf_model(folder, trust_remote_code=trust_remote_code)
+    model_class = type(built.module)
+    try:
+        module, info = model_class.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True,
+            dtype=torch.float32, trust_remote_code=trust_remote_code,
+        )
+    except Exception as err:
+        raise ModelBuildError(
+            f"step {step}: transformers cannot load {str(folder)!r} ({err})", path=folder,
+            step=step,
+        ) from err
+    missing = list(info.get("missing_keys", []))
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_BENIGN_UNEXPECTED)]
+    mismatched = [str(m) for m in info.get("mismatched_keys", [])]
+    if missing or unexpected or mismatched:
+        raise ModelBuildError(
+            f"step {step}: checkpoint {str(folder)!r} does not fit {built.origin}: "
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}, "
+            f"mismatched {mismatched[:4]}", path=folder, step=step,
+        )
+    module.eval()
+    return BuiltModel(module, origin=built.origin)

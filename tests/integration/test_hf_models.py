@@ -1,0 +1,80 @@
+"""transformers checkpoints and text probes, checked against direct transformers forwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+pytest.importorskip("transformers")
+
+from flq_audit import api
+from flq_audit.errors import ModelBuildError
+from flq_audit.models.hf import load_hf_checkpoint
+from tests._helpers.hf_models import LABELS, TEXTS, trainer_run
+
+
+def _width(ds: xr.Dataset, layer: str) -> int:
+    return int(ds.width.sel(layer=layer))
+
+
+def test_neox_mean_pooling_matches_unpadded_forwards(tmp_path):
+    run = trainer_run(tmp_path / "run", "neox")
+    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="mean", out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.sizes["sample"] == len(TEXTS)
+    assert ds.targets.shape == (len(TEXTS), 2)  # classes = distinct labels
+    built = load_hf_checkpoint(run / "checkpoint-10", step=10)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "checkpoint-10")
+    stored = ds.activations.sel(step=10, layer="lm_head").values[:, : _width(ds, "lm_head")]
+    for i, text in enumerate(TEXTS):  # each text alone: no padding at all
+        ids = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            hidden = built.module(**ids, output_hidden_states=True).hidden_states[-1]
+        np.testing.assert_allclose(stored[i], hidden[0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_gpt2_conv1d_gram_lives_in_input_space(tmp_path):
+    run = trainer_run(tmp_path / "run", "gpt2", steps=(0,))
+    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="last",
+              layers=["transformer.h.0.attn.c_attn"], out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert int(ds.gram_width.sel(layer="transformer.h.0.attn.c_attn")) == 32  # not 96
+    built = load_hf_checkpoint(run / "checkpoint-0", step=0)
+    w = built.module.transformer.h[0].attn.c_attn.weight.detach().double()  # (in=32, out=96)
+    gram = ds.gram.sel(step=0, layer="transformer.h.0.attn.c_attn").values
+    np.testing.assert_allclose(gram, (w @ w.T).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bert_token_task_one_row_per_word(tmp_path):
+    run = trainer_run(tmp_path / "run", "bert", steps=(0,))
+    api.audit(str(run), probe=str(run / "probe.jsonl"), text_task="token",
+              text_column="tokens", label_column="tags", out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.sizes["sample"] == sum(len(t.split()) for t in TEXTS)
+    assert ds.targets.shape[1] == len({label[0] for label in LABELS})
+
+
+def test_next_token_targets(tmp_path):
+    run = trainer_run(tmp_path / "run", "neox", steps=(0,))
+    api.audit(str(run), probe=str(run / "probe.jsonl"), text_task="next-token", top_k=5,
+              out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "checkpoint-0")
+    positions = sum(len(tok(t)["input_ids"]) - 1 for t in TEXTS)
+    assert ds.sizes["sample"] == positions
+    assert ds.targets.shape[1] == 6  # top 5 + other
+    assert np.allclose(ds.targets.values.sum(1), 1.0)
+
+
+def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
+    run = trainer_run(tmp_path / "run", "neox", steps=(0,))
+    config = (run / "checkpoint-0" / "config.json")
+    config.write_text(config.read_text().replace('"intermediate_size": 64', '"intermediate_size": 48'))
+    with pytest.raises(ModelBuildError, match=r"does not fit|mismatch|size"):
+        load_hf_checkpoint(run / "checkpoint-0", step=0)
