@@ -42,6 +42,12 @@ def run_metrics(
     if ridge < 0:
         raise MetricError(f"ridge must be >= 0, got {ridge}")
     ds = open_dataset(store)
+    needs_activations = [g for g in groups if g != "gram"]
+    if "activations" not in ds and needs_activations:
+        raise MetricError(
+            f"store {str(store)!r} holds Grams only (a weights-only audit): metric group(s) "
+            f"{needs_activations} need activations; available here: ['gram']", path=store,
+        )
     done = ds["done"].values.astype(bool)
     if not done.any():
         raise MetricError(f"store {str(store)!r} has no completed step yet; run the audit first",

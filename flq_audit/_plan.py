@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flq_audit.capture import LayerInfo, layer_infos, select_layers
+from flq_audit.capture import LayerInfo, layer_infos, select_layers, weight_layer_infos
 from flq_audit.errors import FlqAuditError, ModelBuildError, ProbeError
 from flq_audit.feature_learning import FLConfig
 from flq_audit.models import BuiltModel, build_model
@@ -15,6 +16,7 @@ from flq_audit.probes import Probe, load_probe
 from flq_audit.probes.text import TEXT_SUFFIXES
 from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
 from flq_audit.store import StoreLayout
+from flq_audit.weights import tensor_shapes
 
 DEFAULT_MODEL_FILE = "model_spec.json"
 DEFAULT_PROBE_FILE = "probe.npz"
@@ -66,8 +68,8 @@ class AuditPlan:
     refs: list[CheckpointRef]
     all_steps: list[int]
     store: Path
-    built: BuiltModel
-    probe: Probe
+    built: BuiltModel | None  # None in a weights-only audit
+    probe: Probe | None  # None in a weights-only audit
     layers: list[LayerInfo]
     config: CaptureConfig
     layout: StoreLayout
@@ -87,9 +89,10 @@ class AuditPlan:
                 for r in self.refs
             ],
             "checkpoint_bytes": sum(r.size_bytes for r in self.refs),
-            "probe": {"name": self.probe.name, "n_samples": self.probe.n_samples,
-                      "kind": self.probe.kind, "num_classes": self.probe.num_classes,
-                      "fingerprint": self.probe.fingerprint},
+            "probe": None if self.probe is None else {
+                "name": self.probe.name, "n_samples": self.probe.n_samples,
+                "kind": self.probe.kind, "num_classes": self.probe.num_classes,
+                "fingerprint": self.probe.fingerprint},
             "layers": [
                 {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
                 for li in self.layers
@@ -114,6 +117,7 @@ def make_plan(
     fl: FLConfig | None = None,
     text: TextOptions | None = None,
     trust_remote_code: bool = False,
+    no_probe: bool = False,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe and layers; validate the probe against the model."""
     src = open_source(source)
@@ -122,6 +126,8 @@ def make_plan(
     refs = [r for r in all_refs if r.step in wanted]
     root = Path(source).expanduser()
     folder = checkpoint_folder(src, refs[0]) if refs else None
+    if no_probe:
+        return _weights_only_plan(src, refs, all_refs, root, folder, layers, out, gram_dtype)
     model_spec = model or _default_model(root, folder)
     probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeError)
     if model_spec == "hf":
@@ -166,6 +172,30 @@ def make_plan(
         source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store, built=built,
         probe=loaded, layers=infos, config=config, layout=layout,
     )
+
+
+def _weights_only_plan(
+    src: CheckpointSource, refs: list[CheckpointRef], all_refs: list[CheckpointRef], root: Path,
+    folder: Path | None, layers: list[str] | None, out: str | Path | None, gram_dtype: str,
+) -> AuditPlan:
+    """Grams only: layers from the first checkpoint's tensor names and shapes."""
+    shapes_of = getattr(src, "tensor_shapes", None)
+    shapes = shapes_of(refs[0]) if callable(shapes_of) else tensor_shapes(src.fetch(refs[0]))
+    model_type = None
+    if folder is not None and (folder / "config.json").is_file():
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    infos = weight_layer_infos(shapes, model_type=model_type, patterns=layers)
+    config = CaptureConfig(model="none (weights only)", layers=tuple(i.name for i in infos),
+                           gram_dtype=gram_dtype)
+    layout = StoreLayout(
+        source=src.describe(), steps=tuple(r.step for r in refs),
+        labels=tuple(r.label for r in refs), commits=tuple(r.commit or "" for r in refs),
+        layers=tuple(infos), probe=None, capture_config=config.to_json_dict(),
+        gram_dtype=gram_dtype,
+    )
+    store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
+    return AuditPlan(source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store,
+                     built=None, probe=None, layers=infos, config=config, layout=layout)
 
 
 def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | None:

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from flq_audit._plan import AuditPlan, checkpoint_folder
-from flq_audit.capture import gram, replay
+from flq_audit.capture import gram, gram_of_tensor, replay
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.feature_learning import fl_quantities
 from flq_audit.models import load_weights, map_keys
@@ -72,7 +72,7 @@ def run_audit(
         done = set(writer.done_steps())
         todo = [r for r in plan.refs if r.step not in done]
         result.skipped = [r.step for r in plan.refs if r.step in done]
-        n_batches = -(-plan.probe.n_samples // batch_size)
+        n_batches = -(-plan.probe.n_samples // batch_size) if plan.probe is not None else 0
         progress.start(len(todo), n_batches)
         for ref in todo:
             progress.step_started(ref)
@@ -123,6 +123,21 @@ def _feature_learning(
         writer.write_fl(index, layer_index, results[info.name])
 
 
+def _weights_only_step(
+    plan: AuditPlan, writer: StepWriter, ref: CheckpointRef, index: int, paths: list,
+    shas: list[str], trust_pickle: bool,
+) -> None:
+    state = load_state_dict(paths, trust_pickle=trust_pickle, step=ref.step)
+    writer.begin_step()
+    for layer_index, info in enumerate(plan.layers):
+        tensor = state.get(f"{info.name}.weight")
+        if tensor is None:
+            raise WeightsError(f"step {ref.step} ({ref.label}): no tensor {info.name}.weight",
+                               step=ref.step, layer=info.name)
+        writer.write_gram(index, layer_index, gram_of_tensor(tensor, info.kind))
+    writer.finish_step(index, [str(p) for p in paths], shas)
+
+
 def _audit_step(
     plan: AuditPlan,
     writer: StepWriter,
@@ -135,6 +150,9 @@ def _audit_step(
 ) -> None:
     paths = plan.source.fetch(ref)
     shas = [file_sha256(p) for p in paths]
+    if plan.probe is None:
+        _weights_only_step(plan, writer, ref, index, paths, shas, trust_pickle)
+        return
     if plan.config.model == "hf":
         plan.built = load_hf_checkpoint(
             checkpoint_folder(plan.source, ref) or paths[0].parent, step=ref.step,

@@ -57,6 +57,7 @@ def audit(
     max_length: int = 128,
     top_k: int = 50,
     trust_remote_code: bool = False,
+    no_probe: bool = False,
     progress: Progress | None = None,
 ) -> AuditPlan | AuditResult:
     """Audit a checkpoint sequence into a Zarr store.
@@ -104,7 +105,7 @@ def audit(
     plan = make_plan(
         source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
-        fl=fl, trust_remote_code=trust_remote_code,
+        fl=fl, trust_remote_code=trust_remote_code, no_probe=no_probe,
         text=TextOptions(task=text_task, pooling=pooling, text_column=text_column,
                          label_column=label_column, max_length=max_length, top_k=top_k),
     )

@@ -89,6 +89,51 @@ def gram(module: nn.Module, weight: torch.Tensor | None = None) -> np.ndarray:
     return (w.t() @ w).numpy()
 
 
+# transformers families whose Conv1D modules store weights as (d_in, d_out).
+CONV1D_MODEL_TYPES = ("gpt2", "openai-gpt")
+_CONV1D_SUFFIXES = ("c_attn", "c_proj", "c_fc", "q_attn")
+_NOT_LAYERS = ("embed", "wte", "wpe", "embedding", "norm", "ln_", "layernorm")
+
+
+def weight_layer_infos(
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    model_type: str | None = None,
+    patterns: Sequence[str] | None = None,
+) -> list[LayerInfo]:
+    """Layers of a weights-only audit, from tensor names and shapes alone.
+
+    Every ``*.weight`` with 2 or more dimensions is a layer, except embeddings and norms;
+    the Gram width is the input width (``prod(shape[1:])``, or ``shape[0]`` for transformers'
+    Conv1D in GPT-2-style families).
+    """
+    infos = []
+    for key, shape in shapes.items():
+        if not key.endswith(".weight") or len(shape) < 2:
+            continue
+        name = key[: -len(".weight")]
+        if any(part in name.lower() for part in _NOT_LAYERS):
+            continue
+        if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        conv1d = model_type in CONV1D_MODEL_TYPES and name.endswith(_CONV1D_SUFFIXES)
+        width = shape[0] if conv1d else int(np.prod(shape[1:]))
+        infos.append(LayerInfo(name, "Conv1D" if conv1d else f"weight{len(shape)}d", width, width))
+    if not infos:
+        raise LayerNotFoundError(
+            f"no weight matrices found (looked at {len(shapes)} tensors"
+            + (f" with patterns {list(patterns)}" if patterns else "") + ")"
+        )
+    return infos
+
+
+def gram_of_tensor(weight: torch.Tensor, kind: str) -> np.ndarray:
+    """WᵀW in float64 of a bare tensor (``kind`` from :func:`weight_layer_infos`)."""
+    w = weight.detach().to("cpu", torch.float64)
+    w = w.t() if kind == "Conv1D" else w.reshape(w.shape[0], -1)
+    return (w.t() @ w).numpy()
+
+
 def layer_infos(
     model: nn.Module, layers: dict[str, nn.Module], probe: BatchSource | np.ndarray
 ) -> list[LayerInfo]:

@@ -48,6 +48,26 @@ def load_state_dict(
     return {k: _upcast(v) for k, v in merged.items()}
 
 
+def tensor_shapes(files: Sequence[str | Path], *, step: int | None = None) -> dict[str, tuple]:
+    """Tensor names and shapes; safetensors headers only (no tensor data is read)."""
+    shapes: dict[str, tuple] = {}
+    for file in files:
+        path = Path(file)
+        if path.suffix.lower() in SAFETENSORS_EXTENSIONS:
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                        shapes[key] = tuple(handle.get_slice(key).get_shape())
+            except Exception as err:
+                raise WeightsError(f"step {step}: cannot read the header of {str(path)!r} ({err})",
+                                   path=path, step=step) from err
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in load_state_dict([path], step=step).items()})
+    return shapes
+
+
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

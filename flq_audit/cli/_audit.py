@@ -79,6 +79,9 @@ def audit_command(
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow transformers to run code from the checkpoint repo.")
     ] = False,
+    no_probe: Annotated[bool, typer.Option(
+        "--no-probe", help="Weights only: Grams of every weight matrix, no model, no probe.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
@@ -90,7 +93,7 @@ def audit_command(
             overwrite=overwrite, dry_run=dry_run, fl_loss=fl_loss, fl_lr=fl_lr,
             fl_batches=fl_batches, text_task=task, pooling=pooling, text_column=text_column,
             label_column=label_column, max_length=max_length, top_k=top_k,
-            trust_remote_code=trust_remote_code, progress=progress,
+            trust_remote_code=trust_remote_code, no_probe=no_probe, progress=progress,
         )
     if isinstance(result, AuditPlan):
         _render_plan(result, as_json)
@@ -123,8 +126,9 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     out.print(f"source  {summary['source']}")
     out.print(f"store   {summary['store']} ({'resume' if summary['store_exists'] else 'new'}; "
               f"~{summary['store_bytes_estimate'] / 2**20:.1f} MiB uncompressed)")
-    out.print(f"probe   {summary['probe']['name']}: {summary['probe']['n_samples']} samples, "
-              f"{summary['probe']['kind']}")
+    probe = summary["probe"]
+    out.print("probe   none (weights only)" if probe is None else
+              f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
     table = Table(title="checkpoints")
     for column in ("step", "label", "format", "MiB", "status"):
         table.add_column(column)

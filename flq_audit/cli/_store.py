@@ -89,7 +89,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
     summary = {
         "store": str(store), "source": ds.attrs.get("source"),
         "flq_audit_version": ds.attrs.get("flq_audit_version"),
-        "probe": json.loads(ds.attrs.get("probe", "{}")),
+        "probe": json.loads(ds.attrs.get("probe", "null")) or {},
         "capture_config": json.loads(ds.attrs.get("capture_config", "{}")),
         "steps": [{"step": s, "label": lab, "done": bool(d), "error": e or None}
                   for s, lab, d, e in zip(steps, labels, done, errors, strict=True)],
@@ -97,7 +97,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
                    for n, k, w, g in zip(ds["layer"].values, ds["layer_kind"].values,
                                          ds["width"].values, ds["gram_width"].values,
                                          strict=True)],
-        "n_samples": int(ds.sizes["sample"]), "bytes_on_disk": size,
+        "n_samples": int(ds.sizes.get("sample", 0)), "bytes_on_disk": size,
         "metrics": metric_variables(ds),
     }
     if as_json:
@@ -106,8 +106,12 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
     out = _output.stdout
     out.print(f"store   {store} ({size / 2**20:.1f} MiB on disk)")
     out.print(f"source  {summary['source']}")
-    out.print(f"probe   {summary['probe'].get('name')} ({summary['n_samples']} samples, "
-              f"{summary['probe'].get('kind')}, sha256 {str(summary['probe'].get('fingerprint'))[:12]})")
+    probe = summary["probe"]
+    if probe:
+        out.print(f"probe   {probe.get('name')} ({summary['n_samples']} samples, "
+                  f"{probe.get('kind')}, sha256 {str(probe.get('fingerprint'))[:12]})")
+    else:
+        out.print("probe   none (weights-only audit: Grams, no activations)")
     out.print(f"steps   {int(done.sum())} done, {sum(1 for e in errors if e)} failed, "
               f"{len(steps)} in all")
     table = Table(title="steps")

@@ -149,7 +149,7 @@ def open_dataset(path: str | Path) -> xr.Dataset:
             ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3)
         except Exception as err:
             raise StoreError(f"cannot open store {str(path)!r} ({err})", path=path) from err
-    if ACTIVATIONS not in ds or DONE not in ds:
+    if GRAM not in ds or DONE not in ds:
         raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path)
     return ds
 

@@ -46,7 +46,7 @@ class StoreLayout:
     labels: tuple[str, ...]
     commits: tuple[str, ...]
     layers: tuple[LayerInfo, ...]
-    probe: Probe
+    probe: Probe | None  # None: a weights-only audit (Grams, no activations)
     capture_config: dict[str, Any] = field(default_factory=dict)
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
@@ -64,6 +64,8 @@ class StoreLayout:
     @property
     def sample_chunk(self) -> int:
         """Rows per activation chunk: about ``chunk_bytes`` per (step, layer) block."""
+        if self.probe is None:
+            return 0
         itemsize = np.dtype(self.activation_dtype).itemsize
         rows = max(1, self.chunk_bytes // (self.feature_max * itemsize))
         return int(min(rows, self.probe.n_samples))
@@ -72,14 +74,15 @@ class StoreLayout:
         """The attributes compared on resume, as JSON strings."""
         return {
             "source": self.source,
-            "probe_fingerprint": self.probe.fingerprint,
+            "probe_fingerprint": "none" if self.probe is None else self.probe.fingerprint,
             "layers": json.dumps([asdict(layer) for layer in self.layers]),
             "capture_config": json.dumps(self.capture_config, sort_keys=True),
         }
 
     def estimated_bytes(self) -> int:
         """Uncompressed size of activations and Grams as NaN-padded arrays."""
-        act = len(self.steps) * len(self.layers) * self.probe.n_samples * self.feature_max
+        n = 0 if self.probe is None else self.probe.n_samples
+        act = len(self.steps) * len(self.layers) * n * self.feature_max
         grams = len(self.steps) * len(self.layers) * self.gram_max**2
         return act * np.dtype(self.activation_dtype).itemsize + grams * np.dtype(
             self.gram_dtype
@@ -89,29 +92,15 @@ class StoreLayout:
 def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     """The full store as a lazy Dataset: data arrays are dask NaNs, never computed."""
     n_steps, n_layers = len(layout.steps), len(layout.layers)
-    n = layout.probe.n_samples
-    act_chunks = (1, 1, layout.sample_chunk, layout.feature_max)
     gram_chunks = (1, 1, layout.gram_max, layout.gram_max)
-    acts = da.full(
-        (n_steps, n_layers, n, layout.feature_max), np.nan,
-        dtype=layout.activation_dtype, chunks=act_chunks,
-    )
     grams = da.full(
         (n_steps, n_layers, layout.gram_max, layout.gram_max), np.nan,
         dtype=layout.gram_dtype, chunks=gram_chunks,
     )
-    probe = layout.probe
     data_vars: dict[str, Any] = {
-        ACTIVATIONS: ((STEP, LAYER, SAMPLE, FEATURE), acts, {
-            "long_name": "input features of each weight layer", "units": "1",
-            "description": "NaN-padded beyond width(layer)",
-        }),
         GRAM: ((STEP, LAYER, GRAM_I, GRAM_J), grams, {
             "long_name": "weight Gram W^T W in the layer's input space", "units": "1",
             "description": "NaN-padded beyond gram_width(layer); conv kernels as C_out x C_in*k*k",
-        }),
-        TARGETS: ((SAMPLE, TARGET), probe.targets.astype(np.float64), {
-            "long_name": "probe targets (one-hot classes or continuous)", "kind": probe.kind,
         }),
         DONE: ((STEP,), np.zeros(n_steps, dtype=bool), {
             "description": "1 once every array of the step is written",
@@ -135,22 +124,45 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         "gram_width": (
             (LAYER,), np.asarray([layer.gram_width for layer in layout.layers], dtype=np.int64)
         ),
-        SAMPLE: ((SAMPLE,), np.arange(n, dtype=np.int64)),
     }
-    if probe.labels is not None:
-        coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
-    attrs = {
+    attrs: dict[str, Any] = {
         "Conventions": "CF-1.8 flq-audit-1",
         "title": f"flq-audit store of {layout.source}",
         "schema_version": SCHEMA_VERSION,
         "flq_audit_version": version,
-        "probe": json.dumps({
-            "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,
-            "kind": probe.kind, "num_classes": probe.num_classes,
-        }),
+        "probe": "null",
         **layout.fingerprint(),
     }
+    if layout.probe is not None:
+        _add_probe(layout, data_vars, coords, attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) -> None:
+    """Activations, targets and the sample axis (absent from weights-only stores)."""
+    probe = layout.probe
+    assert probe is not None
+    n_steps, n_layers, n = len(layout.steps), len(layout.layers), probe.n_samples
+    acts = da.full(
+        (n_steps, n_layers, n, layout.feature_max), np.nan,
+        dtype=layout.activation_dtype, chunks=(1, 1, layout.sample_chunk, layout.feature_max),
+    )
+    data_vars[ACTIVATIONS] = ((STEP, LAYER, SAMPLE, FEATURE), acts, {
+        "long_name": "input features of each weight layer", "units": "1",
+        "description": "NaN-padded beyond width(layer)",
+    })
+    data_vars[TARGETS] = ((SAMPLE, TARGET), probe.targets.astype(np.float64), {
+        "long_name": "probe targets (one-hot classes or continuous)", "kind": probe.kind,
+    })
+    coords[SAMPLE] = ((SAMPLE,), np.arange(n, dtype=np.int64))
+    if probe.labels is not None:
+        coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
+    names = getattr(probe, "class_names", None)
+    attrs["probe"] = json.dumps({
+        "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,
+        "kind": probe.kind, "num_classes": probe.num_classes,
+        **({"class_names": names} if names else {}),
+    })
 
 
 FL_MATRICES = {
@@ -183,10 +195,10 @@ def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
     """Chunk encoding aligned with writes: one step, one layer, a block of samples."""
     fl = {name: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan}
           for name in FL_MATRICES} if layout.fl_enabled else {}
-    return {**fl,
-        ACTIVATIONS: {
-            "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
-        },
+    acts = {ACTIVATIONS: {
+        "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
+    }} if layout.probe is not None else {}
+    return {**fl, **acts,
         GRAM: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan},
         STEP: {"chunks": (max(1, len(layout.steps)),)},
     }

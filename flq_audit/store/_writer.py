@@ -31,7 +31,7 @@ class StepWriter:
         self.path = Path(path)
         self.layout = layout
         self.group = zarr.open_group(str(self.path), mode="r+")
-        self.acts = self.group[ACTIVATIONS]
+        self.acts = self.group[ACTIVATIONS] if layout.probe is not None else None
         self.grams = self.group[GRAM]
         self.done = self.group[DONE]
         self.error = self.group[ERROR]
@@ -69,7 +69,8 @@ class StepWriter:
             self._filled[layer_index] = filled + take
             offset += take
             chunk_end = self._chunk_start[layer_index] + self._filled[layer_index]
-            if self._filled[layer_index] == self._rows or chunk_end == self.layout.probe.n_samples:
+            n_samples = self.layout.probe.n_samples if self.layout.probe is not None else 0
+            if self._filled[layer_index] == self._rows or chunk_end == n_samples:
                 self._flush(step_index, layer_index)
 
     def _flush(self, step_index: int, layer_index: int) -> None:

@@ -78,3 +78,26 @@ def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path):
     config.write_text(config.read_text().replace('"intermediate_size": 64', '"intermediate_size": 48'))
     with pytest.raises(ModelBuildError, match=r"does not fit|mismatch|size"):
         load_hf_checkpoint(run / "checkpoint-0", step=0)
+
+
+def test_weights_only_audit_needs_no_model_or_probe(tmp_path):
+    from safetensors.torch import load_file
+
+    run = trainer_run(tmp_path / "run", "gpt2", steps=(0, 10))
+    api.audit(str(run), no_probe=True, out=tmp_path / "w.zarr")
+    ds = xr.open_zarr(tmp_path / "w.zarr")
+    assert "activations" not in ds and bool(ds.done.all())
+    layer = "transformer.h.1.mlp.c_fc"
+    tensors = load_file(run / "checkpoint-10" / "model.safetensors")
+    w = tensors[f"{layer}.weight"].double()  # Conv1D: (d_in=32, d_out=128)
+    assert int(ds.gram_width.sel(layer=layer)) == 32
+    stored = ds.gram.sel(step=10, layer=layer).values
+    np.testing.assert_allclose(stored[:32, :32], (w @ w.T).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.isnan(stored[32:]).all()  # NaN padding up to the widest layer
+    assert not any("wte" in str(name) or "ln_" in str(name) for name in ds.layer.values)
+    gram = api.compute_metrics(tmp_path / "w.zarr", metrics=["gram"])
+    assert np.isfinite(gram.gram_effective_rank.values).all()
+    from flq_audit.errors import MetricError
+
+    with pytest.raises(MetricError, match="Grams only"):
+        api.compute_metrics(tmp_path / "w.zarr", metrics=["tl"])

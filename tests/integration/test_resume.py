@@ -1,0 +1,112 @@
+"""Interrupt a real ``python -m flq_audit`` run (SIGKILL, SIGINT) and resume it: the result
+must equal a store written by one uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests._helpers.cli import (
+    assert_says,
+    describe,
+    interrupt_when_partly_done,
+    invoke,
+    popen_cli,
+    read_done,
+    run_cli,
+)
+from tests._helpers.runs import make_run
+
+# Six steps of 4000 probe samples: a few tenths of a second per step on a laptop CPU, so the
+# poller sees a partly done store long before the run ends.
+STEPS = tuple(range(0, 60, 10))
+N_SAMPLES = 4000
+COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256")
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("resume") / "run", STEPS, n_samples=N_SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def reference(big_run) -> Path:
+    """The same audit, uninterrupted, into another path."""
+    from flq_audit import api
+
+    store = big_run.parent / "reference.zarr"
+    result = api.audit(str(big_run), out=store)
+    assert result.written == list(STEPS) and not result.failed
+    return store
+
+
+@pytest.fixture(scope="module")
+def interrupted(big_run, reference) -> dict:
+    """Two CLI runs side by side (their start-ups overlap): once a step or more is done,
+    one gets SIGKILL and the other SIGINT."""
+    stores = {name: big_run.parent / f"{name}.zarr" for name in ("kill", "int")}
+    procs = {name: popen_cli(big_run, "--out", store, "-q") for name, store in stores.items()}
+    try:
+        interrupt_when_partly_done({
+            "kill": (procs["kill"], stores["kill"], signal.SIGKILL),
+            "int": (procs["int"], stores["int"], signal.SIGINT),
+        })
+        outputs = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    return {"stores": stores | {"reference": reference}, "procs": procs, "outputs": outputs}
+
+
+def assert_same_store(got: Path, want: Path) -> None:
+    a, b = zarr.open_group(str(got), mode="r"), zarr.open_group(str(want), mode="r")
+    for name in COMPARED:
+        x, y = np.asarray(a[name][:]), np.asarray(b[name][:])
+        if x.dtype.kind in "OTU":
+            x, y = [str(v) for v in x.ravel()], [str(v) for v in y.ravel()]
+        np.testing.assert_array_equal(x, y, err_msg=f"{name} differs")  # NaN == NaN
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
+    store, proc = interrupted["stores"]["kill"], interrupted["procs"]["kill"]
+    assert proc.returncode == -signal.SIGKILL
+    done = read_done(store)
+    assert done is not None and done.any() and not done.all(), done
+    # the killed process could not remove its lock: the rerun takes the stale lock over
+    assert Path(f"{store}.lock").exists()
+
+    rerun = run_cli(big_run, "--out", store, "--json")
+    assert rerun.returncode == 0, describe(rerun)
+    summary = json.loads(rerun.stdout)
+    done_steps = [s for s, flag in zip(STEPS, done, strict=True) if flag]
+    assert summary["skipped"] == done_steps
+    assert summary["written"] == [s for s in STEPS if s not in done_steps]
+    assert summary["failed"] == {}
+    assert not Path(f"{store}.lock").exists()
+    assert_same_store(store, interrupted["stores"]["reference"])
+
+
+@pytest.mark.slow
+def test_sigint_exits_130_and_leaves_a_resumable_store(big_run, interrupted):
+    store, proc = interrupted["stores"]["int"], interrupted["procs"]["int"]
+    _, err = interrupted["outputs"]["int"]
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{err}"
+    assert_says(err, "interrupted", "rerun the same command to resume")
+    assert not Path(f"{store}.lock").exists()
+    done = read_done(store)
+    assert done is not None and done.any() and not done.all(), done
+
+    result = invoke("audit", big_run, "--out", store, "--json")
+    assert result.exit_code == 0, describe(result)
+    summary = json.loads(result.stdout)
+    done_steps = [s for s, flag in zip(STEPS, done, strict=True) if flag]
+    assert summary["skipped"] == done_steps
+    assert summary["written"] == [s for s in STEPS if s not in done_steps]
+    assert_same_store(store, interrupted["stores"]["reference"])
