@@ -8,7 +8,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from flq_audit.errors import MetricError
+from flq_audit.errors import MetricError, OptionError
 from flq_audit.metrics._suite import (
     METRICS,
     PARAMETRISED,
@@ -36,11 +36,11 @@ def run_metrics(
     groups = list(dict.fromkeys(metrics))
     unknown = [m for m in groups if m not in METRICS]
     if unknown:
-        raise MetricError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
+        raise OptionError(f"unknown metric(s) {unknown}; available: {list(METRICS)}")
     if pca is not None and pca < 1:
-        raise MetricError(f"pca must be >= 1, got {pca}")
+        raise OptionError(f"pca must be >= 1, got {pca}")
     if ridge < 0:
-        raise MetricError(f"ridge must be >= 0, got {ridge}")
+        raise OptionError(f"ridge must be >= 0, got {ridge}")
     ds = open_dataset(store)
     needs_activations = [g for g in groups if g != "gram"]
     if "activations" not in ds and needs_activations:

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from flq_audit.capture import LayerInfo, layer_infos, select_layers, weight_layer_infos
-from flq_audit.errors import FlqAuditError, ModelBuildError, ProbeError
+from flq_audit.errors import (
+    FlqAuditError,
+    ModelBuildError,
+    ModelNotFoundError,
+    ProbeError,
+    ProbeNotFoundError,
+)
 from flq_audit.feature_learning import FLConfig
 from flq_audit.models import BuiltModel, build_model
 from flq_audit.models.hf import build_hf_model
@@ -129,7 +135,7 @@ def make_plan(
     if no_probe:
         return _weights_only_plan(src, refs, all_refs, root, folder, layers, out, gram_dtype)
     model_spec = model or _default_model(root, folder)
-    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeError)
+    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeNotFoundError)
     if model_spec == "hf":
         if folder is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
@@ -212,7 +218,7 @@ def _default_model(root: Path, folder: Path | None) -> str:
         return str(root / DEFAULT_MODEL_FILE)
     if folder is not None and (folder / "config.json").is_file():
         return "hf"
-    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelBuildError)
+    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
 
 
 def _text_probe(spec: str, folder: Path | None, text: TextOptions) -> Any:

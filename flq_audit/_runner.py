@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ def run_audit(
         progress.start(len(todo), n_batches)
         for ref in todo:
             progress.step_started(ref)
-            index = plan.layout.steps.index(ref.step)
+            index = writer.index_of(ref.step)
             try:
                 _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle, progress)
             except STEP_ERRORS as err:
@@ -84,8 +83,6 @@ def run_audit(
                 result.failed[ref.step] = str(err)
                 progress.step_finished(ref, str(err))
                 continue
-            finally:
-                gc.collect()
             result.written.append(ref.step)
             progress.step_finished(ref, None)
         writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())

@@ -36,5 +36,3 @@ NON_WEIGHT_STEMS = (
 DEFAULT_PCA_THRESHOLD = 1000
 # Relative eigenvalue cutoff for rank-revealing pseudo-inverses (paper-notes §8.1).
 RANK_RTOL = 1e-12
-
-LOCK_FILE = ".flq-audit.lock"

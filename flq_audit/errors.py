@@ -44,6 +44,10 @@ class FlqAuditError(Exception):
         }
 
 
+class OptionError(FlqAuditError, ValueError):
+    """An option value is malformed or out of range (a usage error)."""
+
+
 # ---------------------------------------------------------------- SOURCES
 class SourceError(FlqAuditError):
     """A checkpoint source cannot be listed or resolved."""
@@ -55,6 +59,10 @@ class CheckpointNotFoundError(SourceError, FileNotFoundError):
 
 class StepSelectionError(SourceError, ValueError):
     """A ``--steps`` expression is malformed, or step names clash."""
+
+
+class StepSyntaxError(StepSelectionError, OptionError):
+    """A ``--steps`` expression does not follow the grammar."""
 
 
 class IntegrityError(SourceError):
@@ -75,9 +83,17 @@ class ModelBuildError(FlqAuditError):
     """A model cannot be built, or a state dict does not fit it."""
 
 
+class ModelNotFoundError(ModelBuildError, FileNotFoundError):
+    """A model spec or factory file does not exist."""
+
+
 # ---------------------------------------------------------------- PROBES
 class ProbeError(FlqAuditError, ValueError):
     """A probe dataset is missing, malformed, or does not fit the model."""
+
+
+class ProbeNotFoundError(ProbeError, FileNotFoundError):
+    """A probe file does not exist."""
 
 
 # ---------------------------------------------------------------- CAPTURE
@@ -92,6 +108,10 @@ class LayerNotFoundError(CaptureError, LookupError):
 # ---------------------------------------------------------------- STORE
 class StoreError(FlqAuditError):
     """The Zarr store cannot be created, opened or written."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """The store path does not exist."""
 
 
 class StoreMismatchError(StoreError):
@@ -126,12 +146,17 @@ __all__ = [
     "LayerNotFoundError",
     "MetricError",
     "ModelBuildError",
+    "ModelNotFoundError",
+    "OptionError",
     "ProbeError",
+    "ProbeNotFoundError",
     "SourceError",
     "StepSelectionError",
+    "StepSyntaxError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
+    "StoreNotFoundError",
     "UnsafeCheckpointError",
     "WeightsError",
 ]

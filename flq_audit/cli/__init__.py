@@ -28,9 +28,11 @@ app = typer.Typer(
     "(recorded in the store), 130 interrupted (rerun to resume).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
 )
-app.command("audit")(audit_command)
+app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
+    audit_command)
 app.command("metrics")(metrics_command)
 app.command("show")(show_command)
 app.command("export")(export_command)

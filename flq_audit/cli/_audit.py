@@ -107,8 +107,8 @@ def audit_command(
             f"{len(result.skipped)} already done, {len(result.failed)} failed"
         )
     if result.failed:
-        for step, message in result.failed.items():
-            _output.error(f"step {step}: {message}")
+        for message in result.failed.values():
+            _output.error(message)
         raise typer.Exit(EXIT_STEPS_FAILED)
 
 

@@ -1,7 +1,8 @@
 """Map exceptions to messages and exit codes, in one place.
 
-Exit codes: 0 success; 1 unexpected internal error; 2 usage error; 3 input missing (source,
-checkpoint, store or file not found); 4 data error (a checkpoint, probe, model or store that
+Exit codes: 0 success; 1 unexpected internal error; 2 usage error (a malformed option value,
+e.g. ``--steps 1:x`` or an unknown ``--metric``); 3 input missing (source, checkpoint, store,
+model spec or probe file not found); 4 data error (a checkpoint, probe, model or store that
 does not fit); 5 some steps failed and were recorded in ``error(step)``; 130 interrupted
 (the store stays resumable).
 """
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 import typer
 
 from flq_audit.cli import _output
-from flq_audit.errors import CheckpointNotFoundError, FlqAuditError
+from flq_audit.errors import FlqAuditError, OptionError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -31,7 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 def exit_code_for(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(err, CheckpointNotFoundError | FileNotFoundError):
+    if isinstance(err, OptionError):
+        return EXIT_USAGE
+    if isinstance(err, FileNotFoundError):
         return EXIT_INPUT_MISSING
     if isinstance(err, FlqAuditError):
         return EXIT_DATA_ERROR

@@ -26,7 +26,8 @@ def metrics_command(
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
-    pca_threshold: Annotated[int, typer.Option(min=1)] = 1000,
+    pca_threshold: Annotated[int, typer.Option(
+        min=1, help="With --pca: only layers wider than this are projected.")] = 1000,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
     scheduler: Annotated[str | None, typer.Option(
         help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
@@ -134,8 +135,10 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
 def export_command(
     store: StoreArg,
     out: Annotated[Path, typer.Argument(help="Output NetCDF file (.nc).")],
-    with_activations: Annotated[bool, typer.Option("--with-activations")] = False,
-    with_grams: Annotated[bool, typer.Option("--with-grams")] = False,
+    with_activations: Annotated[bool, typer.Option(
+        "--with-activations", help="Also export activations (large).")] = False,
+    with_grams: Annotated[bool, typer.Option(
+        "--with-grams", help="Also export the weight Grams.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Export metrics and coordinates to NetCDF4 (h5netcdf engine).

@@ -49,7 +49,7 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
         outputs = xr.apply_ufunc(
             kernel, moments, ds["width"],
             input_core_dims=[[MOMENT_I, MOMENT_J], []],
-            output_core_dims=[[]] * len(NAMES), vectorize=True, dask="parallelized",
+            output_core_dims=[[]] * len(NAMES), vectorize=True, dask="parallelized", keep_attrs=False,
             output_dtypes=[np.float64] * len(NAMES),
         )
     attrs = {"reference": REFERENCE, "target_kind": str(kind or "unknown"),

@@ -23,7 +23,7 @@ def gram_dataset(ds: xr.Dataset, *, top_k: int = TOP_K) -> xr.Dataset:
     top, effective, stable = xr.apply_ufunc(
         spectrum, ds["gram"], ds["gram_width"],
         input_core_dims=[["gram_i", "gram_j"], []], output_core_dims=[["eigen"], [], []],
-        vectorize=True, dask="parallelized", output_dtypes=[np.float64] * 3,
+        vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64] * 3,
         dask_gufunc_kwargs={"output_sizes": {"eigen": top_k}},
     )
     final = ds["gram"].isel(step=-1, drop=True)
@@ -41,11 +41,11 @@ def gram_dataset(ds: xr.Dataset, *, top_k: int = TOP_K) -> xr.Dataset:
     core = [["gram_i", "gram_j"], ["gram_i", "gram_j"], []]
     drift = xr.apply_ufunc(
         pairwise(gram_drift), previous, ds["gram"], ds["gram_width"], input_core_dims=core,
-        vectorize=True, dask="parallelized", output_dtypes=[np.float64],
+        vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
     )
     cosine = xr.apply_ufunc(
         pairwise(gram_cosine), ds["gram"], final, ds["gram_width"], input_core_dims=core,
-        vectorize=True, dask="parallelized", output_dtypes=[np.float64],
+        vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
     )
     done = ds["done"].astype(bool)
     return xr.Dataset({

@@ -29,7 +29,7 @@ def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) ->
     outputs = xr.apply_ufunc(
         kernel, moments, ds["gram"], ds["width"], ds["gram_width"],
         input_core_dims=[[MOMENT_I, MOMENT_J], ["gram_i", "gram_j"], [], []],
-        output_core_dims=[[], [], [], []], vectorize=True, dask="parallelized",
+        output_core_dims=[[], [], [], []], vectorize=True, dask="parallelized", keep_attrs=False,
         output_dtypes=[np.float64] * 4,
     )
     done = ds["done"].astype(bool)

@@ -44,7 +44,7 @@ def target_linearity_dataset(
         kernel, moments, ds["width"],
         input_core_dims=[[MOMENT_I, MOMENT_J], []],
         output_core_dims=[[], [], [], []],
-        vectorize=True, dask="parallelized",
+        vectorize=True, dask="parallelized", keep_attrs=False,
         output_dtypes=[np.float64] * 4,
     )
     done = ds["done"].astype(bool)

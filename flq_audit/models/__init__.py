@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flq_audit.errors import FlqAuditWarning, ModelBuildError
+from flq_audit.errors import FlqAuditWarning, ModelBuildError, ModelNotFoundError
 from flq_audit.models.factory import KeyMapper, build_from_factory
 from flq_audit.models.spec import CNN, MLP, build_from_spec, load_spec
 
@@ -35,7 +35,7 @@ def build_model(model: str) -> BuiltModel:
         return BuiltModel(module, origin=model, key_mapper=mapper)
     if Path(model).exists():
         raise ModelBuildError(f"--model {model!r}: expected a .json spec or 'file.py:function'")
-    raise ModelBuildError(
+    raise ModelNotFoundError(
         f"--model {model!r} is neither an existing .json spec nor 'module:function'",
         hint="Examples: --model run/model_spec.json, --model nets.py:make_net",
     )

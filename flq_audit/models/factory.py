@@ -15,7 +15,7 @@ from types import ModuleType
 
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.errors import ModelBuildError, ModelNotFoundError
 
 KEY_MAPPER_NAME = "map_checkpoint_key"
 KeyMapper = Callable[[str], "str | None"]
@@ -53,7 +53,8 @@ def _import(location: str, target: str) -> ModuleType:
     if location.endswith(".py"):
         path = Path(location).expanduser().resolve()
         if not path.is_file():
-            raise ModelBuildError(f"model factory file {location!r} does not exist", path=location)
+            raise ModelNotFoundError(
+                f"model factory file {location!r} does not exist", path=location)
         name = f"flq_audit_user_model_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:

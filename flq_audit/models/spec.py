@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.errors import ModelBuildError, ModelNotFoundError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "identity": nn.Identity,
@@ -108,7 +108,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     try:
         spec = json.loads(Path(path).read_text())
     except FileNotFoundError as err:
-        raise ModelBuildError(f"model spec {str(path)!r} does not exist", path=path) from err
+        raise ModelNotFoundError(f"model spec {str(path)!r} does not exist", path=path) from err
     except ValueError as err:
         raise ModelBuildError(f"model spec {str(path)!r} is not valid JSON ({err})", path=path) from err
     if not isinstance(spec, dict):

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from flq_audit.errors import ProbeError
+from flq_audit.errors import ProbeError, ProbeNotFoundError
 
 TargetKind = Literal["classes", "continuous"]
 
@@ -69,7 +69,7 @@ def load_probe(spec: str | Path) -> Probe:
         return _builtin(text)
     path = Path(text).expanduser()
     if not path.is_file():
-        raise ProbeError(
+        raise ProbeNotFoundError(
             f"probe {text!r} is neither a builtin ({', '.join(BUILTIN_PROBES)}) nor an existing "
             "file", path=text,
         )

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from flq_audit.capture import NotPerTokenError, ProbeBatch
-from flq_audit.errors import ProbeError
+from flq_audit.errors import ProbeError, ProbeNotFoundError
 
 TaskOptions = Literal["sequence", "token", "next-token"]
 PoolingOptions = Literal["cls", "last", "mean"]
@@ -192,7 +192,7 @@ def _field(record: dict, column: str, index: int, path: object) -> object:
 
 def _read_records(path: Path) -> list[dict]:
     if not path.is_file():
-        raise ProbeError(f"text probe {str(path)!r} does not exist", path=path)
+        raise ProbeNotFoundError(f"text probe {str(path)!r} does not exist", path=path)
     try:
         if path.suffix.lower() == ".jsonl":
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]

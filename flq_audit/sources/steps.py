@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from flq_audit.errors import StepSelectionError
+from flq_audit.errors import StepSelectionError, StepSyntaxError
 
 _INT = re.compile(r"\d+")
 # Keywords that name the number next to them, strongest first.
@@ -120,7 +120,7 @@ def _log_spaced(steps: list[int], count: int) -> list[int]:
 def _slice(steps: list[int], text: str, spec: str) -> list[int]:
     parts = text.split(":")
     if len(parts) > 3:
-        raise StepSelectionError(f"--steps {spec!r}: expected start:stop[:stride]")
+        raise StepSyntaxError(f"--steps {spec!r}: expected start:stop[:stride]")
     start = _int(parts[0], spec) if parts[0] else None
     stop = _int(parts[1], spec) if parts[1] else None
     stride = _positive_int(parts[2], spec) if len(parts) == 3 and parts[2] else 1
@@ -137,7 +137,7 @@ def _int(text: str, spec: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise StepSelectionError(
+        raise StepSyntaxError(
             f"--steps {spec!r}: {text.strip()!r} is not an integer",
             hint="Use all, first, last, a list like 100,200, a range a:b[:c], or log:N.",
         ) from None
@@ -146,7 +146,7 @@ def _int(text: str, spec: str) -> int:
 def _positive_int(text: str, spec: str) -> int:
     value = _int(text, spec)
     if value < 1:
-        raise StepSelectionError(f"--steps {spec!r}: expected a positive integer, got {value}")
+        raise StepSyntaxError(f"--steps {spec!r}: expected a positive integer, got {value}")
     return value
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import xarray as xr
 import zarr
 
-from flq_audit.errors import StoreError, StoreLockedError, StoreMismatchError
+from flq_audit.errors import StoreError, StoreLockedError, StoreMismatchError, StoreNotFoundError
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -138,6 +138,9 @@ def is_consolidated(path: str | Path) -> bool:
 def open_dataset(path: str | Path) -> xr.Dataset:
     """Open a store lazily (dask arrays with the stored chunks)."""
     path = Path(path)
+    if not path.exists():
+        raise StoreNotFoundError(f"store {str(path)!r} does not exist", path=path,
+                                 hint="Run `flq-audit SOURCE --out STORE` first.")
     if not (path / "zarr.json").is_file():
         raise StoreError(
             f"{str(path)!r} is not a Zarr store (no zarr.json)", path=path,

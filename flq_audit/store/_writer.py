@@ -37,6 +37,9 @@ class StepWriter:
         self.error = self.group[ERROR]
         self.sha = self.group[SHA256]
         self.files = self.group[FILES]
+        # a resumed store may hold more steps than this run selected: index by its own axis
+        self.steps = [int(x) for x in self.group["step"][:]]
+        self.labels = [str(x) for x in self.group["label"][:]]
         self._rows = layout.sample_chunk
         self._width = layout.feature_max
         self._buffers: dict[int, np.ndarray] = {}
@@ -45,7 +48,11 @@ class StepWriter:
 
     def done_steps(self) -> list[int]:
         flags = np.asarray(self.done[:], dtype=bool)
-        return [s for s, flag in zip(self.layout.steps, flags, strict=True) if flag]
+        return [s for s, flag in zip(self.steps, flags, strict=True) if flag]
+
+    def index_of(self, step: int) -> int:
+        """Position of ``step`` on the store's step axis."""
+        return self.steps.index(step)
 
     # ------------------------------------------------------------------ one step
     def begin_step(self) -> None:
@@ -122,10 +129,10 @@ class StepWriter:
         flags = np.asarray(self.done[:], dtype=bool)
         files, shas = self.files[:], self.sha[:]
         out: dict[str, dict[str, object]] = {}
-        for i, step in enumerate(self.layout.steps):
+        for i, step in enumerate(self.steps):
             if flags[i]:
                 out[str(step)] = {
-                    "label": self.layout.labels[i],
+                    "label": self.labels[i],
                     "files": json.loads(str(files[i]) or "[]"),
                     "sha256": json.loads(str(shas[i]) or "[]"),
                 }

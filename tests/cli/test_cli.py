@@ -267,6 +267,19 @@ def test_two_files_claiming_one_step_exit_4(tmp_path):
     assert not (tmp_path / "x.zarr").exists()
 
 
+def test_missing_probe_model_and_store_are_input_missing(audited, tmp_path):
+    run, _ = audited
+    result = invoke("audit", run, "--probe", tmp_path / "nope.npz", "--out", tmp_path / "x.zarr")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "nope.npz", "neither a builtin")
+    result = invoke("audit", run, "--model", tmp_path / "nope.json", "--out", tmp_path / "x.zarr")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "nope.json", "does not exist")
+    result = invoke("show", tmp_path / "nowhere.zarr")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "nowhere.zarr", "does not exist")
+
+
 def test_errors_are_json_on_stdout_with_json(tmp_path):
     run = make_run(tmp_path / "run")
     shutil.copy(run / "step_10.safetensors", run / "ckpt-10.safetensors")
@@ -378,16 +391,16 @@ def test_show_on_a_plain_directory_exits_4(tmp_path):
 def test_bad_steps_expression_is_refused(audited, tmp_path):
     run, _ = audited
     result = invoke("audit", run, "--steps", "a:b", "--out", tmp_path / "x.zarr")
-    assert result.exit_code != 0, describe(result)
+    assert result.exit_code == 2, describe(result)  # malformed: a usage error
     assert_says(result.stderr, "--steps 'a:b'", "not an integer")
     result = invoke("audit", run, "--steps", "5,10", "--out", tmp_path / "x.zarr")
-    assert result.exit_code != 0, describe(result)
+    assert result.exit_code == 4, describe(result)  # well-formed, but no such step
     assert_says(result.stderr, "[5] not found", "0, 10, 20")
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_unknown_metric_exits_4_and_lists_the_available(audited):
+def test_unknown_metric_is_a_usage_error_listing_the_available(audited):
     _, store = audited
     result = invoke("metrics", store, "--metric", "nope")
-    assert result.exit_code == 4, describe(result)
+    assert result.exit_code == 2, describe(result)
     assert_says(result.stderr, "unknown metric", "nope", "available", "'tl'")

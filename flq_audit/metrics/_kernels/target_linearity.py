@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flq_audit.constants import RANK_RTOL
 from flq_audit.metrics._kernels.moments import F64, Moments, _moments_update
-
-RANK_RTOL = 1e-12
 
 
 def _target_linearity_compute(
