@@ -73,18 +73,23 @@ def run_audit(
         result.skipped = [r.step for r in plan.refs if r.step in done]
         n_batches = -(-plan.probe.n_samples // batch_size) if plan.probe is not None else 0
         progress.start(len(todo), n_batches)
-        for ref in todo:
-            progress.step_started(ref)
-            index = writer.index_of(ref.step)
-            try:
-                _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle, progress)
-            except STEP_ERRORS as err:
-                writer.fail_step(index, str(err))
-                result.failed[ref.step] = str(err)
-                progress.step_finished(ref, str(err))
-                continue
-            result.written.append(ref.step)
-            progress.step_finished(ref, None)
+        try:
+            for ref in todo:
+                progress.step_started(ref)
+                index = writer.index_of(ref.step)
+                try:
+                    _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle,
+                                progress)
+                except STEP_ERRORS as err:
+                    writer.fail_step(index, str(err))
+                    result.failed[ref.step] = str(err)
+                    progress.step_finished(ref, str(err))
+                    continue
+                result.written.append(ref.step)
+                progress.step_finished(ref, None)
+            writer.close()
+        finally:
+            writer.abandon()
         writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
         consolidate(plan.store)
     return result

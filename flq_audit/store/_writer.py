@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,17 @@ from flq_audit.store._schema import (
     StoreLayout,
 )
 
+#: Chunk writes allowed in flight at once (bounds memory to this many chunks + one per layer).
+MAX_PENDING_WRITES = 4
+
 
 class StepWriter:
     """Region writes into an existing store, aligned with its chunks.
 
     Activation rows are buffered per layer until a whole sample chunk is complete, so every
     write covers whole chunks (no read-modify-write) and memory stays at one chunk per layer.
+    Chunk writes run on a background thread, overlapping the next forward passes; a step's
+    ``done`` flag is written only after all of its writes have landed.
     """
 
     def __init__(self, path: str | Path, layout: StoreLayout) -> None:
@@ -43,6 +51,9 @@ class StepWriter:
         self._rows = layout.sample_chunk
         self._width = layout.feature_max
         self._buffers: dict[int, np.ndarray] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flq-audit-writer")
+        self._slots = threading.BoundedSemaphore(MAX_PENDING_WRITES)
+        self._pending: list[Future] = []
         self._filled: dict[int, int] = {}
         self._chunk_start: dict[int, int] = {}
 
@@ -71,6 +82,7 @@ class StepWriter:
         offset = 0
         while offset < block.shape[0]:
             filled = self._filled[layer_index]
+            buffer = self._buffers[layer_index]  # a flush hands the old buffer to its write
             take = min(self._rows - filled, block.shape[0] - offset)
             buffer[filled : filled + take, : block.shape[1]] = block[offset : offset + take]
             self._filled[layer_index] = filled + take
@@ -86,17 +98,46 @@ class StepWriter:
             return
         begin = self._chunk_start[layer_index]
         buffer = self._buffers[layer_index]
-        self.acts[step_index, layer_index, begin : begin + rows, :] = buffer[:rows]
-        buffer.fill(np.nan)
+        region = (step_index, layer_index, slice(begin, begin + rows), slice(None))
+        self._submit(self.acts, region, buffer[:rows])
+        # the buffer now belongs to the pending write; start the next chunk in a fresh one
+        self._buffers[layer_index] = np.full_like(buffer, np.nan)
         self._chunk_start[layer_index] = begin + rows
         self._filled[layer_index] = 0
+
+    def _submit(self, array: zarr.Array, region: tuple, data: np.ndarray) -> None:
+        self._slots.acquire()
+
+        def write() -> None:
+            try:
+                array[region] = data
+            finally:
+                self._slots.release()
+
+        self._pending.append(self._pool.submit(write))
+
+    def wait(self) -> None:
+        """Block until every submitted write has landed; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def abandon(self) -> None:
+        """Stop without waiting (interrupt/crash): unfinished steps are not marked done."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
     def write_gram(self, step_index: int, layer_index: int, gram: np.ndarray) -> None:
         padded = np.full(
             (self.layout.gram_max, self.layout.gram_max), np.nan, dtype=self.layout.gram_dtype
         )
         padded[: gram.shape[0], : gram.shape[1]] = gram
-        self.grams[step_index, layer_index] = padded
+        self._submit(self.grams, (step_index, layer_index), padded)
 
     def write_fl(self, step_index: int, layer_index: int, result: object) -> None:
         """Write one layer's FL quantities (a :class:`FLLayerResult`)."""
@@ -115,12 +156,16 @@ class StepWriter:
         """Record provenance, then set ``done`` — the very last write of a step."""
         for layer_index in list(self._buffers):
             self._flush(step_index, layer_index)
+        self.wait()
         self.files[step_index] = json.dumps([Path(f).name for f in files])
         self.sha[step_index] = json.dumps(list(sha256))
         self.error[step_index] = ""
         self.done[step_index] = True
 
     def fail_step(self, step_index: int, message: str) -> None:
+        # the step failed already; its partial data is rewritten on resume
+        with contextlib.suppress(Exception):
+            self.wait()
         self.error[step_index] = message
         self.done[step_index] = False
 
