@@ -28,6 +28,7 @@ def run_metrics(
     metrics: Sequence[str],
     pca: int | None,
     pca_threshold: int,
+    denominator: str = "column",
     ridge: float,
     scheduler: str | None,
 ) -> xr.Dataset:
@@ -52,10 +53,13 @@ def run_metrics(
     if not done.any():
         raise MetricError(f"store {str(store)!r} has no completed step yet; run the audit first",
                           path=store)
+    if denominator not in ("column", "row"):
+        raise OptionError(f"denominator must be 'column' or 'row', got {denominator!r}")
     params = {"pca": -1 if pca is None else int(pca), "pca_threshold": int(pca_threshold),
+              "denominator": denominator,
               "ridge": float(ridge)}
     stamp = json.dumps({"done_steps": [int(s) for s in ds["step"].values[done]], **params})
-    suffix = tl_suffix(pca=pca, ridge=ridge, pca_threshold=pca_threshold)
+    suffix = tl_suffix(pca=pca, ridge=ridge, pca_threshold=pca_threshold, denominator=denominator)
 
     def stored(group: str) -> xr.Dataset | None:
         names = [v for v, var in ds.data_vars.items()
@@ -69,7 +73,8 @@ def run_metrics(
     to_compute = [g for g in groups if g not in results and g != "dynamics"]
     if need_tl and "tl" not in to_compute:
         to_compute.append("tl")
-    lazy = lazy_groups(ds, to_compute, pca=pca, pca_threshold=pca_threshold, ridge=ridge)
+    lazy = lazy_groups(ds, to_compute, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+                       denominator=denominator)
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
     if "dynamics" in groups and "dynamics" not in results:
         tl = fresh.get("tl")

@@ -135,6 +135,7 @@ def compute_metrics(
     pca: int | None = None,
     pca_threshold: int = 1000,
     ridge: float = 0.0,
+    denominator: str = "column",
     scheduler: str | None = None,
 ) -> xr.Dataset:
     """Compute metrics lazily from the store, persist them beside the data, return them.
@@ -148,6 +149,7 @@ def compute_metrics(
     """
     return run_metrics(
         store, metrics=metrics, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+        denominator=denominator,
         scheduler=scheduler,
     )
 

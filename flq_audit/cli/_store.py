@@ -29,6 +29,9 @@ def metrics_command(
     pca_threshold: Annotated[int, typer.Option(
         min=1, help="With --pca: only layers wider than this are projected.")] = 1000,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
+    denominator: Annotated[str, typer.Option(
+        help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
+        "row-centred form, which its VAE figures use).")] = "column",
     scheduler: Annotated[str | None, typer.Option(
         help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
     as_json: JsonOpt = False,
@@ -40,6 +43,7 @@ def metrics_command(
     names = [m.strip() for m in metric.split(",") if m.strip()]
     result = api.compute_metrics(
         store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+        denominator=denominator,
         scheduler=scheduler,
     )
     tables = [v for v, var in result.data_vars.items() if (var.dims == ("step", "layer")

@@ -24,25 +24,31 @@ METRICS: dict[str, str] = {
 PARAMETRISED = ("tl", "dynamics")
 
 
-def tl_suffix(*, pca: int | None, ridge: float, pca_threshold: int) -> str:
+def tl_suffix(
+    *, pca: int | None, ridge: float, pca_threshold: int, denominator: str = "column"
+) -> str:
     """``""`` for the paper's defaults, else e.g. ``"__pca256"`` or ``"__ridge0.1"``."""
     parts = []
     if pca is not None:
         parts.append(f"pca{pca}" + ("" if pca_threshold == 1000 else f"t{pca_threshold}"))
     if ridge:
         parts.append(f"ridge{ridge:g}")
+    if denominator == "row":
+        parts.append("rowden")
     return "__" + "_".join(parts) if parts else ""
 
 
 def lazy_groups(
-    ds: xr.Dataset, groups: list[str], *, pca: int | None, pca_threshold: int, ridge: float
+    ds: xr.Dataset, groups: list[str], *, pca: int | None, pca_threshold: int, ridge: float,
+    denominator: str = "column",
 ) -> dict[str, xr.Dataset]:
     """Lazy Datasets of the groups that read the store (TL, surrogate and NC share moments)."""
     moments = layer_moments(ds) if {"tl", "surrogate", "dynamics", "nc"} & set(groups) else None
     out: dict[str, xr.Dataset] = {}
     if "tl" in groups or "dynamics" in groups:
         tl = target_linearity_dataset(
-            ds, ridge=ridge, pca=pca, pca_threshold=pca_threshold, moments=moments
+            ds, ridge=ridge, pca=pca, pca_threshold=pca_threshold, moments=moments,
+            denominator=denominator,
         )
         out["tl"] = tl.rename({v: f"target_linearity_{v}" for v in tl.data_vars
                                if v != "target_linearity"})

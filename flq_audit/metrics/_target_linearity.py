@@ -16,6 +16,7 @@ def target_linearity_dataset(
     ridge: float = 0.0,
     pca: int | None = None,
     pca_threshold: int = 1000,
+    denominator: str = "column",
     moments: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """Lazy TL per (step, layer) with the counts it rests on.
@@ -36,7 +37,7 @@ def target_linearity_dataset(
         if not np.isfinite(m.hh).all():
             return np.nan, np.nan, np.nan, np.nan
         tl, rank, used = _target_linearity_compute(
-            m, ridge=ridge, pca=pca, pca_threshold=pca_threshold
+            m, ridge=ridge, pca=pca, pca_threshold=pca_threshold, denominator=denominator
         )
         return tl, float(m.n), float(used), float(rank)
 
@@ -50,7 +51,7 @@ def target_linearity_dataset(
     done = ds["done"].astype(bool)
     params = {"ridge": float(ridge), "pca": -1 if pca is None else int(pca),
               "pca_threshold": int(pca_threshold), "intercept": "none",
-              "target_centering": "column"}
+              "target_centering": "column", "denominator": denominator}
     out = xr.Dataset({
         "target_linearity": tl.where(done).assign_attrs(
             long_name="Target Linearity (in-sample R² of a no-intercept linear fit)",

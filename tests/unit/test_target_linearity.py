@@ -530,3 +530,31 @@ def test_dataset_through_zarr(tmp_path):
     assert stored["activations"].chunks[2][0] == 7
     out = target_linearity_dataset(stored).compute()
     _check_lazy(out, acts, y, done, widths)
+
+
+# ---------------------------------------------------------------- reference compatibility (§10.11)
+
+
+def _tl_with(h, y, **kwargs):
+    from flq_audit.metrics._kernels.moments import Moments, _moments_update
+    from flq_audit.metrics._kernels.target_linearity import _target_linearity_compute
+
+    m = Moments.from_matrix(_moments_update(h, y), h.shape[1], y.shape[1])
+    return _target_linearity_compute(m, **kwargs)[0]
+
+
+def test_row_denominator_matches_the_reference_formula():
+    rng = np.random.default_rng(11)
+    h = rng.normal(size=(120, 6))
+    onehot = np.eye(4)[rng.integers(0, 4, 120)]
+    # centred one-hot rows sum to 0: both denominators agree
+    assert _tl_with(h, onehot, denominator="row") == pytest.approx(_tl_with(h, onehot), abs=1e-12)
+    # continuous targets with per-row offsets: the reference's row-centred denominator
+    y = rng.normal(size=(120, 5)) + rng.normal(size=(120, 1)) * 3.0
+    yc = y - y.mean(0)
+    fit = np.linalg.lstsq(h, yc, rcond=None)[0]
+    residual = ((yc - h @ fit) ** 2).sum()
+    reference = 1 - residual / ((yc - yc.mean(1, keepdims=True)) ** 2).sum()
+    got = _tl_with(h, y, denominator="row")
+    assert got == pytest.approx(reference, abs=1e-10)
+    assert got < _tl_with(h, y) - 1e-3  # smaller denominator, lower TL

@@ -16,6 +16,7 @@ def _target_linearity_compute(
     pca: int | None = None,
     pca_threshold: int = 1000,
     rtol: float = RANK_RTOL,
+    denominator: str = "column",
 ) -> tuple[float, int, int]:
     """TL from moments. Returns ``(tl, rank, n_features_used)``.
 
@@ -31,6 +32,10 @@ def _target_linearity_compute(
     ``‖Y_c‖² − Σ_i p_i² (2/(w_i+λ) − w_i/(w_i+λ)²)``. The optional PCA keeps the top ``pca``
     eigenvectors of the centred covariance for layers wider than ``pca_threshold`` and fits
     on the uncentred projection (the reference convention), deterministically.
+
+    ``denominator="row"`` reproduces the reference code's multi-column denominator
+    ``‖Y_c − rowmean(Y_c)‖²`` (used for the VAE figures); it equals the paper's for centred
+    one-hot targets and is smaller for continuous targets with per-row offsets.
     """
     hy_c, total = m.centered_targets()
     hh = m.hh
@@ -52,7 +57,11 @@ def _target_linearity_compute(
         explained = float((p2 * (2.0 / (wk + ridge) - wk / (wk + ridge) ** 2)).sum())
     else:
         explained = float((p2 / wk).sum())
-    return 1.0 - (total - explained) / total, rank, hh.shape[0]
+    residual = total - explained
+    if denominator == "row":
+        yy_c = m.yy - np.outer(m.y_sum, m.y_sum) / m.n
+        total = float(np.trace(yy_c) - yy_c.sum() / yy_c.shape[0])
+    return 1.0 - residual / total, rank, hh.shape[0]
 
 
 def target_linearity(
