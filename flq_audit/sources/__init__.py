@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from flq_audit.errors import CheckpointNotFoundError
+import inspect
+from typing import Any
+
+from flq_audit.errors import CheckpointNotFoundError, SourceError
 from flq_audit.sources._base import CheckpointRef, CheckpointSource
+from flq_audit.sources.hub import HubSource
 from flq_audit.sources.local import LocalFolderSource
+from flq_audit.sources.revisions import RevisionInfo, parse_revision
 from flq_audit.sources.steps import parse_step, select_steps
 
 #: Families tried in this order by :func:`open_source`.
@@ -18,18 +23,32 @@ def register_source(cls: type) -> type:
 
 
 register_source(LocalFolderSource)
+register_source(HubSource)  # after local: an existing folder named like ORG/NAME stays local
 
 
-def open_source(spec: str) -> CheckpointSource:
-    """Turn a CLI ``SOURCE`` into a :class:`CheckpointSource` (first family that claims it)."""
+def open_source(spec: str, **options: Any) -> CheckpointSource:
+    """Turn a CLI ``SOURCE`` into a :class:`CheckpointSource` (first family that claims it).
+
+    ``options`` (e.g. ``revision_pattern=``, ``cache=`` for the Hub family) go to the family's
+    constructor; options left at ``None`` are dropped, and one the chosen family does not take
+    is an error.
+    """
+    given = {k: v for k, v in options.items() if v is not None}
     for family in SOURCE_FAMILIES.values():
         if family.guess_can_open(spec):
-            return family(spec)
+            accepted = inspect.signature(family).parameters
+            unknown = sorted(k for k in given if k not in accepted)
+            if unknown:
+                raise SourceError(
+                    f"option(s) {', '.join(unknown)} do not apply to {family.name} source {spec!r}",
+                    path=spec,
+                )
+            return family(spec, **given)
     raise CheckpointNotFoundError(
-        f"source {spec!r} does not exist: it is not a local folder"
+        f"source {spec!r} does not exist: it is not a local folder nor a Hub repo id (ORG/NAME)"
         f" (known source families: {', '.join(SOURCE_FAMILIES)})",
         path=spec,
-        hint="Check the path; Hub repo ids need the Hub source family.",
+        hint="Check the path, or give a Hub repository as ORG/NAME or hf://ORG/NAME.",
     )
 
 
@@ -37,8 +56,11 @@ __all__ = [
     "SOURCE_FAMILIES",
     "CheckpointRef",
     "CheckpointSource",
+    "HubSource",
     "LocalFolderSource",
+    "RevisionInfo",
     "open_source",
+    "parse_revision",
     "parse_step",
     "register_source",
     "select_steps",
