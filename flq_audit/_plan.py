@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,12 @@ class AuditPlan:
             "already_done": self.already_done,
             "checkpoints": [
                 {"step": r.step, "label": r.label, "format": r.fmt, "bytes": r.size_bytes,
-                 "files": [Path(f).name for f in r.files], "commit": r.commit}
+                 "files": [Path(f).name for f in r.files], "revision": r.revision,
+                 "commit": r.commit}
                 for r in self.refs
             ],
             "checkpoint_bytes": sum(r.size_bytes for r in self.refs),
+            "duplicates": {str(s): o for s, o in self.layout.duplicates},
             "probe": None if self.probe is None else {
                 "name": self.probe.name, "n_samples": self.probe.n_samples,
                 "kind": self.probe.kind, "num_classes": self.probe.num_classes,
@@ -124,16 +126,18 @@ def make_plan(
     text: TextOptions | None = None,
     trust_remote_code: bool = False,
     no_probe: bool = False,
+    source_options: dict[str, Any] | None = None,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe and layers; validate the probe against the model."""
-    src = open_source(source)
+    src = open_source(source, **(source_options or {}))
     all_refs = src.list_refs()
     wanted = set(select_steps([r.step for r in all_refs], steps))
     refs = [r for r in all_refs if r.step in wanted]
     root = Path(source).expanduser()
     folder = checkpoint_folder(src, refs[0]) if refs else None
     if no_probe:
-        return _weights_only_plan(src, refs, all_refs, root, folder, layers, out, gram_dtype)
+        return _with_duplicates(
+            _weights_only_plan(src, refs, all_refs, root, folder, layers, out, gram_dtype))
     model_spec = model or _default_model(root, folder)
     probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeNotFoundError)
     if model_spec == "hf":
@@ -174,10 +178,10 @@ def make_plan(
         gram_dtype=gram_dtype,
         fl_enabled=fl is not None,
     )
-    return AuditPlan(
+    return _with_duplicates(AuditPlan(
         source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store, built=built,
         probe=loaded, layers=infos, config=config, layout=layout,
-    )
+    ))
 
 
 def _weights_only_plan(
@@ -204,11 +208,23 @@ def _weights_only_plan(
                      built=None, probe=None, layers=infos, config=config, layout=layout)
 
 
+def _with_duplicates(plan: AuditPlan) -> AuditPlan:
+    """Flag selected steps whose weight files are identical to an earlier selected step's."""
+    find = getattr(plan.source, "duplicates", None)
+    if not callable(find):
+        return plan
+    found = {s: o for s, o in find(plan.refs).items()}
+    if found:
+        plan.layout = replace(plan.layout, duplicates=tuple(sorted(found.items())))
+    return plan
+
+
 def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | None:
     """The folder holding a checkpoint's config/tokenizer files, when it has one."""
     config_dir = getattr(source, "config_dir", None)
     if callable(config_dir):
-        return Path(config_dir(ref))
+        folder = config_dir(ref)
+        return None if folder is None else Path(folder)
     folder = Path(ref.files[0]).parent
     return folder if (folder / "config.json").is_file() else None
 

@@ -77,9 +77,15 @@ def run_audit(
             for ref in todo:
                 progress.step_started(ref)
                 index = writer.index_of(ref.step)
+                original = dict(plan.layout.duplicates).get(ref.step)
                 try:
-                    _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle,
-                                progress)
+                    if original is not None and original in writer.done_steps():
+                        writer.copy_step(writer.index_of(original), index)
+                        writer.finish_step(index, list(ref.files),
+                                           json.loads(ref.extra.get("lfs_sha256", "[]")))
+                    else:
+                        _audit_step(plan, writer, ref, index, batch_size, device, trust_pickle,
+                                    progress)
                 except STEP_ERRORS as err:
                     writer.fail_step(index, str(err))
                     result.failed[ref.step] = str(err)
@@ -87,6 +93,9 @@ def run_audit(
                     continue
                 result.written.append(ref.step)
                 progress.step_finished(ref, None)
+                release = getattr(plan.source, "release", None)
+                if callable(release):
+                    release(ref)  # --cache drop: the step is written, its files can go
             writer.close()
         finally:
             writer.abandon()

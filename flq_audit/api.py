@@ -58,6 +58,11 @@ def audit(
     top_k: int = 50,
     trust_remote_code: bool = False,
     no_probe: bool = False,
+    revision_pattern: str | None = None,
+    subfolders: bool | None = None,
+    template_steps: Sequence[int] | None = None,
+    cache: str = "keep",
+    offline: bool | None = None,
     progress: Progress | None = None,
 ) -> AuditPlan | AuditResult:
     """Audit a checkpoint sequence into a Zarr store.
@@ -106,6 +111,9 @@ def audit(
         source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
         fl=fl, trust_remote_code=trust_remote_code, no_probe=no_probe,
+        source_options=_source_options(source, revision_pattern=revision_pattern,
+                                       subfolders=subfolders, template_steps=template_steps,
+                                       cache=cache, offline=offline),
         text=TextOptions(task=text_task, pooling=pooling, text_column=text_column,
                          label_column=label_column, max_length=max_length, top_k=top_k),
     )
@@ -121,6 +129,17 @@ def audit(
         plan, overwrite=overwrite, batch_size=batch_size, device=resolve_device(device),
         trust_pickle=trust_pickle, version=__version__, progress=progress,
     )
+
+
+def _source_options(source: str, **options: object) -> dict[str, object]:
+    """Hub-only options, passed on only when set (a local folder takes none)."""
+    if options.get("cache") not in ("keep", "drop"):
+        raise ValueError(f"cache must be 'keep' or 'drop', got {options.get('cache')!r}")
+    if options.get("cache") == "keep":
+        options.pop("cache")
+    if options.get("template_steps") is not None:
+        options["template_steps"] = [int(s) for s in options["template_steps"]]  # type: ignore[union-attr]
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def open_store(path: str | Path) -> xr.Dataset:

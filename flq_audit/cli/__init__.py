@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -65,6 +66,8 @@ COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``flq-audit SOURCE ...`` means ``flq-audit audit SOURCE ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--offline" in args:  # huggingface_hub reads this when it is imported
+        os.environ["HF_HUB_OFFLINE"] = "1"
     if args and args[0] not in COMMANDS and not args[0].startswith("-"):
         args.insert(0, "audit")
     app(args=args, prog_name="flq-audit")

@@ -21,6 +21,8 @@ Examples:
 
   flq-audit runs/mlp --steps log:8 --model runs/mlp/model_spec.json --probe digits
 
+  flq-audit EleutherAI/pythia-70m --steps log:8 --probe sst2.jsonl --pooling last --cache drop
+
   flq-audit runs/cnn --model nets.py:make_cnn --layers 'features.*' --out cnn.zarr --dry-run
 """
 
@@ -79,6 +81,19 @@ def audit_command(
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow transformers to run code from the checkpoint repo.")
     ] = False,
+    revision_pattern: Annotated[str | None, typer.Option(
+        help="Hub: a regex with a named group 'step' that selects and parses branch names.")
+    ] = None,
+    subfolders: Annotated[bool | None, typer.Option(
+        "--subfolders/--no-subfolders",
+        help="Hub: read checkpoint-N/ folders of one revision instead of branches.")] = None,
+    template_steps: Annotated[str | None, typer.Option(
+        help="Hub, one repo per step: SOURCE holds {step}; the steps as a comma list.")] = None,
+    cache: Annotated[str, typer.Option(
+        help="Hub: keep the downloaded revisions in the HF cache, or drop each once written.")
+    ] = "keep",
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Hub: use the local HF cache only (no network).")] = False,
     no_probe: Annotated[bool, typer.Option(
         "--no-probe", help="Weights only: Grams of every weight matrix, no model, no probe.")
     ] = False,
@@ -93,7 +108,10 @@ def audit_command(
             overwrite=overwrite, dry_run=dry_run, fl_loss=fl_loss, fl_lr=fl_lr,
             fl_batches=fl_batches, text_task=task, pooling=pooling, text_column=text_column,
             label_column=label_column, max_length=max_length, top_k=top_k,
-            trust_remote_code=trust_remote_code, no_probe=no_probe, progress=progress,
+            trust_remote_code=trust_remote_code, no_probe=no_probe,
+            revision_pattern=revision_pattern, subfolders=subfolders,
+            template_steps=[int(s) for s in template_steps.split(",")] if template_steps else None,
+            cache=cache, offline=offline or None, progress=progress,
         )
     if isinstance(result, AuditPlan):
         _render_plan(result, as_json)

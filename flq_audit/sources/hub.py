@@ -25,6 +25,7 @@ its login file) per request; flq-audit neither stores nor prints it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -154,6 +155,15 @@ class HubSource:
         if not self.offline and ref.revision and ref.commit:
             hubio.remember_ref(self.cache_dir, ref.location, ref.revision, ref.commit)
         return paths
+
+    def config_dir(self, ref: CheckpointRef) -> Path | None:
+        """Download only the ref's config/tokenizer files; their folder (None if it has none)."""
+        aux = json.loads(ref.extra.get("aux_files", "[]"))
+        for name in aux:
+            with contextlib.suppress(CheckpointNotFoundError):
+                self._download(ref.location, name, ref.commit, step=ref.step)
+        folder = self.snapshot_dir(ref)
+        return folder if (folder / "config.json").is_file() else None
 
     def snapshot_dir(self, ref: CheckpointRef) -> Path:
         """The local folder holding the ref's files (``config.json`` etc.) after :meth:`fetch`."""

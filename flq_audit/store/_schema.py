@@ -52,6 +52,7 @@ class StoreLayout:
     gram_dtype: str = "float32"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     fl_enabled: bool = False
+    duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
 
     @property
     def feature_max(self) -> int:
@@ -110,6 +111,10 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         }),
         SHA256: ((STEP,), _strings([""] * n_steps), {"description": "sha256 of each file (JSON)"}),
         FILES: ((STEP,), _strings([""] * n_steps), {"description": "checkpoint files (JSON)"}),
+        "duplicate_of": ((STEP,), _duplicate_of(layout), {
+            "description": "earlier step whose weight files are byte-identical (-1: none); "
+            "its data is copied, not recomputed",
+        }),
     }
     if layout.fl_enabled:
         data_vars.update(_fl_variables(layout, gram_chunks))
@@ -136,6 +141,11 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     if layout.probe is not None:
         _add_probe(layout, data_vars, coords, attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _duplicate_of(layout: StoreLayout) -> np.ndarray:
+    mapping = dict(layout.duplicates)
+    return np.asarray([mapping.get(step, -1) for step in layout.steps], dtype=np.int64)
 
 
 def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) -> None:

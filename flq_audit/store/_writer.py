@@ -139,6 +139,25 @@ class StepWriter:
         padded[: gram.shape[0], : gram.shape[1]] = gram
         self._submit(self.grams, (step_index, layer_index), padded)
 
+    def copy_step(self, source_index: int, target_index: int) -> None:
+        """Copy a done step's arrays into another step (byte-identical checkpoints)."""
+        names = [n for n in self.group.array_keys() if n in (ACTIVATIONS, GRAM)
+                 or n.startswith("fl_") or n == "prediction"]
+        for name in names:
+            array = self.group[name]
+            if array.ndim < 2 or array.shape[0] != len(self.steps):
+                continue
+            rows = self._rows if name == ACTIVATIONS else None
+            for layer in range(array.shape[1]) if array.ndim >= 3 else [None]:
+                if rows:
+                    for begin in range(0, array.shape[2], rows):
+                        region = (layer, slice(begin, begin + rows))
+                        array[(target_index, *region)] = array[(source_index, *region)]
+                elif layer is None:
+                    array[target_index] = array[source_index]
+                else:
+                    array[target_index, layer] = array[source_index, layer]
+
     def write_fl(self, step_index: int, layer_index: int, result: object) -> None:
         """Write one layer's FL quantities (a :class:`FLLayerResult`)."""
         size = self.layout.gram_max

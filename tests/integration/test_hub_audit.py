@@ -1,0 +1,100 @@
+"""``flq-audit ORG/NAME --steps all`` end to end against a Hub-compatible server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tests._helpers.hf_models import LABELS, TEXTS, model_for, tokenizer
+from tests._helpers.hub import OlahServer, build_git_repo, olah_cli
+
+pytestmark = [pytest.mark.hub, pytest.mark.slow]
+TOKEN = "hf_flqAuditSecretToken0123456789"
+
+
+def _revision(family: str, seed: int) -> dict[str, bytes]:
+    """The files ``save_pretrained`` writes for a tiny model and its tokenizer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = tokenizer()
+        model_for(family, tok.vocab_size, seed=seed).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    if olah_cli() is None:
+        pytest.skip("olah is not installed (pip install -e '.[test]')")
+    work = tmp_path_factory.mktemp("olah-audit")
+    server = OlahServer(work)
+    step10 = _revision("neox", 10)
+    branches = {"main": step10, "step0": _revision("neox", 0), "step10": step10,
+                "step20": _revision("neox", 20), "step30": _revision("neox", 20)}
+    shas = build_git_repo(server.repo_path("EleutherAI/pythia-tiny"), branches)
+    endpoint = server.start()
+    probe = work / "probe.jsonl"
+    probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                             for t, lab in zip(TEXTS, LABELS, strict=True)))
+    try:
+        yield endpoint, shas, probe
+    finally:
+        server.stop()
+
+
+def _cli(args: list, endpoint: str, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home),
+           "HF_HUB_CACHE": str(home / "hub"), "HF_TOKEN": TOKEN, "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "flq_audit", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_hub_repo_audit_pins_commits_flags_duplicates_and_drops_the_cache(hub, tmp_path):
+    endpoint, shas, probe = hub
+    home, store = tmp_path / "home", tmp_path / "s.zarr"
+    dry = _cli(["EleutherAI/pythia-tiny", "--probe", probe, "--pooling", "mean", "--out", store,
+                "--dry-run", "--json"], endpoint, home)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["steps"] == [0, 10, 20, 30]
+    assert {c["revision"]: c["commit"] for c in plan["checkpoints"]} == {
+        f"step{s}": shas[f"step{s}"] for s in (0, 10, 20, 30)}
+    assert all(c["bytes"] > 0 for c in plan["checkpoints"])
+    assert plan["duplicates"] == {"30": 20}
+    assert not list((home / "hub").rglob("*.safetensors")), "a dry run downloads no weights"
+    assert not store.exists()
+
+    run = _cli(["EleutherAI/pythia-tiny", "--steps", "all", "--probe", probe, "--pooling", "mean",
+                "--out", store, "--cache", "drop", "--json"], endpoint, home)
+    assert run.returncode == 0, run.stderr
+    ds = xr.open_zarr(store)
+    assert list(ds.step.values) == [0, 10, 20, 30]
+    assert [str(c) for c in ds.commit.values] == [shas[f"step{s}"] for s in (0, 10, 20, 30)]
+    assert list(ds.duplicate_of.values) == [-1, -1, -1, 20]
+    np.testing.assert_array_equal(ds.activations.sel(step=30).values,
+                                  ds.activations.sel(step=20).values)
+    assert not np.array_equal(ds.activations.sel(step=10).values, ds.activations.sel(step=20).values)
+    assert not list((home / "hub").rglob("snapshots/*/model.safetensors")), "--cache drop"
+    for path in store.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert TOKEN not in run.stdout + run.stderr + dry.stdout + dry.stderr
+
+
+def test_missing_repo_and_unmatched_pattern_exit_3(hub, tmp_path):
+    endpoint, _, probe = hub
+    missing = _cli(["EleutherAI/no-such-model", "--probe", probe, "--dry-run"], endpoint,
+                   tmp_path / "home")
+    assert missing.returncode == 3, missing.stderr
+    assert "EleutherAI/no-such-model" in missing.stderr and "not found" in missing.stderr
+    unmatched = _cli(["EleutherAI/pythia-tiny", "--revision-pattern", r"ckpt_(?P<step>\d+)",
+                      "--probe", probe, "--dry-run"], endpoint, tmp_path / "home")
+    assert unmatched.returncode == 3, unmatched.stderr
+    assert "step0" in unmatched.stderr  # the branches that exist are listed
