@@ -7,7 +7,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flq_audit.capture import LayerInfo, layer_infos, select_layers, weight_layer_infos
+from flq_audit.capture import (
+    LayerInfo,
+    layer_infos,
+    output_classes,
+    select_layers,
+    weight_layer_infos,
+    weight_matrix,
+)
 from flq_audit.errors import (
     FlqAuditError,
     ModelBuildError,
@@ -158,6 +165,7 @@ def make_plan(
         loaded = loaded.head(max_samples)
     chosen = select_layers(built.module, layers)
     infos = layer_infos(built.module, chosen, loaded)
+    predictions, classifier = _classification_outputs(built, loaded, chosen, infos)
     config = CaptureConfig(
         model=str(model_spec), layers=tuple(li.name for li in infos),
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples, fl=fl,
@@ -177,6 +185,8 @@ def make_plan(
         activation_dtype=activation_dtype,
         gram_dtype=gram_dtype,
         fl_enabled=fl is not None,
+        predictions=predictions,
+        classifier=classifier,
     )
     return _with_duplicates(AuditPlan(
         source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store, built=built,
@@ -206,6 +216,21 @@ def _weights_only_plan(
     store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
     return AuditPlan(source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store,
                      built=None, probe=None, layers=infos, config=config, layout=layout)
+
+
+def _classification_outputs(
+    built: BuiltModel, probe: Any, chosen: dict, infos: list[LayerInfo]
+) -> tuple[bool, str | None]:
+    """Whether to store predictions (NC4) and which layer is the classifier (NC3)."""
+    if not isinstance(probe, Probe) or probe.kind != "classes" or built.origin.startswith("hf:"):
+        return False, None
+    classes = output_classes(built.module, probe)
+    if classes != probe.num_classes:
+        return False, None
+    for info in reversed(infos):
+        if weight_matrix(chosen[info.name]).shape[0] == classes:
+            return True, info.name
+    return True, None
 
 
 def _with_duplicates(plan: AuditPlan) -> AuditPlan:

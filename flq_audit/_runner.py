@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from flq_audit._plan import AuditPlan, checkpoint_folder
-from flq_audit.capture import gram, gram_of_tensor, replay
+from flq_audit.capture import PREDICTION, gram, gram_of_tensor, replay, weight_matrix
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.feature_learning import fl_quantities
 from flq_audit.models import load_weights, map_keys
@@ -177,13 +177,17 @@ def _audit_step(
     layers = {li.name: modules[li.name] for li in plan.layers}
     writer.begin_step()
     dtype = np.dtype(plan.config.activation_dtype)
+    keep = plan.layout.predictions
+    predicted = np.full(plan.probe.n_samples, -1, dtype=np.int64) if keep else None
     try:
-        for start, _stop, captured in replay(
+        for start, stop, captured in replay(
             plan.built.module, layers, plan.probe, batch_size=batch_size,
-            device=device, dtype=dtype,
+            device=device, dtype=dtype, predictions=keep,
         ):
             for layer_index, info in enumerate(plan.layers):
                 writer.write_batch(index, layer_index, start, captured[info.name])
+            if predicted is not None:
+                predicted[start:stop] = captured[PREDICTION]
             progress.batch_done()
     except FlqAuditError:
         raise
@@ -194,6 +198,12 @@ def _audit_step(
     for layer_index, info in enumerate(plan.layers):
         weight = state.get(f"{info.name}.weight")
         writer.write_gram(index, layer_index, gram(layers[info.name], weight))
+    if predicted is not None:
+        writer.write_predictions(index, predicted)
+    if plan.layout.classifier is not None:
+        module = layers[plan.layout.classifier]
+        weight = state.get(f"{plan.layout.classifier}.weight")
+        writer.write_classifier(index, weight_matrix(module, weight).detach().double().numpy())
     if plan.config.fl is not None and ref is not plan.refs[-1]:
         _feature_learning(plan, writer, ref, index, state, layers, trust_pickle)
     writer.finish_step(index, [str(p) for p in paths], shas)

@@ -36,6 +36,22 @@ class NotPerTokenError(CaptureError):
     """A layer's input has no token axis, so a token-level probe cannot use it."""
 
 
+PREDICTION = "<prediction>"
+
+
+def output_classes(model: nn.Module, probe: BatchSource | np.ndarray) -> int | None:
+    """Number of output columns when the model maps a batch to ``(batch, C)`` logits."""
+    first = next(iter(_batches(probe, 2)))
+    if isinstance(first.inputs, dict):
+        return None
+    model.eval()
+    with torch.no_grad():
+        out = model(first.inputs)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == first.inputs.shape[0]:
+        return int(out.shape[1])
+    return None
+
+
 class _StopForward(Exception):
     """Raised by the last hook: nothing after the deepest captured layer needs computing."""
 
@@ -212,10 +228,13 @@ def replay(
     batch_size: int,
     device: str,
     dtype: np.dtype | type = np.float32,
+    predictions: bool = False,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Yield ``(start, stop, {layer: (rows, width) array})`` batch by batch (eval, no grad).
 
     ``probe`` is an array of inputs or an object with ``batches(batch_size)`` (text probes).
+    With ``predictions``, the forward runs to the end and ``PREDICTION`` maps to the argmax
+    of the model's output (class probes).
     """
     model.eval()
     model.to(device)
@@ -235,7 +254,7 @@ def replay(
                 return
             flat = rows.to("cpu", torch.float32, copy=True).numpy()
             captured[name] = flat if dtype == np.float32 else flat.astype(dtype)
-            if len(captured) == len(wanted):
+            if len(captured) == len(wanted) and not predictions:
                 raise _StopForward
 
         return hook
@@ -248,9 +267,11 @@ def replay(
             try:
                 with torch.no_grad():
                     if isinstance(batch.inputs, dict):
-                        model(**{k: v.to(device) for k, v in batch.inputs.items()})
+                        output = model(**{k: v.to(device) for k, v in batch.inputs.items()})
                     else:
-                        model(batch.inputs.to(device))
+                        output = model(batch.inputs.to(device))
+                if predictions:
+                    captured[PREDICTION] = output.argmax(-1).to("cpu").numpy()
             except _StopForward:
                 pass
             except RuntimeError as err:

@@ -34,7 +34,7 @@ def run_demo(workdir: str | Path = "flq-demo", *, progress: Progress | None = No
     store = work / "store.zarr"
     result = api.audit(str(checkpoints), out=store, progress=progress)
     assert isinstance(result, AuditResult)
-    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics"])
+    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics", "nc"])
     netcdf = api.export(store, work / "metrics.nc")
     figure = tl_heatmap(
         metrics["target_linearity"], work / "target_linearity.png",

@@ -22,11 +22,13 @@ def report_command(
     out: Annotated[Path | None, typer.Option(
         help="Folder for the PNG figures. Default: beside the store, <store>-report/")] = None,
 ) -> None:
-    """Per-layer table (TL first/last, t90, surrogate, alignment), a verdict, and figures.
+    """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, figures.
+
+    Computes (and stores, like `metrics`) the tl, surrogate, gram, dynamics and nc groups.
 
     Example: flq-audit report run.zarr --out run-report
     """
-    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics"])
+    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics", "nc"])
     _output.stdout.print(layer_table(metrics))
     last = metrics["depth_spearman"].dropna("step")
     rho = float(last.values[-1]) if last.size else float("nan")
@@ -37,15 +39,16 @@ def report_command(
 
 
 def layer_table(metrics) -> Table:
-    """One row per layer: TL at the first and last done step, t90, surrogate, alignment."""
+    """One row per layer: TL at the first and last done step, t90, surrogate, alignment, NC1."""
     tl = metrics["target_linearity"].dropna("step", how="all")
     table = Table(title="per layer")
-    for column in ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last"):
+    for column in ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
+                   "NC1 last"):
         table.add_column(column, justify="right" if column != "layer" else "left")
     for layer in tl["layer"].values:
         row = [str(layer), _f(tl.sel(layer=layer).values[0]), _f(tl.sel(layer=layer).values[-1]),
                _f(metrics["t90"].sel(layer=layer).item(), "{:.0f}")]
-        for name in ("surrogate", "alignment"):
+        for name in ("surrogate", "alignment", "nc1"):
             values = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
             row.append(_f(values[-1], "{:.3g}") if len(values) else "—")
         table.add_row(*row)

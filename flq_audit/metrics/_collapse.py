@@ -59,3 +59,59 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
                                                                {"units": "1"}), **attrs)
         for (name, text), out in zip(NAMES.items(), outputs, strict=True)
     })
+
+
+def classifier_collapse_dataset(
+    ds: xr.Dataset, *, moments: xr.DataArray | None = None
+) -> xr.Dataset:
+    """Lazy ``nc3`` (self-duality) and ``nc4`` (NCC disagreement) per step, for the layer
+    whose weight is the classifier (the store's ``classifier`` attribute). Empty when the
+    store has no classifier weights or predictions."""
+    import dask.array as da
+
+    from flq_audit.metrics._kernels.duality import _ncc_disagreement, _self_duality, class_means
+
+    layer = ds.attrs.get("classifier")
+    if not layer or "classifier_weight" not in ds or ds["targets"].attrs.get("kind") != "classes":
+        return xr.Dataset()
+    moments = layer_moments(ds) if moments is None else moments
+    k = int(moments.attrs["n_targets"])
+    width = int(ds["width"].sel(layer=layer))
+    m_layer = moments.sel(layer=layer, drop=True)
+    done = ds["done"].astype(bool)
+
+    def nc3(matrix: np.ndarray, weight: np.ndarray) -> float:
+        return _self_duality(Moments.from_matrix(matrix, width, k), weight[:, :width])
+
+    out = xr.Dataset()
+    out["nc3"] = xr.apply_ufunc(
+        nc3, m_layer, ds["classifier_weight"],
+        input_core_dims=[[MOMENT_I, MOMENT_J], ["target", "gram_j"]], vectorize=True,
+        dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
+    ).where(done).assign_attrs(
+        long_name="NC3 ‖W/‖W‖ − M̃ᵀ/‖M̃‖‖_F (self-duality of classifier and class means)",
+        layer=layer, reference=REFERENCE)
+    if "prediction" not in ds:
+        return out
+    means = xr.apply_ufunc(
+        lambda matrix: class_means(Moments.from_matrix(matrix, width, k)), m_layer,
+        input_core_dims=[[MOMENT_I, MOMENT_J]], output_core_dims=[["target", "feature_w"]],
+        vectorize=True, dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"target": k, "feature_w": width}},
+    ).data
+    acts = ds["activations"].sel(layer=layer, drop=True).data[:, :, :width]
+    preds = ds["prediction"].data.astype(np.float64)
+    preds = preds.rechunk(acts.chunks[:2]) if isinstance(preds, da.Array) else da.from_array(
+        preds, chunks=acts.chunks[:2])
+    means = means if isinstance(means, da.Array) else da.from_array(means)
+
+    def block(h: np.ndarray, mu: np.ndarray, p: np.ndarray) -> np.ndarray:
+        return np.stack([_ncc_disagreement(h[i], mu[i], p[i]) for i in range(h.shape[0])])
+
+    flags = da.blockwise(block, "sn", acts, "snf", means, "scf", preds, "sn",
+                         dtype=np.float64, concatenate=True)
+    out["nc4"] = xr.DataArray(da.nanmean(flags, axis=1), dims=("step",),
+                              coords={"step": ds["step"]}).where(done).assign_attrs(
+        long_name="NC4: fraction of samples whose nearest class mean ≠ the model's prediction",
+        layer=layer, reference=REFERENCE)
+    return out

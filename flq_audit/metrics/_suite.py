@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xarray as xr
 
-from flq_audit.metrics._collapse import collapse_dataset
+from flq_audit.metrics._collapse import classifier_collapse_dataset, collapse_dataset
 from flq_audit.metrics._dynamics import dynamics_dataset
 from flq_audit.metrics._gram import gram_dataset
 from flq_audit.metrics._lazy import layer_moments
@@ -18,7 +18,8 @@ METRICS: dict[str, str] = {
     "gram": "gram_top_eigenvalues, gram_effective_rank, gram_stable_rank, gram_drift, "
     "gram_cosine_to_final",
     "dynamics": "t50, t90 (per layer), depth_spearman, tl_gap (per step), tl_chance_corrected",
-    "nc": "nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class probes)",
+    "nc": "nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class probes); "
+    "nc3, nc4 per step for the classifier layer",
 }
 #: Groups whose values depend on the TL parameters (pca, ridge): stored with a suffix.
 PARAMETRISED = ("tl", "dynamics")
@@ -55,7 +56,9 @@ def lazy_groups(
     if "surrogate" in groups:
         out["surrogate"] = surrogate_dataset(ds, moments=moments)
     if "nc" in groups:
-        out["nc"] = collapse_dataset(ds, moments=moments)
+        out["nc"] = xr.merge([collapse_dataset(ds, moments=moments),
+                              classifier_collapse_dataset(ds, moments=moments)],
+                             combine_attrs="drop_conflicts")
     if "gram" in groups:
         out["gram"] = gram_dataset(ds)
     return out

@@ -53,6 +53,8 @@ class StoreLayout:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     fl_enabled: bool = False
     duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
+    predictions: bool = False  # store the model's argmax prediction per sample
+    classifier: str | None = None  # layer whose weight maps features to class logits
 
     @property
     def feature_max(self) -> int:
@@ -167,6 +169,20 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
     coords[SAMPLE] = ((SAMPLE,), np.arange(n, dtype=np.int64))
     if probe.labels is not None:
         coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
+    if layout.predictions:
+        data_vars["prediction"] = ((STEP, SAMPLE), da.full((n_steps, n), -1, dtype=np.int64,
+                                                           chunks=(1, n)), {
+            "long_name": "argmax of the model's output for each probe sample (-1: not written)",
+        })
+    if layout.classifier is not None:
+        c = probe.num_classes or probe.targets.shape[1]
+        data_vars["classifier_weight"] = (
+            (STEP, TARGET, GRAM_J),
+            da.full((n_steps, c, layout.gram_max), np.nan, chunks=(1, c, layout.gram_max)),
+            {"long_name": "weight of the classifier layer (C × d), NaN-padded",
+             "layer": layout.classifier},
+        )
+        attrs["classifier"] = layout.classifier
     names = getattr(probe, "class_names", None)
     attrs["probe"] = json.dumps({
         "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,
@@ -209,7 +225,9 @@ def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
         "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
         "compressors": [_fast_codec()],
     }} if layout.probe is not None else {}
-    return {**fl, **acts,
+    extra = {"prediction": {"chunks": (1, layout.probe.n_samples), "_FillValue": -1}} \
+        if layout.predictions and layout.probe is not None else {}
+    return {**fl, **acts, **extra,
         GRAM: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan},
         STEP: {"chunks": (max(1, len(layout.steps)),)},
     }

@@ -158,6 +158,16 @@ class StepWriter:
                 else:
                     array[target_index, layer] = array[source_index, layer]
 
+    def write_predictions(self, step_index: int, predictions: np.ndarray) -> None:
+        self._submit(self.group["prediction"], (step_index, slice(None)),
+                     predictions.astype(np.int64))
+
+    def write_classifier(self, step_index: int, weight: np.ndarray) -> None:
+        array = self.group["classifier_weight"]
+        padded = np.full(array.shape[1:], np.nan)
+        padded[: weight.shape[0], : weight.shape[1]] = weight
+        self._submit(array, (step_index,), padded)
+
     def write_fl(self, step_index: int, layer_index: int, result: object) -> None:
         """Write one layer's FL quantities (a :class:`FLLayerResult`)."""
         size = self.layout.gram_max

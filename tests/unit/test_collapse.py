@@ -358,3 +358,51 @@ def test_compute_metrics_nc_on_a_real_store(tmp_path):
     assert np.isfinite(ds["nc1"].values).all()
     again = api.compute_metrics(store, metrics=["nc"])  # current: read back, same values
     np.testing.assert_array_equal(again["nc1"].values, metrics["nc1"].values)
+
+
+# ---------------------------------------------------------------- NC3 / NC4 (classifier layer)
+
+
+def test_self_duality_and_ncc_match_direct_sample_computations():
+    from flq_audit.metrics._kernels.duality import _ncc_disagreement, _self_duality
+    from flq_audit.metrics._kernels.moments import Moments, _moments_update
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 300)
+    h = rng.normal(size=(4, 6))[labels] + 0.8 * rng.normal(size=(300, 6))
+    w = rng.normal(size=(4, 6))
+    m = Moments.from_matrix(_moments_update(h, np.eye(4)[labels]), 6, 4)
+    means = np.stack([h[labels == c].mean(0) for c in range(4)])
+    centred = means - h.mean(0)
+    expected = np.linalg.norm(w / np.linalg.norm(w) - centred / np.linalg.norm(centred))
+    assert _self_duality(m, w) == pytest.approx(expected, rel=1e-12)
+    # a classifier equal to the centred means (scaled) is perfectly self-dual
+    assert _self_duality(m, 3.0 * centred) == pytest.approx(0.0, abs=1e-12)
+
+    predictions = rng.integers(0, 4, 300)
+    nearest = np.argmin(((h[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    flags = _ncc_disagreement(h, means, predictions)
+    np.testing.assert_array_equal(flags, (nearest != predictions).astype(float))
+    assert np.isnan(_ncc_disagreement(h, means, np.full(300, -1.0))).all()
+
+
+def test_nc3_nc4_on_a_real_store(run_dir, tmp_path):
+    import xarray as xr
+
+    from flq_audit import api
+
+    api.audit(str(run_dir), out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.attrs["classifier"] == "layers.2"
+    result = api.compute_metrics(tmp_path / "s.zarr", metrics=["nc"])
+    for step in ds.step.values:
+        h = ds.activations.sel(step=step, layer="layers.2").values[:, :8].astype(np.float64)
+        labels = ds.class_label.values
+        present = np.unique(labels)
+        means = np.full((3, 8), np.nan)
+        for c in present:
+            means[c] = h[labels == c].mean(0)
+        dist = ((h[:, None, :] - np.nan_to_num(means, nan=1e9)[None]) ** 2).sum(-1)
+        expected = (dist.argmin(1) != ds.prediction.sel(step=step).values).mean()
+        assert float(result.nc4.sel(step=step)) == pytest.approx(expected, abs=1e-12)
+        assert np.isfinite(float(result.nc3.sel(step=step)))
