@@ -15,8 +15,9 @@ GRAM_I = "gram_i"
 GRAM_J = "gram_j"
 TARGET = "target"
 
-# Chunking: aim for write-aligned chunks of about this many bytes.
-DEFAULT_CHUNK_BYTES = int(os.environ.get("FLQ_AUDIT_CHUNK_BYTES", 4 * 2**20))
+# Chunking: write-aligned chunks of about this many bytes (1 MiB keeps the writer's memory
+# flat as the probe grows: one chunk per layer plus a few in flight).
+DEFAULT_CHUNK_BYTES = int(os.environ.get("FLQ_AUDIT_CHUNK_BYTES", 2**20))
 
 # Checkpoint file conventions.
 SAFETENSORS_EXTENSIONS = (".safetensors",)
