@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from flq_audit.metrics._kernels.gram import gram_cosine, gram_drift, gram_spectrum
+from flq_audit.metrics._lazy import coarse_steps
 
 TOP_K = 8
 
@@ -13,6 +14,7 @@ TOP_K = 8
 def gram_dataset(ds: xr.Dataset, *, top_k: int = TOP_K) -> xr.Dataset:
     """Top-k eigenvalues, effective and stable rank, drift to the previous stored step and
     cosine similarity to the final step's Gram, per (step, layer)."""
+    gram = coarse_steps(ds["gram"])
 
     def spectrum(gram: np.ndarray, width: np.ndarray):
         g = gram[: int(width), : int(width)]
@@ -21,13 +23,13 @@ def gram_dataset(ds: xr.Dataset, *, top_k: int = TOP_K) -> xr.Dataset:
         return gram_spectrum(g, top_k=top_k)
 
     top, effective, stable = xr.apply_ufunc(
-        spectrum, ds["gram"], ds["gram_width"],
+        spectrum, gram, ds["gram_width"],
         input_core_dims=[["gram_i", "gram_j"], []], output_core_dims=[["eigen"], [], []],
         vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64] * 3,
         dask_gufunc_kwargs={"output_sizes": {"eigen": top_k}},
     )
-    final = ds["gram"].isel(step=-1, drop=True)
-    previous = ds["gram"].shift(step=1)
+    final = gram.isel(step=-1, drop=True)
+    previous = gram.shift(step=1)
 
     def pairwise(func):
         def kernel(a: np.ndarray, b: np.ndarray, width: np.ndarray) -> float:
@@ -40,11 +42,11 @@ def gram_dataset(ds: xr.Dataset, *, top_k: int = TOP_K) -> xr.Dataset:
 
     core = [["gram_i", "gram_j"], ["gram_i", "gram_j"], []]
     drift = xr.apply_ufunc(
-        pairwise(gram_drift), previous, ds["gram"], ds["gram_width"], input_core_dims=core,
+        pairwise(gram_drift), previous, gram, ds["gram_width"], input_core_dims=core,
         vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
     )
     cosine = xr.apply_ufunc(
-        pairwise(gram_cosine), ds["gram"], final, ds["gram_width"], input_core_dims=core,
+        pairwise(gram_cosine), gram, final, ds["gram_width"], input_core_dims=core,
         vectorize=True, dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
     )
     done = ds["done"].astype(bool)

@@ -11,6 +11,18 @@ from flq_audit.metrics._kernels.moments import _moments_update
 MOMENT_I, MOMENT_J = "moment_i", "moment_j"
 
 
+BLOCK_BYTES = 64 * 2**20
+
+
+def coarse_steps(array: xr.DataArray) -> xr.DataArray:
+    """Rechunk to whole layers and as many steps as fit in about ``BLOCK_BYTES``: the
+    per-(step, layer) kernels are cheap, so fewer, larger tasks beat scheduler overhead."""
+    per_step = array.dtype.itemsize * int(np.prod([n for d, n in array.sizes.items()
+                                                    if d != "step"]))
+    steps = max(1, BLOCK_BYTES // max(1, per_step))
+    return array.chunk({"step": steps, **{d: -1 for d in array.dims if d != "step"}})
+
+
 def layer_moments(ds: xr.Dataset) -> xr.DataArray:
     """Augmented moments ``[H|Y|1]ᵀ[H|Y|1]`` per (step, layer), as a lazy dask array.
 
@@ -46,6 +58,9 @@ def layer_moments(ds: xr.Dataset) -> xr.DataArray:
         chunks=(acts.chunks[0], acts.chunks[1], (1,) * n_blocks, (side,), (side,)),
     )
     total = per_block.sum(axis=2)
+    # later kernels are cheap per (step, layer): group many into one task (≤ ~64 MiB blocks)
+    steps_per_block = max(1, BLOCK_BYTES // max(1, acts.shape[1] * side * side * 8))
+    total = total.rechunk({0: steps_per_block, 1: -1})
     return xr.DataArray(
         total, dims=("step", "layer", MOMENT_I, MOMENT_J),
         coords={"step": ds["step"], "layer": ds["layer"]},

@@ -7,7 +7,7 @@ import xarray as xr
 
 from flq_audit.metrics._kernels.moments import Moments
 from flq_audit.metrics._kernels.surrogate import _surrogate_compute
-from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, layer_moments
+from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, coarse_steps, layer_moments
 
 
 def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
@@ -27,7 +27,7 @@ def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) ->
         return r.surrogate, r.surrogate_per_class, r.norm, r.alignment
 
     outputs = xr.apply_ufunc(
-        kernel, moments, ds["gram"], ds["width"], ds["gram_width"],
+        kernel, moments, coarse_steps(ds["gram"]), ds["width"], ds["gram_width"],
         input_core_dims=[[MOMENT_I, MOMENT_J], ["gram_i", "gram_j"], [], []],
         output_core_dims=[[], [], [], []], vectorize=True, dask="parallelized", keep_attrs=False,
         output_dtypes=[np.float64] * 4,
