@@ -173,7 +173,7 @@ def make_plan(
     )
     if fl is not None:
         _check_fl(fl, loaded, [r.step for r in refs])
-    store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
+    store = Path(out) if out is not None else default_store(root)
     layout = StoreLayout(
         source=src.describe(),
         steps=tuple(r.step for r in refs),
@@ -213,7 +213,7 @@ def _weights_only_plan(
         layers=tuple(infos), probe=None, capture_config=config.to_json_dict(),
         gram_dtype=gram_dtype,
     )
-    store = Path(out) if out is not None else Path.cwd() / f"{root.resolve().name}.zarr"
+    store = Path(out) if out is not None else default_store(root)
     return AuditPlan(source=src, refs=refs, all_steps=[r.step for r in all_refs], store=store,
                      built=None, probe=None, layers=infos, config=config, layout=layout)
 
@@ -231,6 +231,12 @@ def _classification_outputs(
         if weight_matrix(chosen[info.name]).shape[0] == classes:
             return True, info.name
     return True, None
+
+
+def default_store(root: Path) -> Path:
+    """``./<source name>.zarr`` (a repo template's ``{step}`` dropped)."""
+    name = root.expanduser().resolve().name.replace("{step}", "").strip("-_") or "flq-audit"
+    return Path.cwd() / f"{name}.zarr"
 
 
 def _with_duplicates(plan: AuditPlan) -> AuditPlan:

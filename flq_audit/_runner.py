@@ -79,7 +79,9 @@ def run_audit(
                 index = writer.index_of(ref.step)
                 original = dict(plan.layout.duplicates).get(ref.step)
                 try:
-                    if original is not None and original in writer.done_steps():
+                    # FL values depend on the next checkpoint: a duplicate is computed in full
+                    if (original is not None and plan.config.fl is None
+                            and original in writer.done_steps()):
                         writer.copy_step(writer.index_of(original), index)
                         writer.finish_step(index, list(ref.files),
                                            json.loads(ref.extra.get("lfs_sha256", "[]")))

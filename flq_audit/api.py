@@ -120,7 +120,9 @@ def audit(
     if plan.store.exists() and not overwrite:
         try:
             done = open_dataset(plan.store)["done"]
-            plan.already_done = [int(s) for s in done["step"].values[done.values.astype(bool)]]
+            selected = {r.step for r in plan.refs}
+            plan.already_done = [int(s) for s in done["step"].values[done.values.astype(bool)]
+                                 if int(s) in selected]
         except Exception:  # an unreadable store is reported by the real run
             plan.already_done = []
     if dry_run:

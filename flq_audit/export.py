@@ -29,7 +29,8 @@ def to_netcdf(
     """
     out = Path(out)
     names = metric_variables(ds) + [v for v in _BOOKKEEPING if v in ds]
-    names.append("targets")
+    if "targets" in ds:
+        names.append("targets")
     if with_activations:
         names.append("activations")
     if with_grams:

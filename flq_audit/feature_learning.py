@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flq_audit.capture import weight_matrix
-from flq_audit.errors import CaptureError, ProbeError
+from flq_audit.errors import CaptureError, ProbeError, ProbeNotFoundError
 
 LossOptions = Literal["ce", "mse"]
 
@@ -95,7 +95,7 @@ def _read_json(path: str | Path, flag: str) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError as err:
-        raise ProbeError(f"{flag} file {str(path)!r} does not exist", path=path) from err
+        raise ProbeNotFoundError(f"{flag} file {str(path)!r} does not exist", path=path) from err
     except ValueError as err:
         raise ProbeError(f"{flag} file {str(path)!r} is not valid JSON ({err})", path=path) from err
     if not isinstance(data, dict):
@@ -211,6 +211,8 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
 
 def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows the weight multiplies: the input itself, or im2col patches for a conv."""
+    if isinstance(module, nn.Conv3d):
+        raise CaptureError("FL residual: Conv3d layers are not supported; exclude them with --layers")
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise CaptureError("FL residual: grouped convolutions are not supported")

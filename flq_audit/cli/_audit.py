@@ -13,6 +13,7 @@ from flq_audit._runner import AuditResult
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
+from flq_audit.errors import OptionError
 
 AUDIT_EXAMPLES = """
 Examples:
@@ -27,13 +28,25 @@ Examples:
 """
 
 
+def _steps_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise OptionError(
+            f"--template-steps {text!r}: expected comma-separated integers, e.g. 0,20,40"
+        ) from None
+
+
 def _layers(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
 @mapped
 def audit_command(
-    source: Annotated[str, typer.Argument(help="Folder of checkpoints.")],
+    source: Annotated[str, typer.Argument(
+        help="A folder of checkpoints, or a Hub repo id (ORG/NAME or hf://ORG/NAME).")],
     steps: StepsOpt = "all",
     model: Annotated[str | None, typer.Option(
         help="JSON spec file, 'file.py:function', 'package.module:function', or 'hf' "
@@ -110,7 +123,7 @@ def audit_command(
             label_column=label_column, max_length=max_length, top_k=top_k,
             trust_remote_code=trust_remote_code, no_probe=no_probe,
             revision_pattern=revision_pattern, subfolders=subfolders,
-            template_steps=[int(s) for s in template_steps.split(",")] if template_steps else None,
+            template_steps=_steps_list(template_steps),
             cache=cache, offline=offline or None, progress=progress,
         )
     if isinstance(result, AuditPlan):

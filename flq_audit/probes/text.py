@@ -152,10 +152,10 @@ def load_text_probe(
 
 
 def _token_probe(name, records, tok, tokens_column, tags_column, max_length) -> TextProbe:
-    words = [list(map(str, _field(r, tokens_column if tokens_column != "text" else "tokens", i,
-                                  name))) for i, r in enumerate(records)]
-    tags = [list(map(str, _field(r, tags_column if tags_column != "label" else "tags", i,
-                                 name))) for i, r in enumerate(records)]
+    words = [_as_list(_field(r, tokens_column if tokens_column != "text" else "tokens", i, name))
+             for i, r in enumerate(records)]
+    tags = [_as_list(_field(r, tags_column if tags_column != "label" else "tags", i, name))
+            for i, r in enumerate(records)]
     enc = _encode(tok, words, max_length, split=True)
     classes = sorted({t for row in tags for t in row})
     rows_seq, rows_pos, labels = [], [], []
@@ -170,6 +170,13 @@ def _token_probe(name, records, tok, tokens_column, tags_column, max_length) -> 
             labels.append(classes.index(tags[s][word]))
     return TextProbe(name, enc, np.array(rows_seq), np.array(rows_pos),
                      np.array(labels, dtype=np.int64), classes, "token")
+
+
+def _as_list(value: object) -> list[str]:
+    """A JSON list, or a whitespace-separated string (CSV cells)."""
+    if isinstance(value, str):
+        value = value.split()
+    return [str(v) for v in value]  # type: ignore[union-attr]
 
 
 def _encode(tok, texts, max_length: int, *, split: bool) -> dict[str, np.ndarray]:

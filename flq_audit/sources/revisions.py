@@ -35,7 +35,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from flq_audit.errors import StepSelectionError
+from flq_audit.errors import StepSelectionError, StepSyntaxError
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 _TOKENS = r"tokens(?P<tokens>\d+)(?P<unit>[KMBT]?)"
@@ -101,11 +101,11 @@ def compile_revision_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
     try:
         compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
     except re.error as err:
-        raise StepSelectionError(
+        raise StepSyntaxError(
             f"--revision-pattern {pattern!r} is not a valid regular expression: {err}",
         ) from None
     if "step" not in compiled.groupindex:
-        raise StepSelectionError(
+        raise StepSyntaxError(
             f"--revision-pattern {compiled.pattern!r} has no named group 'step'",
             hint=r"Write the step as (?P<step>\d+), e.g. 'iter-(?P<step>\d+)'; "
                  "optional groups: stage, ingredient, tokens.",

@@ -141,8 +141,9 @@ class StepWriter:
 
     def copy_step(self, source_index: int, target_index: int) -> None:
         """Copy a done step's arrays into another step (byte-identical checkpoints)."""
-        names = [n for n in self.group.array_keys() if n in (ACTIVATIONS, GRAM)
-                 or n.startswith("fl_") or n == "prediction"]
+        self.begin_step()  # a failed step before this one may have left half-filled buffers
+        names = [n for n in self.group.array_keys()
+                 if n in (ACTIVATIONS, GRAM, "prediction", "classifier_weight")]
         for name in names:
             array = self.group[name]
             if array.ndim < 2 or array.shape[0] != len(self.steps):

@@ -101,3 +101,6 @@ def test_weights_only_audit_needs_no_model_or_probe(tmp_path):
 
     with pytest.raises(MetricError, match="Grams only"):
         api.compute_metrics(tmp_path / "w.zarr", metrics=["tl"])
+    exported = xr.open_dataset(api.export(tmp_path / "w.zarr", tmp_path / "w.nc"),
+                               engine="h5netcdf")
+    assert "gram_effective_rank" in exported and "targets" not in exported

@@ -558,3 +558,9 @@ def test_row_denominator_matches_the_reference_formula():
     got = _tl_with(h, y, denominator="row")
     assert got == pytest.approx(reference, abs=1e-10)
     assert got < _tl_with(h, y) - 1e-3  # smaller denominator, lower TL
+
+
+def test_row_denominator_with_one_column_is_the_column_one():
+    rng = np.random.default_rng(12)
+    h, y = rng.normal(size=(80, 4)), rng.normal(size=(80, 1))
+    assert _tl_with(h, y, denominator="row") == pytest.approx(_tl_with(h, y), abs=1e-14)

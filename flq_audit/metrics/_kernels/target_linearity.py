@@ -58,7 +58,7 @@ def _target_linearity_compute(
     else:
         explained = float((p2 / wk).sum())
     residual = total - explained
-    if denominator == "row":
+    if denominator == "row" and m.yy.shape[0] > 1:  # one column: the reference uses ‖y − ȳ‖²
         yy_c = m.yy - np.outer(m.y_sum, m.y_sum) / m.n
         total = float(np.trace(yy_c) - yy_c.sum() / yy_c.shape[0])
     return 1.0 - residual / total, rank, hh.shape[0]
