@@ -19,6 +19,7 @@ from flq_audit.errors import (
     FlqAuditError,
     ModelBuildError,
     ModelNotFoundError,
+    OptionError,
     ProbeError,
     ProbeNotFoundError,
 )
@@ -59,6 +60,7 @@ class CaptureConfig:
     fl: FLConfig | None = None
     text: TextOptions | None = None
     trust_remote_code: bool = False
+    hidden_states: bool = False
 
     def to_json_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -68,6 +70,8 @@ class CaptureConfig:
         }
         if self.text is not None:
             out["text"] = asdict(self.text)
+        if self.hidden_states:
+            out["hidden_states"] = True
         if self.fl is not None:
             out["fl"] = self.fl.to_json_dict()
         return out
@@ -134,6 +138,7 @@ def make_plan(
     trust_remote_code: bool = False,
     no_probe: bool = False,
     source_options: dict[str, Any] | None = None,
+    hidden_states: bool = False,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe and layers; validate the probe against the model."""
     src = open_source(source, **(source_options or {}))
@@ -164,12 +169,14 @@ def make_plan(
             raise ProbeError(f"--max-samples must be >= 1, got {max_samples}")
         loaded = loaded.head(max_samples)
     chosen = select_layers(built.module, layers)
-    infos = layer_infos(built.module, chosen, loaded)
+    if hidden_states and not built.origin.startswith("hf:"):
+        raise OptionError("--hidden-states needs a transformers model (--model hf)")
+    infos = layer_infos(built.module, chosen, loaded, hidden_states=hidden_states)
     predictions, classifier = _classification_outputs(built, loaded, chosen, infos)
     config = CaptureConfig(
         model=str(model_spec), layers=tuple(li.name for li in infos),
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples, fl=fl,
-        text=text, trust_remote_code=trust_remote_code,
+        text=text, trust_remote_code=trust_remote_code, hidden_states=hidden_states,
     )
     if fl is not None:
         _check_fl(fl, loaded, [r.step for r in refs])

@@ -176,7 +176,7 @@ def _audit_step(
         state = load_state_dict(paths, trust_pickle=trust_pickle, step=ref.step)
         state = load_weights(plan.built, state, step=ref.step)
     modules = dict(plan.built.module.named_modules())
-    layers = {li.name: modules[li.name] for li in plan.layers}
+    layers = {li.name: modules[li.name] for li in plan.layers if li.name in modules}
     writer.begin_step()
     dtype = np.dtype(plan.config.activation_dtype)
     keep = plan.layout.predictions
@@ -185,6 +185,7 @@ def _audit_step(
         for start, stop, captured in replay(
             plan.built.module, layers, plan.probe, batch_size=batch_size,
             device=device, dtype=dtype, predictions=keep,
+            hidden_states=plan.config.hidden_states,
         ):
             for layer_index, info in enumerate(plan.layers):
                 writer.write_batch(index, layer_index, start, captured[info.name])
@@ -198,6 +199,8 @@ def _audit_step(
             f"step {ref.step} ({ref.label}): replaying the probe failed ({err})", step=ref.step
         ) from err
     for layer_index, info in enumerate(plan.layers):
+        if info.name not in layers:
+            continue  # a residual-stream capture: no weight, no Gram
         weight = state.get(f"{info.name}.weight")
         writer.write_gram(index, layer_index, gram(layers[info.name], weight))
     if predicted is not None:

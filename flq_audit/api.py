@@ -63,6 +63,7 @@ def audit(
     template_steps: Sequence[int] | None = None,
     cache: str = "keep",
     offline: bool | None = None,
+    hidden_states: bool = False,
     progress: Progress | None = None,
 ) -> AuditPlan | AuditResult:
     """Audit a checkpoint sequence into a Zarr store.
@@ -111,6 +112,7 @@ def audit(
         source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
         activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
         fl=fl, trust_remote_code=trust_remote_code, no_probe=no_probe,
+        hidden_states=hidden_states,
         source_options=_source_options(source, revision_pattern=revision_pattern,
                                        subfolders=subfolders, template_steps=template_steps,
                                        cache=cache, offline=offline),

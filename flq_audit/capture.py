@@ -37,6 +37,8 @@ class NotPerTokenError(CaptureError):
 
 
 PREDICTION = "<prediction>"
+HIDDEN_STATE_PREFIX = "hidden_states."
+HIDDEN_STATE_KIND = "HiddenState"
 
 
 def output_classes(model: nn.Module, probe: BatchSource | np.ndarray) -> int | None:
@@ -151,7 +153,8 @@ def gram_of_tensor(weight: torch.Tensor, kind: str) -> np.ndarray:
 
 
 def layer_infos(
-    model: nn.Module, layers: dict[str, nn.Module], probe: BatchSource | np.ndarray
+    model: nn.Module, layers: dict[str, nn.Module], probe: BatchSource | np.ndarray,
+    *, hidden_states: bool = False,
 ) -> list[LayerInfo]:
     """Measure each layer's input width with one small forward pass.
 
@@ -159,7 +162,8 @@ def layer_infos(
     fast with :class:`ProbeError`.
     """
     first = next(iter(_batches(probe, 2)))
-    batch = next(iter(replay(model, layers, _OneBatch(first), batch_size=2, device="cpu")))
+    batch = next(iter(replay(model, layers, _OneBatch(first), batch_size=2, device="cpu",
+                             hidden_states=hidden_states)))
     widths = {name: array.shape[1] for name, array in batch[2].items() if array is not None}
     skipped = [name for name, array in batch[2].items() if array is None]
     if skipped:
@@ -176,6 +180,9 @@ def layer_infos(
         kind = type(module).__name__
         gram_width = weight_matrix(module).shape[1]
         infos.append(LayerInfo(name, kind, widths[name], gram_width))
+    for name in sorted((n for n in widths if n.startswith(HIDDEN_STATE_PREFIX)),
+                       key=lambda n: int(n.rsplit(".", 1)[1])):
+        infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1))  # no Gram
     return infos
 
 
@@ -229,12 +236,15 @@ def replay(
     device: str,
     dtype: np.dtype | type = np.float32,
     predictions: bool = False,
+    hidden_states: bool = False,
 ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """Yield ``(start, stop, {layer: (rows, width) array})`` batch by batch (eval, no grad).
 
     ``probe`` is an array of inputs or an object with ``batches(batch_size)`` (text probes).
     With ``predictions``, the forward runs to the end and ``PREDICTION`` maps to the argmax
-    of the model's output (class probes).
+    of the model's output (class probes). With ``hidden_states`` (transformers models), the
+    residual stream ``hidden_states.i`` (embeddings = 0) is captured as well, reduced like
+    any layer input; such "layers" have no Gram.
     """
     model.eval()
     model.to(device)
@@ -254,7 +264,7 @@ def replay(
                 return
             flat = rows.to("cpu", torch.float32, copy=True).numpy()
             captured[name] = flat if dtype == np.float32 else flat.astype(dtype)
-            if len(captured) == len(wanted) and not predictions:
+            if len(captured) == len(wanted) and not (predictions or hidden_states):
                 raise _StopForward
 
         return hook
@@ -267,11 +277,18 @@ def replay(
             try:
                 with torch.no_grad():
                     if isinstance(batch.inputs, dict):
-                        output = model(**{k: v.to(device) for k, v in batch.inputs.items()})
+                        extra = {"output_hidden_states": True} if hidden_states else {}
+                        output = model(**{k: v.to(device) for k, v in batch.inputs.items()},
+                                       **extra)
                     else:
                         output = model(batch.inputs.to(device))
                 if predictions:
                     captured[PREDICTION] = output.argmax(-1).to("cpu").numpy()
+                if hidden_states:
+                    for i, state in enumerate(output.hidden_states):
+                        rows = reduce(state) if reduce is not None else state.flatten(1)
+                        captured[f"{HIDDEN_STATE_PREFIX}{i}"] = rows.to(
+                            "cpu", torch.float32).numpy().astype(dtype, copy=False)
             except _StopForward:
                 pass
             except RuntimeError as err:

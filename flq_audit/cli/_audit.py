@@ -107,6 +107,10 @@ def audit_command(
     ] = "keep",
     offline: Annotated[bool, typer.Option(
         "--offline", help="Hub: use the local HF cache only (no network).")] = False,
+    hidden_states: Annotated[bool, typer.Option(
+        "--hidden-states", help="transformers: also capture the residual stream "
+        "(hidden_states.0 = embeddings ... hidden_states.L), pooled like the probe; no Gram.")
+    ] = False,
     no_probe: Annotated[bool, typer.Option(
         "--no-probe", help="Weights only: Grams of every weight matrix, no model, no probe.")
     ] = False,
@@ -124,7 +128,8 @@ def audit_command(
             trust_remote_code=trust_remote_code, no_probe=no_probe,
             revision_pattern=revision_pattern, subfolders=subfolders,
             template_steps=_steps_list(template_steps),
-            cache=cache, offline=offline or None, progress=progress,
+            cache=cache, offline=offline or None, hidden_states=hidden_states,
+            progress=progress,
         )
     if isinstance(result, AuditPlan):
         _render_plan(result, as_json)

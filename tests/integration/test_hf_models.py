@@ -104,3 +104,26 @@ def test_weights_only_audit_needs_no_model_or_probe(tmp_path):
     exported = xr.open_dataset(api.export(tmp_path / "w.zarr", tmp_path / "w.nc"),
                                engine="h5netcdf")
     assert "gram_effective_rank" in exported and "targets" not in exported
+
+
+def test_residual_stream_capture(tmp_path):
+    run = trainer_run(tmp_path / "run", "neox", steps=(0,))
+    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="mean", hidden_states=True,
+              layers=["lm_head"], out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    names = [str(n) for n in ds.layer.values]
+    assert names == ["lm_head", "hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert str(ds.layer_kind.sel(layer="hidden_states.1").values) == "HiddenState"
+    last = ds.activations.sel(step=0, layer="hidden_states.2").values[:, :32]
+    head = ds.activations.sel(step=0, layer="lm_head").values[:, :32]
+    np.testing.assert_allclose(last, head, rtol=1e-6, atol=1e-6)  # lm_head reads the last state
+    assert np.isnan(ds.gram.sel(step=0, layer="hidden_states.0").values).all()
+    built = load_hf_checkpoint(run / "checkpoint-0", step=0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "checkpoint-0")
+    ids = tok(TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        states = built.module(**ids, output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(ds.activations.sel(step=0, layer="hidden_states.1").values[0, :32],
+                               states[1][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
