@@ -39,6 +39,16 @@ def hub(tmp_path_factory):
     branches = {"main": step10, "step0": _revision("neox", 0), "step10": step10,
                 "step20": _revision("neox", 20), "step30": _revision("neox", 20)}
     shas = build_git_repo(server.repo_path("EleutherAI/pythia-tiny"), branches)
+    olmo = {"main": step10, "step0-tokens0B": branches["step0"],
+            "step1000-tokens4B": branches["step10"]}
+    shas |= {f"olmo:{k}": v for k, v in build_git_repo(server.repo_path("allenai/olmo-tiny"),
+                                                        olmo).items()}
+    trainer = {f"checkpoint-{s}/{name}": data for s, files in ((5, branches["step0"]),
+                                                               (15, branches["step10"]))
+               for name, data in files.items()}
+    trainer["checkpoint-5/optimizer.pt"] = b"\0" * 64
+    shas |= {f"trainer:{k}": v for k, v in build_git_repo(
+        server.repo_path("org/trainer-tiny"), {"main": trainer}).items()}
     endpoint = server.start()
     probe = work / "probe.jsonl"
     probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
@@ -86,6 +96,24 @@ def test_hub_repo_audit_pins_commits_flags_duplicates_and_drops_the_cache(hub, t
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
     assert TOKEN not in run.stdout + run.stderr + dry.stdout + dry.stderr
+
+
+@pytest.mark.parametrize(
+    ("repo", "steps", "commits"),
+    [("allenai/olmo-tiny", [0, 1000], ["olmo:step0-tokens0B", "olmo:step1000-tokens4B"]),
+     ("org/trainer-tiny", [5, 15], ["trainer:main", "trainer:main"])],
+    ids=["olmo-branches", "trainer-subfolders"],
+)
+def test_other_families_audit_end_to_end(hub, tmp_path, repo, steps, commits):
+    endpoint, shas, probe = hub
+    run = _cli([repo, "--steps", "all", "--probe", probe, "--out", tmp_path / "s.zarr", "--json"],
+               endpoint, tmp_path / "home")
+    assert run.returncode == 0, run.stderr
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert list(ds.step.values) == steps and bool(ds.done.all())
+    assert [str(c) for c in ds.commit.values] == [shas[k] for k in commits]
+    width = int(ds.width.sel(layer="lm_head"))
+    assert np.isfinite(ds.activations.sel(step=steps[-1], layer="lm_head").values[:, :width]).all()
 
 
 def test_missing_repo_and_unmatched_pattern_exit_3(hub, tmp_path):
