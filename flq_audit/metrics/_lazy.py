@@ -39,23 +39,21 @@ def layer_moments(ds: xr.Dataset) -> xr.DataArray:
     k = targets.shape[1]
     side = size + k + 1
 
-    def block(h: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-        location = block_info[0]["array-location"]
-        first_layer = location[1][0]
-        start, stop = location[2]
+    def block(h: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
         out = np.empty((h.shape[0], h.shape[1], 1, side, side))
         for i in range(h.shape[0]):
-            for j in range(h.shape[1]):
-                width = int(widths[first_layer + j])  # a chunk may hold several layers
-                out[i, j, 0] = _moments_update(
-                    h[i, j, :, :width], targets[start:stop], size=size
-                )
+            for j in range(h.shape[1]):  # a chunk may hold several layers
+                out[i, j, 0] = _moments_update(h[i, j, :, : int(w[j])], y, size=size)
         return out
 
-    n_blocks = len(acts.chunks[2])
-    per_block = da.map_blocks(
-        block, acts.rechunk({3: size}), dtype=np.float64, new_axis=[4],
-        chunks=(acts.chunks[0], acts.chunks[1], (1,) * n_blocks, (side,), (side,)),
+    # targets and widths enter as dask inputs aligned with the sample and layer chunks, so a
+    # distributed scheduler ships each block its own rows instead of the whole target array
+    y = da.from_array(targets, chunks=(acts.chunks[2], (k,)))
+    w = da.from_array(widths, chunks=(acts.chunks[1],))
+    per_block = da.blockwise(
+        block, "slbij", acts.rechunk({3: size}), "slbf", y, "bt", w, "l",
+        new_axes={"i": side, "j": side}, adjust_chunks={"b": 1}, concatenate=True,
+        dtype=np.float64,
     )
     total = per_block.sum(axis=2)
     # later kernels are cheap per (step, layer): group many into one task (≤ ~64 MiB blocks)
