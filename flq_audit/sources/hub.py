@@ -165,6 +165,19 @@ class HubSource:
         folder = self.snapshot_dir(ref)
         return folder if (folder / "config.json").is_file() else None
 
+    def tensor_shapes(self, ref: CheckpointRef) -> dict[str, tuple[int, ...]]:
+        """Tensor names and shapes from safetensors headers (ranged reads, no weights)."""
+        from flq_audit.weights import tensor_shapes
+
+        root_files = all("/" not in f and f.endswith(".safetensors") for f in ref.files)
+        if self.offline or not root_files:
+            return tensor_shapes(self.fetch(ref), step=ref.step)
+        with hubio.translated(ref.location, revision=ref.commit, step=ref.step, repo_known=True,
+                              endpoint=self.endpoint, what="safetensors headers"):
+            meta = self.api.get_safetensors_metadata(ref.location, revision=ref.commit)
+        return {name: tuple(info.shape) for file in meta.files_metadata.values()
+                for name, info in file.tensors.items()}
+
     def snapshot_dir(self, ref: CheckpointRef) -> Path:
         """The local folder holding the ref's files (``config.json`` etc.) after :meth:`fetch`."""
         root = hubio.repo_cache_dir(self.cache_dir, ref.location) / "snapshots" / str(ref.commit)

@@ -116,6 +116,17 @@ def test_other_families_audit_end_to_end(hub, tmp_path, repo, steps, commits):
     assert np.isfinite(ds.activations.sel(step=steps[-1], layer="lm_head").values[:, :width]).all()
 
 
+def test_weights_only_dry_run_reads_headers_only(hub, tmp_path):
+    endpoint, _, _ = hub
+    home = tmp_path / "home"
+    dry = _cli(["EleutherAI/pythia-tiny", "--no-probe", "--dry-run", "--json"], endpoint, home)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert "gpt_neox.layers.0.mlp.dense_h_to_4h" in [layer["name"] for layer in plan["layers"]]
+    assert plan["probe"] is None
+    assert not list((home / "hub").rglob("*.safetensors")), "headers only, no weights"
+
+
 def test_missing_repo_and_unmatched_pattern_exit_3(hub, tmp_path):
     endpoint, _, probe = hub
     missing = _cli(["EleutherAI/no-such-model", "--probe", probe, "--dry-run"], endpoint,
