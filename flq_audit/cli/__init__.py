@@ -25,6 +25,8 @@ app = typer.Typer(
     name="flq-audit",
     help="How did each layer's features evolve over training? Audit a checkpoint sequence "
     "into a Zarr store, compute linearization metrics, export them.\n\n"
+    "`flq-audit SOURCE [OPTIONS]` is short for `flq-audit audit SOURCE [OPTIONS]`; SOURCE is "
+    "a folder of checkpoints or a Hub repo id.\n\n"
     "Exit codes: 0 ok, 2 usage, 3 input missing, 4 data error, 5 some steps failed "
     "(recorded in the store), 130 interrupted (rerun to resume).",
     no_args_is_help=True,
