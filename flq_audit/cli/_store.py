@@ -46,10 +46,9 @@ def metrics_command(
         denominator=denominator,
         scheduler=scheduler,
     )
-    tables = [v for v, var in result.data_vars.items() if (var.dims == ("step", "layer")
-              and not v.startswith(("target_linearity_", "tl_chance")))
-              or (v.startswith("target_linearity") and "_n_" not in v.replace("__", "")
-              and not v.endswith(("_rank", "_chance_floor")))]
+    counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
+    tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
+              and not v.endswith(counts) and not v.startswith("tl_chance")]
     if as_json:
         _output.print_json({
             name: {
