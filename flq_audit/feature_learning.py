@@ -129,41 +129,46 @@ def fl_quantities(
 ) -> dict[str, FLLayerResult]:
     """Replay one training batch through ``model`` loaded with θ_t (``state``, in float64,
     train mode) and compare with the next checkpoint's weights ``next_weights``."""
+    work = model.double().train()
     try:
-        return _replay_and_compare(model, layers, inputs, targets, labels, state, next_weights,
-                                   loss=loss, lr=lr)
+        work.load_state_dict(dict(state), strict=False)  # float64 copies: no float32 rounding
+        rows, grads = _batch_rows_and_gradients(work, layers, inputs, targets, labels, loss)
+        results = {}
+        with torch.no_grad():
+            for name, module in layers.items():
+                if name not in grads:
+                    raise CaptureError(f"FL residual: layer {name!r} received no gradient",
+                                       layer=name)
+                w = weight_matrix(module).detach().double()
+                w_next = weight_matrix(module, next_weights[name]).detach().double()
+                results[name] = _layer_result(rows[name], grads[name], w, w_next, lr)
+        return results
     finally:
         model.float()
 
 
-def _replay_and_compare(
+def _batch_rows_and_gradients(
     model: nn.Module,
     layers: Mapping[str, nn.Module],
     inputs: np.ndarray,
     targets: np.ndarray,
     labels: np.ndarray | None,
-    state: Mapping[str, torch.Tensor],
-    next_weights: Mapping[str, torch.Tensor],
-    *,
     loss: LossOptions,
-    lr: float,
-) -> dict[str, FLLayerResult]:
-    work = model.double().train()
-    work.load_state_dict(dict(state), strict=False)  # float64 copies: no float32 rounding
-    captured_h: dict[str, torch.Tensor] = {}
-    captured_d: dict[str, torch.Tensor] = {}
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One forward/backward of the batch: each layer's input rows H and output gradients Δ."""
+    rows: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str, module: nn.Module):
         def hook(_m: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            captured_h[name] = _patches(module, args[0].detach())
-            output.register_hook(lambda grad: captured_d.__setitem__(name, _rows(module, grad)))
+            rows[name] = _patches(module, args[0].detach())
+            output.register_hook(lambda grad: grads.__setitem__(name, _rows(module, grad)))
 
         return hook
 
     handles = [m.register_forward_hook(make_hook(n, m)) for n, m in layers.items()]
     try:
-        x = torch.from_numpy(np.ascontiguousarray(inputs)).double()
-        out = work(x)
+        out = model(torch.from_numpy(np.ascontiguousarray(inputs)).double())
         if loss == "ce":
             if labels is None:
                 raise ProbeError("FL residual with --fl-loss ce needs a class probe")
@@ -171,20 +176,12 @@ def _replay_and_compare(
         else:
             value = F.mse_loss(out, torch.from_numpy(targets).double().reshape(out.shape),
                                reduction="mean")
-        work.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         value.backward()
     finally:
         for handle in handles:
             handle.remove()
-    results = {}
-    with torch.no_grad():
-        for name, module in layers.items():
-            if name not in captured_d:
-                raise CaptureError(f"FL residual: layer {name!r} received no gradient", layer=name)
-            w = weight_matrix(module).detach().double()
-            w_next = weight_matrix(module, next_weights[name]).detach().double()
-            results[name] = _layer_result(captured_h[name], captured_d[name], w, w_next, lr)
-    return results
+    return rows, grads
 
 
 def _layer_result(
