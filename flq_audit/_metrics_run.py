@@ -68,8 +68,9 @@ def run_metrics(
             return ds[names].compute()
         return None
 
-    results = {g: r for g in groups if (r := stored(g)) is not None}
-    need_tl = ("tl" in groups or "dynamics" in groups) and stored("tl") is None
+    existing = {g: stored(g) for g in {*groups, "tl"}}  # read each stored group once
+    results = {g: existing[g] for g in groups if existing[g] is not None}
+    need_tl = ("tl" in groups or "dynamics" in groups) and existing["tl"] is None
     to_compute = [g for g in groups if g not in results and g != "dynamics"]
     if need_tl and "tl" not in to_compute:
         to_compute.append("tl")
@@ -79,7 +80,7 @@ def run_metrics(
     if "dynamics" in groups and "dynamics" not in results:
         tl = fresh.get("tl")
         if tl is None:
-            tl = _unsuffixed(stored("tl"), suffix)
+            tl = _unsuffixed(existing["tl"], suffix)
         fresh["dynamics"] = dynamics_from(tl)
     new = {}
     for group, result in fresh.items():

@@ -16,7 +16,6 @@ Adam): ``r_step`` says whether the step really was plain SGD on that batch at th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flq_audit._json import read_json_object
 from flq_audit.capture import weight_matrix
 from flq_audit.errors import CaptureError, ProbeError, ProbeNotFoundError
 
@@ -92,15 +92,7 @@ def load_fl_config(loss: str, lr: str | float, batches: str) -> FLConfig:
 
 
 def _read_json(path: str | Path, flag: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise ProbeNotFoundError(f"{flag} file {str(path)!r} does not exist", path=path) from err
-    except ValueError as err:
-        raise ProbeError(f"{flag} file {str(path)!r} is not valid JSON ({err})", path=path) from err
-    if not isinstance(data, dict):
-        raise ProbeError(f"{flag} file {str(path)!r} must hold a JSON object", path=path)
-    return data
+    return read_json_object(path, f"{flag} file", missing=ProbeNotFoundError, invalid=ProbeError)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ the CNN) so checkpoints saved from these modules load back by name.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flq_audit._json import read_json_object
 from flq_audit.errors import ModelBuildError, ModelNotFoundError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -105,15 +105,8 @@ def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Modu
 
 def load_spec(path: str | Path) -> dict[str, Any]:
     """Read a JSON model spec file."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError as err:
-        raise ModelNotFoundError(f"model spec {str(path)!r} does not exist", path=path) from err
-    except ValueError as err:
-        raise ModelBuildError(f"model spec {str(path)!r} is not valid JSON ({err})", path=path) from err
-    if not isinstance(spec, dict):
-        raise ModelBuildError(f"model spec {str(path)!r} must be a JSON object", path=path)
-    return spec
+    return read_json_object(path, "model spec", missing=ModelNotFoundError,
+                            invalid=ModelBuildError)
 
 
 def _activation(name: str) -> nn.Module:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,17 @@ def log_schedule(total_steps: int, per_decade: tuple[int, ...] = (1, 2, 5)) -> l
         steps.update(m * scale for m in per_decade if m * scale <= total_steps)
         scale *= 10
     return sorted(steps)
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Row indices of mini-batches, endlessly: a fresh permutation whenever the current one
+    has fewer than ``batch_size`` rows left (the remainder is dropped)."""
+    order, cursor = torch.randperm(n, generator=generator), 0
+    while True:
+        if cursor + batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        yield order[cursor : cursor + batch_size]
+        cursor += batch_size
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path) -> None:

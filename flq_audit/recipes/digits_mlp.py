@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from flq_audit.models import build_from_spec
-from flq_audit.recipes._common import log_schedule, save_checkpoint, save_probe, save_spec
+from flq_audit.recipes._common import (
+    log_schedule,
+    save_checkpoint,
+    save_probe,
+    save_spec,
+    shuffled_batches,
+)
 
 SPEC = {
     "type": "mlp", "in_features": 64, "widths": [128, 128, 128, 128], "out_features": 10,
@@ -44,18 +50,13 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loss_fn = torch.nn.CrossEntropyLoss()
     schedule = set(log_schedule(total_steps))
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator)
-    cursor = 0
+    batches = shuffled_batches(len(x), batch_size, torch.Generator().manual_seed(seed))
     for step in range(total_steps + 1):
         if step in schedule:
             save_checkpoint(model, out / f"step_{step}.safetensors")
         if step == total_steps:
             break
-        if cursor + batch_size > len(x):
-            order, cursor = torch.randperm(len(x), generator=generator), 0
-        idx = order[cursor : cursor + batch_size]
-        cursor += batch_size
+        idx = next(batches)
         optimizer.zero_grad()
         loss_fn(model(x[idx]), y[idx]).backward()
         optimizer.step()

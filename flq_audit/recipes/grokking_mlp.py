@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from flq_audit.models import build_from_spec
-from flq_audit.recipes._common import save_checkpoint, save_probe, save_spec
+from flq_audit.recipes._common import save_checkpoint, save_probe, save_spec, shuffled_batches
 
 TRAIN_FRACTION = 0.7
 SPLIT_SEED = 1
@@ -110,8 +110,8 @@ def _train(
     optimizer = _adamw(model, lr=lr, weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     full_batch = batch_size is None or batch_size >= len(x_train)
-    generator = torch.Generator().manual_seed(seed)
-    order, cursor = torch.randperm(len(x_train), generator=generator), 0
+    batches = shuffled_batches(len(x_train), batch_size or len(x_train),
+                               torch.Generator().manual_seed(seed))
     history: list[dict[str, float | int]] = []
     for step in range(total_steps + 1):
         if step % checkpoint_every == 0 or step == total_steps:
@@ -123,11 +123,7 @@ def _train(
         if full_batch:
             xb, yb = x_train, y_train
         else:
-            assert batch_size is not None
-            if cursor + batch_size > len(x_train):
-                order, cursor = torch.randperm(len(x_train), generator=generator), 0
-            idx = order[cursor : cursor + batch_size]
-            cursor += batch_size
+            idx = next(batches)
             xb, yb = x_train[idx], y_train[idx]
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(xb), yb).backward()

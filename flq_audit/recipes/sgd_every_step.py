@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from flq_audit.models import build_from_spec
-from flq_audit.recipes._common import save_checkpoint, save_spec
+from flq_audit.recipes._common import save_checkpoint, save_spec, shuffled_batches
 
 SPEC = {
     "type": "mlp", "in_features": 64, "widths": [32, 32], "out_features": 10,
@@ -66,25 +66,21 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss(reduction="mean")
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator)
-    cursor = 0
-    batches: dict[str, list[int]] = {}
+    batches = shuffled_batches(len(x), batch_size, generator)
+    logged: dict[str, list[int]] = {}
     for step in range(steps + 1):
         save_checkpoint(model, out / f"step_{step}.safetensors")
         if step == steps:
             break
-        if cursor + batch_size > len(x):
-            order, cursor = torch.randperm(len(x), generator=generator), 0
-        idx = order[cursor : cursor + batch_size]
-        cursor += batch_size
-        batches[str(step)] = idx.tolist()
+        idx = next(batches)
+        logged[str(step)] = idx.tolist()
         optimizer.zero_grad()
         loss_fn(model(x[idx]), y[idx]).backward()
         optimizer.step()
     # Not _common.save_probe: it stores float32 inputs, and the float64 run needs float64 ones.
     np.savez(out / "probe.npz", inputs=inputs, targets=targets, num_classes=np.asarray(10, dtype=np.int64))
     save_spec(out / "model_spec.json", SPEC)
-    log = {"loss": "ce", "lr": lr, "batches": batches}
+    log = {"loss": "ce", "lr": lr, "batches": logged}
     (out / "fl_batches.json").write_text(json.dumps(log) + "\n")
     return out
 
