@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flq_audit._faults import fault_point
 from flq_audit._plan import AuditPlan, checkpoint_folder
 from flq_audit.capture import PREDICTION, gram, gram_of_tensor, replay, weight_matrix
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
@@ -182,16 +183,17 @@ def _audit_step(
     keep = plan.layout.predictions
     predicted = np.full(plan.probe.n_samples, -1, dtype=np.int64) if keep else None
     try:
-        for start, stop, captured in replay(
+        for i, (start, stop, captured) in enumerate(replay(
             plan.built.module, layers, plan.probe, batch_size=batch_size,
             device=device, dtype=dtype, predictions=keep,
             hidden_states=plan.config.hidden_states,
-        ):
+        )):
             for layer_index, info in enumerate(plan.layers):
                 writer.write_batch(index, layer_index, start, captured[info.name])
             if predicted is not None:
                 predicted[start:stop] = captured[PREDICTION]
             progress.batch_done()
+            fault_point("step-batch", step=ref.step, batch=i)
     except FlqAuditError:
         raise
     except Exception as err:

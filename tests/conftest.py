@@ -1,7 +1,13 @@
-"""Test-wide isolation: a private HF home and cache per session, no real token, seeded RNGs.
+"""Test-wide isolation (a private HF home and cache per session, no real token, seeded RNGs),
+the test tiers, and recipe runs trained once per session.
 
 Offline mode is not forced: the Hub tests talk to servers on loopback (the machine has no
 internet anyway), and the tests of offline mode set ``HF_HUB_OFFLINE`` in a subprocess.
+
+Tiers (markers in pyproject.toml): every test runs by default except ``full`` ones (the full
+recipes, minutes of training), which run only when selected (``-m full``) or with
+``FLQ_AUDIT_FULL=1``; ``gpu`` tests are skipped without a CUDA device. A test that uses a
+fixture of ``SLOW_FIXTURES`` is marked ``slow`` like the fixture, so ``-m "not slow"`` is fast.
 """
 
 from __future__ import annotations
@@ -21,8 +27,42 @@ for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORM
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+#: Fixtures that start several CLI subprocesses: tests using them are ``slow`` too.
+SLOW_FIXTURES = frozenset({"e2e"})
+#: The digits recipe, shortened: 50 steps give 7 checkpoints (0, 1, 2, 5, 10, 20, 50).
+DIGITS_STEPS = 50
+
+
+def _full_selected(config: pytest.Config) -> bool:
+    return os.environ.get("FLQ_AUDIT_FULL") == "1" or "full" in (config.getoption("-m") or "")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark users of slow fixtures ``slow``; skip ``full`` unless selected, ``gpu`` without CUDA."""
+    full = _full_selected(config)
+    cuda: bool | None = None
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "full" in item.keywords and not full:
+            item.add_marker(pytest.mark.skip(reason="full recipe: select with -m full or FLQ_AUDIT_FULL=1"))
+        if "gpu" in item.keywords:
+            cuda = _cuda_available() if cuda is None else cuda
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +85,22 @@ def run_dir(tmp_path):
 @pytest.fixture(autouse=True)
 def _doctest_namespace(doctest_namespace):
     doctest_namespace["np"] = np
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """The digits recipe trained once per session for ``DIGITS_STEPS`` steps (a few seconds)."""
+    from flq_audit.recipes import digits_mlp
+
+    return digits_mlp.train(tmp_path_factory.mktemp("digits") / "run", total_steps=DIGITS_STEPS)
+
+
+@pytest.fixture(scope="session")
+def digits_store(digits_run) -> Path:
+    """``digits_run`` audited once per session (every step, default options), metrics not computed."""
+    from flq_audit import api
+
+    store = digits_run.parent / "digits.zarr"
+    result = api.audit(str(digits_run), out=store)
+    assert not result.failed, result.failed
+    return store

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +57,12 @@ def run_many(
     return results
 
 
-def popen_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.Popen[str]:
-    """Start ``python -m flq_audit ARGS`` without waiting (for interruption tests)."""
+def popen_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``python -m flq_audit ARGS`` without waiting (runs side by side)."""
     return subprocess.Popen(
-        cli_command(*args), cwd=cwd, env=cli_env(), stdout=subprocess.PIPE,
+        cli_command(*args), cwd=cwd, env=env or cli_env(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
 
@@ -109,38 +110,12 @@ def read_done(store: Path) -> np.ndarray | None:
 
     try:
         return np.asarray(zarr.open_group(str(store), mode="r")["done"][:], dtype=bool)
-    except Exception:  # not created yet, or caught mid-write
+    except Exception:  # not created yet
         return None
 
 
-def interrupt_when_partly_done(
-    runs: dict[str, tuple[subprocess.Popen[str], Path, int]], *, timeout: float = 90.0,
-    poll: float = 0.02,
-) -> dict[str, np.ndarray]:
-    """Poll each run's ``done`` flags; as soon as at least one step but not all are done,
-    send that run its signal. ``runs`` maps a name to (process, store, signal). Returns the
-    flags each run had when it was signalled."""
-    import os
+def fault_env(spec: str) -> dict[str, str]:
+    """A CLI environment with ``FLQ_AUDIT_FAULT=spec`` armed (see ``flq_audit._faults``)."""
+    from flq_audit._faults import ENV_VAR
 
-    seen: dict[str, np.ndarray] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < len(runs):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no step was done within {timeout} s in {sorted(set(runs) - set(seen))}")
-        for name, (proc, store, sig) in runs.items():
-            if name in seen:
-                continue
-            flags = read_done(store)
-            if flags is not None and flags.all():
-                raise AssertionError(
-                    f"{name}: the audit finished before it could be interrupted; make the run bigger"
-                )
-            if flags is not None and flags.any():
-                os.kill(proc.pid, sig)
-                seen[name] = flags
-            elif proc.poll() is not None:
-                out, err = proc.communicate()
-                raise AssertionError(
-                    f"{name}: the audit exited ({proc.returncode}) early:\n{out}\n{err}")
-        time.sleep(poll)
-    return seen
+    return cli_env(**{ENV_VAR: spec})

@@ -14,7 +14,7 @@ import zarr
 from tests._helpers.cli import (
     assert_says,
     describe,
-    interrupt_when_partly_done,
+    fault_env,
     invoke,
     popen_cli,
     read_done,
@@ -22,11 +22,17 @@ from tests._helpers.cli import (
 )
 from tests._helpers.runs import make_run
 
-# Six steps of 4000 probe samples: a few tenths of a second per step on a laptop CPU, so the
-# poller sees a partly done store long before the run ends.
-STEPS = tuple(range(0, 60, 10))
-N_SAMPLES = 4000
+# Four steps of 200 probe samples in batches of 50: four batches per step. Each run is
+# interrupted by a fault point (flq_audit._faults) at an exact batch, so what is done when the
+# signal lands does not depend on the machine's speed.
+STEPS = (0, 10, 20, 30)
+N_SAMPLES, BATCH = 200, "50"
 COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256")
+#: name -> (fault spec, the exit status it causes, the ``done`` flags it leaves)
+FAULTS = {
+    "kill": ("kill@step-batch:step=20,batch=1", -signal.SIGKILL, [True, True, False, False]),
+    "int": ("int@step-batch:step=10,batch=2", 130, [True, False, False, False]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +46,23 @@ def reference(big_run) -> Path:
     from flq_audit import api
 
     store = big_run.parent / "reference.zarr"
-    result = api.audit(str(big_run), out=store)
+    result = api.audit(str(big_run), out=store, batch_size=int(BATCH))
     assert result.written == list(STEPS) and not result.failed
     return store
 
 
 @pytest.fixture(scope="module")
 def interrupted(big_run, reference) -> dict:
-    """Two CLI runs side by side (their start-ups overlap): once a step or more is done,
-    one gets SIGKILL and the other SIGINT."""
-    stores = {name: big_run.parent / f"{name}.zarr" for name in ("kill", "int")}
-    procs = {name: popen_cli(big_run, "--out", store, "-q") for name, store in stores.items()}
+    """Two CLI runs side by side (their start-ups overlap), each stopped by its fault point:
+    one SIGKILLs itself in the middle of step 20, the other gets SIGINT in step 10."""
+    stores = {name: big_run.parent / f"{name}.zarr" for name in FAULTS}
+    procs = {
+        name: popen_cli(big_run, "--out", stores[name], "--batch-size", BATCH, "-q",
+                        env=fault_env(FAULTS[name][0]))
+        for name in FAULTS
+    }
     try:
-        interrupt_when_partly_done({
-            "kill": (procs["kill"], stores["kill"], signal.SIGKILL),
-            "int": (procs["int"], stores["int"], signal.SIGINT),
-        })
-        outputs = {name: proc.communicate(timeout=120) for name, proc in procs.items()}
+        outputs = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -76,13 +82,14 @@ def assert_same_store(got: Path, want: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
     store, proc = interrupted["stores"]["kill"], interrupted["procs"]["kill"]
-    assert proc.returncode == -signal.SIGKILL
+    _, err = interrupted["outputs"]["kill"]
+    assert proc.returncode == FAULTS["kill"][1], f"exit {proc.returncode}\n{err}"
     done = read_done(store)
-    assert done is not None and done.any() and not done.all(), done
+    assert done is not None and done.tolist() == FAULTS["kill"][2], done
     # the killed process could not remove its lock: the rerun takes the stale lock over
     assert Path(f"{store}.lock").exists()
 
-    rerun = run_cli(big_run, "--out", store, "--json")
+    rerun = run_cli(big_run, "--out", store, "--batch-size", BATCH, "--json")
     assert rerun.returncode == 0, describe(rerun)
     summary = json.loads(rerun.stdout)
     done_steps = [s for s, flag in zip(STEPS, done, strict=True) if flag]
@@ -97,13 +104,13 @@ def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
 def test_sigint_exits_130_and_leaves_a_resumable_store(big_run, interrupted):
     store, proc = interrupted["stores"]["int"], interrupted["procs"]["int"]
     _, err = interrupted["outputs"]["int"]
-    assert proc.returncode == 130, f"exit {proc.returncode}\n{err}"
+    assert proc.returncode == FAULTS["int"][1], f"exit {proc.returncode}\n{err}"
     assert_says(err, "interrupted", "rerun the same command to resume")
     assert not Path(f"{store}.lock").exists()
     done = read_done(store)
-    assert done is not None and done.any() and not done.all(), done
+    assert done is not None and done.tolist() == FAULTS["int"][2], done
 
-    result = invoke("audit", big_run, "--out", store, "--json")
+    result = invoke("audit", big_run, "--out", store, "--batch-size", BATCH, "--json")
     assert result.exit_code == 0, describe(result)
     summary = json.loads(result.stdout)
     done_steps = [s for s, flag in zip(STEPS, done, strict=True) if flag]
