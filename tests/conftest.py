@@ -34,6 +34,8 @@ import pytest  # noqa: E402
 
 #: Fixtures that start several CLI subprocesses: tests using them are ``slow`` too.
 SLOW_FIXTURES = frozenset({"e2e"})
+#: The grokking recipe, shortened: memorises by step 100, test accuracy 0.9 near step 2600.
+GROKKING_FAST = {"p": 23, "lr": 5e-3, "total_steps": 3000, "checkpoint_every": 100}
 #: The digits recipe, shortened: 50 steps give 7 checkpoints (0, 1, 2, 5, 10, 20, 50).
 DIGITS_STEPS = 50
 
@@ -104,3 +106,20 @@ def digits_store(digits_run) -> Path:
     result = api.audit(str(digits_run), out=store)
     assert not result.failed, result.failed
     return store
+
+
+@pytest.fixture(scope="session")
+def sgd_run_64(tmp_path_factory) -> Path:
+    """``sgd_every_step``: 6 steps of plain SGD in float64, every step saved with its batch."""
+    from flq_audit.recipes import sgd_every_step
+
+    out = tmp_path_factory.mktemp("sgd64")
+    return sgd_every_step.train(out, steps=6, lr=0.1, batch_size=32, dtype="float64", seed=0)
+
+
+@pytest.fixture(scope="session")
+def grokking_run(tmp_path_factory) -> Path:
+    """The grokking recipe at ``GROKKING_FAST`` (several seconds of one core)."""
+    from flq_audit.recipes import grokking_mlp
+
+    return grokking_mlp.train(tmp_path_factory.mktemp("grokking") / "run", **GROKKING_FAST)

@@ -16,12 +16,6 @@ from flq_audit.recipes import grokking_mlp, sgd_every_step
 # ----------------------------------------------------------------------------- sgd_every_step
 
 
-@pytest.fixture(scope="module")
-def sgd_run_64(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sgd64")
-    return sgd_every_step.train(out, steps=6, lr=0.1, batch_size=32, dtype="float64", seed=0)
-
-
 def _batch_gradient(model, x, y, state):
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
@@ -140,16 +134,33 @@ def test_grokking_split_is_seeded():
     assert len(np.intersect1d(train_a, test_a)) == 0 and len(train_a) + len(test_a) == 121
 
 
+def _grokking_milestones(out) -> tuple[list[dict], int, int]:
+    """The checkpoint history, the first step with train accuracy 1 and with test accuracy ≥ 0.9."""
+    history = json.loads((out / "metrics.json").read_text())["checkpoints"]
+    memorised = next(c["step"] for c in history if c["train_accuracy"] == 1.0)
+    generalised = next(c["step"] for c in history if c["test_accuracy"] >= 0.9)
+    return history, memorised, generalised
+
+
 @pytest.mark.slow
+def test_grokking_recipe_memorises_then_generalises(grokking_run):
+    """The shortened run (p = 23, lr 5e-3, 3000 steps; a few seconds) shows the same order."""
+    history, memorised, generalised = _grokking_milestones(grokking_run)
+    assert memorised < generalised, (memorised, generalised)
+    at_memorisation = next(c for c in history if c["step"] == memorised)
+    assert at_memorisation["test_accuracy"] < 0.5, at_memorisation
+
+
+@pytest.mark.slow
+@pytest.mark.full
 def test_grokking_recipe_groks_with_defaults(tmp_path):
-    """The default run (about 50 s of one CPU core) memorises long before it generalises."""
+    """The default run (25 000 steps, about 50 s of one CPU core) memorises long before it
+    generalises. Opt-in: ``-m full`` or ``FLQ_AUDIT_FULL=1``."""
     started = time.perf_counter()
     out = grokking_mlp.train(tmp_path / "run")
     elapsed = time.perf_counter() - started
-    history = json.loads((out / "metrics.json").read_text())["checkpoints"]
+    history, memorised, generalised = _grokking_milestones(out)
     assert history[-1]["test_accuracy"] >= 0.9, history[-1]
-    memorised = next(c["step"] for c in history if c["train_accuracy"] == 1.0)
-    generalised = next(c["step"] for c in history if c["test_accuracy"] >= 0.9)
     assert memorised < generalised, (memorised, generalised)
     print(f"grokking defaults: {elapsed:.1f} s, train acc 1 at step {memorised}, "
           f"test acc 0.9 at step {generalised}")
