@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from flq_audit.errors import ModelBuildError
 from flq_audit.models import BuiltModel
@@ -87,7 +88,7 @@ def load_hf_checkpoint(
     import torch
 
     built = build_hf_model(folder, trust_remote_code=trust_remote_code)
-    model_class = type(built.module)
+    model_class: Any = type(built.module)  # a transformers PreTrainedModel subclass
     try:
         module, info = model_class.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True,

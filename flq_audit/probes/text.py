@@ -19,7 +19,7 @@ import csv
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -173,10 +173,12 @@ def _token_probe(name, records, tok, tokens_column, tags_column, max_length) -> 
 
 
 def _as_list(value: object) -> list[str]:
-    """A JSON list, or a whitespace-separated string (CSV cells)."""
+    """A JSON list, or a whitespace-separated string (CSV cells); a lone scalar is one item."""
     if isinstance(value, str):
-        value = value.split()
-    return [str(v) for v in value]  # type: ignore[union-attr]
+        return value.split()
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def _encode(tok, texts, max_length: int, *, split: bool) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
 
 def save_probe(path: Path, inputs: np.ndarray, targets: np.ndarray, num_classes: int | None) -> None:
     """Write a probe file that ``--probe`` reads."""
-    arrays = {"inputs": inputs.astype(np.float32), "targets": targets}
+    arrays: dict[str, Any] = {"inputs": inputs.astype(np.float32), "targets": targets}
     if num_classes is not None:
         arrays["num_classes"] = np.asarray(num_classes, dtype=np.int64)
     np.savez(path, **arrays)

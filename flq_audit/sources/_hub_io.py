@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from flq_audit.errors import CheckpointNotFoundError, FlqAuditError, SourceError
 from flq_audit.sources._hub_files import RemoteFile
@@ -116,6 +116,14 @@ def translated(
         raise mapped from None
 
 
+class _Where(TypedDict):
+    """Where a Hub error happened: the keyword arguments of :func:`hub_error` besides the hint."""
+
+    repo_id: str
+    revision: str | None
+    step: int | None
+
+
 def _translate(
     err: Exception, repo_id: str, revision: str | None, step: int | None, repo_known: bool,
     endpoint: str | None, what: str, offline: bool, entry_is_repo: bool,
@@ -123,7 +131,7 @@ def _translate(
     from huggingface_hub import errors as hf
 
     where = f"{repo_id}@{revision}" if revision else repo_id
-    ctx = {"repo_id": repo_id, "revision": revision, "step": step}
+    ctx: _Where = {"repo_id": repo_id, "revision": revision, "step": step}
     status = _status(err)
     if isinstance(err, hf.GatedRepoError):
         return hub_error(SourceError, f"repository {repo_id!r} is gated: access was refused ({status})",
@@ -160,7 +168,7 @@ def _translate(
     return None
 
 
-def _unreachable(err: BaseException, where: str, endpoint: str | None, ctx: dict) -> FlqAuditError:
+def _unreachable(err: BaseException, where: str, endpoint: str | None, ctx: _Where) -> FlqAuditError:
     at = f" at {endpoint}" if endpoint else ""
     return hub_error(
         SourceError, f"the Hub{at} did not answer for {where} after retries: {_short(err)}",
