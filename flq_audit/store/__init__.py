@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,13 @@ import xarray as xr
 import zarr
 
 from flq_audit.errors import StoreError, StoreLockedError, StoreMismatchError, StoreNotFoundError
+from flq_audit.store._safety import (
+    check_export_target,
+    check_removable,
+    check_report_folder,
+    is_flq_store,
+    remove_store,
+)
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -40,8 +46,8 @@ def create_or_resume(
         lacks some of the selected steps.
     """
     path = Path(path)
-    if path.exists() and overwrite:
-        shutil.rmtree(path)
+    if overwrite:
+        remove_store(path, protected=source_paths(layout))
     if path.exists():
         _check_resumable(path, layout)
     else:
@@ -54,6 +60,12 @@ def create_or_resume(
         except Exception as err:
             raise StoreError(f"cannot create store {str(path)!r} ({err})", path=path) from err
     return StepWriter(path, layout)
+
+
+def source_paths(layout: StoreLayout) -> list[Path]:
+    """The local checkpoint folder a layout was made from (never deleted), if any."""
+    source = Path(layout.source)
+    return [source] if source.is_absolute() and source.exists() else []
 
 
 def _check_resumable(path: Path, layout: StoreLayout) -> None:
@@ -165,9 +177,15 @@ __all__ = [
     "TARGETS",
     "StepWriter",
     "StoreLayout",
+    "check_export_target",
+    "check_removable",
+    "check_report_folder",
     "consolidate",
     "create_or_resume",
     "is_consolidated",
+    "is_flq_store",
     "open_dataset",
+    "remove_store",
+    "source_paths",
     "store_lock",
 ]
