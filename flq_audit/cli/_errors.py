@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -89,6 +91,17 @@ def _is_network(err: BaseException) -> bool:
     return module in ("httpx", "httpcore", "requests", "urllib3")
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _on_sigterm() -> Any:
+    """Handle SIGTERM like Ctrl-C (a clean stop); returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def mapped(func: F) -> F:
     """Run a command; turn known errors into a one-line message on stderr and an exit code."""
 
@@ -96,6 +109,7 @@ def mapped(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         as_json = bool(kwargs.get("as_json"))
         debug = os.environ.get(DEBUG_ENV) == "1"
+        previous = _on_sigterm()
         try:
             return func(*args, **kwargs)
         except typer.Exit:
@@ -120,5 +134,8 @@ def mapped(func: F) -> F:
                 _output.print_json({"error": detail, "exit_code": code})
             _output.error(str(known))
             raise typer.Exit(code) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
