@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flq_audit._faults import fault_point
 from flq_audit._plan import AuditPlan, checkpoint_folder
 from flq_audit.capture import PREDICTION, gram, gram_of_tensor, replay, weight_matrix
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
@@ -192,6 +193,7 @@ def _audit_step(
             if predicted is not None:
                 predicted[start:stop] = captured[PREDICTION]
             progress.batch_done()
+            fault_point("step-batch", step=ref.step, batch=start // batch_size)
     except FlqAuditError:
         raise
     except Exception as err:
@@ -211,4 +213,5 @@ def _audit_step(
         writer.write_classifier(index, weight_matrix(module, weight).detach().double().numpy())
     if plan.config.fl is not None and ref is not plan.refs[-1]:
         _feature_learning(plan, writer, ref, index, state, layers, trust_pickle)
+    fault_point("step-commit", step=ref.step)
     writer.finish_step(index, [str(p) for p in paths], shas)
