@@ -213,4 +213,5 @@ def _audit_step(
         writer.write_classifier(index, weight_matrix(module, weight).detach().double().numpy())
     if plan.config.fl is not None and ref is not plan.refs[-1]:
         _feature_learning(plan, writer, ref, index, state, layers, trust_pickle)
+    fault_point("step-commit", step=ref.step)
     writer.finish_step(index, [str(p) for p in paths], shas)

@@ -1,17 +1,27 @@
 """Exception and warning hierarchy of flq-audit, grouped by pipeline stage.
 
 Every error carries its context as attributes (``path``, ``step``, ``layer``, ``hint``) so
-that the CLI and ``--json`` output can read them without parsing the message.
+that the CLI and ``--json`` output can read them without parsing the message, and its exit
+code as the class attribute ``exit_code`` (the table is in :mod:`flq_audit.cli._errors`).
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INPUT_MISSING = 3
+EXIT_DATA_ERROR = 4
+EXIT_SYSTEM = 6
+EXIT_NETWORK = 7
 
 
 class FlqAuditError(Exception):
     """Root of every error raised by flq-audit."""
+
+    exit_code: int = EXIT_DATA_ERROR
 
     def __init__(
         self,
@@ -47,6 +57,8 @@ class FlqAuditError(Exception):
 class OptionError(FlqAuditError, ValueError):
     """An option value is malformed or out of range (a usage error)."""
 
+    exit_code = EXIT_USAGE
+
 
 # ---------------------------------------------------------------- SOURCES
 class SourceError(FlqAuditError):
@@ -56,13 +68,19 @@ class SourceError(FlqAuditError):
 class CheckpointNotFoundError(SourceError, FileNotFoundError):
     """A path, folder or checkpoint that was asked for does not exist."""
 
+    exit_code = EXIT_INPUT_MISSING
+
 
 class StepSelectionError(SourceError, ValueError):
     """A ``--steps`` expression is malformed, or step names clash."""
 
+    exit_code = EXIT_DATA_ERROR
+
 
 class StepSyntaxError(StepSelectionError, OptionError):
     """A ``--steps`` expression does not follow the grammar."""
+
+    exit_code = EXIT_USAGE
 
 
 class IntegrityError(SourceError):
@@ -86,6 +104,8 @@ class ModelBuildError(FlqAuditError):
 class ModelNotFoundError(ModelBuildError, FileNotFoundError):
     """A model spec or factory file does not exist."""
 
+    exit_code = EXIT_INPUT_MISSING
+
 
 # ---------------------------------------------------------------- PROBES
 class ProbeError(FlqAuditError, ValueError):
@@ -94,6 +114,8 @@ class ProbeError(FlqAuditError, ValueError):
 
 class ProbeNotFoundError(ProbeError, FileNotFoundError):
     """A probe file does not exist."""
+
+    exit_code = EXIT_INPUT_MISSING
 
 
 # ---------------------------------------------------------------- CAPTURE
@@ -113,6 +135,8 @@ class StoreError(FlqAuditError):
 class StoreNotFoundError(StoreError, FileNotFoundError):
     """The store path does not exist."""
 
+    exit_code = EXIT_INPUT_MISSING
+
 
 class StoreMismatchError(StoreError):
     """An existing store was made from another source, probe, layer set or config."""
@@ -120,6 +144,68 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another live process is writing to the store."""
+
+
+class UnsafeDeletionError(OptionError):
+    """A destructive option names a path that flq-audit did not make (refused, nothing deleted)."""
+
+
+# ---------------------------------------------------------------- SYSTEM
+class SystemResourceError(FlqAuditError):
+    """The operating system refused: disk full, permission denied, read-only, too many files."""
+
+    exit_code = EXIT_SYSTEM
+
+
+class NetworkError(FlqAuditError):
+    """A download or Hub request failed on the network."""
+
+    exit_code = EXIT_NETWORK
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "disk full (ENOSPC)",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT)",
+    errno.EACCES: "permission denied (EACCES)",
+    errno.EPERM: "operation not permitted (EPERM)",
+    errno.EROFS: "read-only file system (EROFS)",
+    errno.EMFILE: "too many open files (EMFILE)",
+    errno.ENFILE: "too many open files in the system (ENFILE)",
+    errno.ENOMEM: "out of memory (ENOMEM)",
+    errno.EIO: "input/output error (EIO)",
+}
+_RESUME = "finished steps are kept: fix the cause and rerun the same command to resume"
+
+
+def from_os_error(err: BaseException, *, step: int | None = None) -> FlqAuditError:
+    """One error, with a one-line message, for an operating-system or network failure.
+
+    The message says what failed, where (file, step) and that the store stays resumable.
+    """
+    where = f" at step {step}" if step is not None else ""
+    resume = _RESUME if step is not None else "nothing flq-audit made was lost: fix the cause " \
+        "and rerun the same command"
+    filename = getattr(err, "filename", None)
+    target = f" on {str(filename)!r}" if filename else ""
+    code = getattr(err, "errno", None)
+    if isinstance(err, FileNotFoundError) or code == errno.ENOENT:
+        return CheckpointNotFoundError(
+            f"file vanished or missing{target}{where} (ENOENT); {resume}",
+            path=filename, step=step)
+    if code in _OS_REASONS:
+        return SystemResourceError(f"{_OS_REASONS[code]}{target}{where}; {resume}",
+                                   path=filename, step=step)
+    if isinstance(err, ConnectionError | TimeoutError) or not isinstance(err, OSError):
+        return NetworkError(
+            f"network failure{where}: {type(err).__name__}: {_first_line(err)}; {resume}",
+            step=step)
+    return SystemResourceError(
+        f"system error{target}{where}: {_first_line(err)}; {resume}", path=filename, step=step)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---------------------------------------------------------------- METRICS / EXPORT
@@ -147,6 +233,7 @@ __all__ = [
     "MetricError",
     "ModelBuildError",
     "ModelNotFoundError",
+    "NetworkError",
     "OptionError",
     "ProbeError",
     "ProbeNotFoundError",
@@ -157,6 +244,9 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StoreNotFoundError",
+    "SystemResourceError",
     "UnsafeCheckpointError",
+    "UnsafeDeletionError",
     "WeightsError",
+    "from_os_error",
 ]

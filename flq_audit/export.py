@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from flq_audit._faults import fault_point
 from flq_audit.errors import ExportError
+from flq_audit.store._safety import check_export_target
 
 NETCDF_ENGINE = "h5netcdf"
 _BOOKKEEPING = ("done", "error", "sha256", "files")
@@ -25,9 +28,12 @@ def to_netcdf(
     """Write metrics, coordinates and bookkeeping (optionally activations/Grams) to NetCDF4.
 
     Attributes are reduced to strings and numbers (NetCDF rejects dicts, None and bools);
-    float16 is cast to float32 (NetCDF has no half precision).
+    float16 is cast to float32 (NetCDF has no half precision). The file is written beside
+    ``out`` and renamed into place, so an interrupted export leaves no partial ``out``. A
+    target that is a folder, a store or inside one, or a file that is not NetCDF, is refused.
     """
     out = Path(out)
+    check_export_target(out)
     names = metric_variables(ds) + [v for v in _BOOKKEEPING if v in ds]
     if "targets" in ds:
         names.append("targets")
@@ -48,9 +54,16 @@ def to_netcdf(
         if var.dtype == object or var.dtype.kind in "TU":
             strings = np.asarray([str(v) for v in np.ravel(var.values)], dtype=object)
             subset[name] = var.copy(data=strings.reshape(var.shape))
+    partial = out.parent / f".{out.name}.partial"
     try:
-        subset.to_netcdf(out, engine=NETCDF_ENGINE, format="NETCDF4")
+        subset.to_netcdf(partial, engine=NETCDF_ENGINE, format="NETCDF4")
+        fault_point("export")  # the NetCDF file is written under its temporary name
+        os.replace(partial, out)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
     except Exception as err:
+        partial.unlink(missing_ok=True)
         raise ExportError(f"cannot write NetCDF {str(out)!r} ({err})", path=out) from err
     return out
 
@@ -60,6 +73,7 @@ def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     names = metric_variables(ds)
     if not names:
         raise ExportError("the store holds no metrics; run `flq-audit metrics STORE` first")
+    check_export_target(out)
     frame = ds[names].reset_coords(drop=True).to_dataframe()
     frame.to_csv(out)
     return Path(out)

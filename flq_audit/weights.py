@@ -79,9 +79,11 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
 
 def _load_safetensors(path: Path, step: int | None) -> StateDict:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     try:
+        if not _utf8(path):
+            return load(path.read_bytes())  # safetensors cannot open a non-UTF-8 name
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(
@@ -89,6 +91,14 @@ def _load_safetensors(path: Path, step: int | None) -> StateDict:
             "the file is truncated or not a safetensors file",
             path=path, step=step, hint="Re-download or re-save this checkpoint.",
         ) from err
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _load_pickle(path: Path, trust_pickle: bool, step: int | None) -> StateDict:

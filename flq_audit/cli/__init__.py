@@ -1,66 +1,16 @@
 """The ``flq-audit`` command line: a thin Typer shell over :mod:`flq_audit.api`.
 
 ``flq-audit SOURCE [OPTIONS]`` runs the audit (the ``audit`` subcommand); ``metrics``,
-``show``, ``export`` and ``demo`` work on a store.
+``show``, ``export``, ``report`` and ``demo`` work on a store. ``flq-audit --version`` prints
+the version without importing the toolkit; ``--debug`` shows tracebacks instead of one-line
+errors.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
-from flq_audit.cli import _output
-from flq_audit.cli._audit import audit_command
-from flq_audit.cli._errors import mapped
-from flq_audit.cli._options import QuietOpt
-from flq_audit.cli._report import layer_table, report_command
-from flq_audit.cli._store import export_command, metrics_command, show_command
-from flq_audit.report import sequential_verdict
-
-app = typer.Typer(
-    name="flq-audit",
-    help="How did each layer's features evolve over training? Audit a checkpoint sequence "
-    "into a Zarr store, compute linearization metrics, export them.\n\n"
-    "`flq-audit SOURCE [OPTIONS]` is short for `flq-audit audit SOURCE [OPTIONS]`; SOURCE is "
-    "a folder of checkpoints or a Hub repo id.\n\n"
-    "Exit codes: 0 ok, 2 usage, 3 input missing, 4 data error, 5 some steps failed "
-    "(recorded in the store), 130 interrupted (rerun to resume).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    add_completion=False,
-)
-app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
-    audit_command)
-app.command("metrics")(metrics_command)
-app.command("show")(show_command)
-app.command("export")(export_command)
-app.command("report")(report_command)
-
-
-@app.command("demo")
-@mapped
-def demo_command(
-    workdir: Annotated[Path, typer.Option(help="Where checkpoints, store and outputs go.")] = Path(
-        "flq-demo"),
-    quiet: QuietOpt = False,
-) -> None:
-    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap."""
-    from flq_audit.demo import run_demo
-
-    with _output.RichProgress(quiet=quiet) as progress:
-        result = run_demo(workdir, progress=progress)
-    tl = result.metrics["target_linearity"]
-    _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
-    _output.stdout.print(layer_table(result.metrics))
-    rho = result.metrics["depth_spearman"].dropna("step").values
-    _output.stdout.print(sequential_verdict(result.metrics["t90"], float(rho[-1])))
-    _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
-
+from typing import Any
 
 COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
 
@@ -68,11 +18,29 @@ COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: ``flq-audit SOURCE ...`` means ``flq-audit audit SOURCE ...``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        from flq_audit import __version__
+
+        sys.stdout.write(f"flq-audit {__version__}\n")
+        return
+    if "--debug" in args:
+        args.remove("--debug")
+        os.environ["FLQ_AUDIT_DEBUG"] = "1"
     if "--offline" in args:  # huggingface_hub reads this when it is imported
         os.environ["HF_HUB_OFFLINE"] = "1"
     if args and args[0] not in COMMANDS and not args[0].startswith("-"):
         args.insert(0, "audit")
+    from flq_audit.cli._app import app
+
     app(args=args, prog_name="flq-audit")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from flq_audit.cli._app import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["app", "main"]

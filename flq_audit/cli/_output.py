@@ -16,6 +16,8 @@ from rich.table import Table
 from flq_audit.sources import CheckpointRef
 
 stdout = Console(highlight=False, soft_wrap=True)
+#: Where the running command is (``step``), for error messages.
+CURRENT: dict[str, int] = {}
 stderr = Console(stderr=True, highlight=False)
 
 
@@ -79,6 +81,7 @@ class RichProgress:
         self._batches = self._progress.add_task("batches", total=batches_per_step)
 
     def step_started(self, ref: CheckpointRef) -> None:
+        CURRENT["step"] = ref.step
         self._progress.update(self._steps, description=f"step {ref.step} ({ref.label})")
         self._progress.reset(self._batches)
 

@@ -14,6 +14,7 @@ from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import StoreArg
 from flq_audit.report import sequential_verdict, write_report
+from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 
 
 @mapped
@@ -28,14 +29,16 @@ def report_command(
 
     Example: flq-audit report run.zarr --out run-report
     """
+    folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
+    check_report_folder(folder)
     metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics", "nc"])
     _output.stdout.print(layer_table(metrics))
     last = metrics["depth_spearman"].dropna("step")
     rho = float(last.values[-1]) if last.size else float("nan")
     _output.stdout.print(sequential_verdict(metrics["t90"], rho))
-    folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
     for path in write_report(metrics, folder):
         _output.stdout.print(f"figure  {path}")
+    (folder / REPORT_MARKER).touch()
 
 
 def layer_table(metrics) -> Table:

@@ -44,6 +44,7 @@ from flq_audit.sources._hub_files import (
     find_duplicates,
     resolve_index,
 )
+from flq_audit.sources._hub_guard import DownloadLedger, announce, cache_entries
 from flq_audit.sources.revisions import (
     RevisionInfo,
     assign_steps,
@@ -100,6 +101,7 @@ class HubSource:
         self._api = api
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._offline = offline
+        self._ledger = DownloadLedger()
 
     # ------------------------------------------------------------------ protocol
     @classmethod
@@ -134,6 +136,8 @@ class HubSource:
 
     def list_refs(self) -> list[CheckpointRef]:
         """All checkpoints, sorted by step, pinned to commits, with file metadata."""
+        if not self.offline:
+            announce(self.describe(), self.endpoint)
         if self.repo_template is not None:
             refs = self._list_template()
         elif self.subfolders:
@@ -144,6 +148,8 @@ class HubSource:
 
     def fetch(self, ref: CheckpointRef) -> list[Path]:
         """Download (or find in the cache) the ref's weights and its config/tokenizer files."""
+        repo_dir = hubio.repo_cache_dir(self.cache_dir, ref.location)
+        before = cache_entries(repo_dir) if self.cache == "drop" else set()
         paths = [self._download(ref.location, f, ref.commit, step=ref.step) for f in ref.files]
         for aux in json.loads(ref.extra.get("aux_files", "[]")):
             try:
@@ -154,6 +160,8 @@ class HubSource:
         _check_blobs(ref, paths)
         if not self.offline and ref.revision and ref.commit:
             hubio.remember_ref(self.cache_dir, ref.location, ref.revision, ref.commit)
+        if self.cache == "drop":
+            self._ledger.record(ref.step, before, cache_entries(repo_dir))
         return paths
 
     def config_dir(self, ref: CheckpointRef) -> Path | None:
@@ -185,17 +193,14 @@ class HubSource:
         return root / folder if folder else root
 
     def release(self, ref: CheckpointRef) -> bool:
-        """With ``cache="drop"``, delete the ref's revision from the HF cache; else do nothing.
+        """With ``cache="drop"``, delete what fetching the ref downloaded; else do nothing.
 
-        A ``checkpoint-N/`` subfolder ref deletes only its folder (other steps share the
-        revision). Returns whether anything was deleted.
+        Files that were in the cache before this run are never deleted. Returns whether
+        anything was deleted.
         """
-        if self.cache != "drop" or ref.commit is None:
+        if self.cache != "drop":
             return False
-        folder = ref.extra.get("subfolder", "")
-        if folder:
-            return hubio.delete_subfolder(self.cache_dir, ref.location, ref.commit, folder)
-        return hubio.delete_revision(self.cache_dir, ref.location, ref.commit)
+        return self._ledger.release(ref.step, hubio.repo_cache_dir(self.cache_dir, ref.location))
 
     def duplicates(self, refs: Sequence[CheckpointRef]) -> dict[int, int]:
         """``{step: earlier step}`` for refs whose weight files have identical hashes."""

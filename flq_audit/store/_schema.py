@@ -74,12 +74,16 @@ class StoreLayout:
         return int(min(rows, self.probe.n_samples))
 
     def fingerprint(self) -> dict[str, str]:
-        """The attributes compared on resume, as JSON strings."""
+        """The attributes compared on resume, as JSON strings.
+
+        A model file is named by its content hash, not by the path as typed, so a run from
+        another directory or with an absolute path resumes the same store.
+        """
         return {
             "source": self.source,
             "probe_fingerprint": "none" if self.probe is None else self.probe.fingerprint,
             "layers": json.dumps([asdict(layer) for layer in self.layers]),
-            "capture_config": json.dumps(self.capture_config, sort_keys=True),
+            "capture_config": json.dumps(_identified(self.capture_config), sort_keys=True),
         }
 
     def estimated_bytes(self) -> int:
@@ -122,8 +126,8 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         data_vars.update(_fl_variables(layout, gram_chunks))
     coords: dict[str, Any] = {
         STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
-        "label": ((STEP,), _strings(layout.labels)),
-        "commit": ((STEP,), _strings(layout.commits)),
+        "label": ((STEP,), _strings([safe_text(label) for label in layout.labels])),
+        "commit": ((STEP,), _strings([safe_text(commit) for commit in layout.commits])),
         LAYER: ((LAYER,), _strings([layer.name for layer in layout.layers])),
         "layer_kind": ((LAYER,), _strings([layer.kind for layer in layout.layers])),
         "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64)),
@@ -240,19 +244,59 @@ def _fast_codec():
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
+def model_file(model: str) -> tuple[str, str | None]:
+    """``(model with its file resolved to an absolute path, the file's sha256)`` for a model
+    file (a JSON spec or ``file.py:fn``); ``(model, None)`` for anything else."""
+    import hashlib
+    from pathlib import Path
+
+    path_text, sep, function = model.rpartition(":") if ".py:" in model else (model, "", "")
+    path = Path(path_text).expanduser()
+    if not path.suffix or not path.is_file():
+        return model, None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return str(path.resolve()) + sep + function, digest
+
+
+def _identified(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the model file resolved and its content hash as ``model_sha256``."""
+    if not isinstance(config.get("model"), str) or "model_sha256" in config:
+        return config
+    model, digest = model_file(config["model"])
+    return {**config, "model": model, **({"model_sha256": digest} if digest else {})}
+
+
 def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, str]) -> list[str]:
-    """Human-readable differences between a store's attrs and a new run's fingerprint."""
+    """Each differing field of a store's attrs and a new run's fingerprint, values in full.
+
+    A model file is compared by content (``model_sha256``), not by where it lies.
+    """
     diffs = []
     for key in FINGERPRINT_KEYS:
         old, new = stored.get(key), wanted[key]
-        if old != new:
-            diffs.append(f"{key}: store has {_clip(old)}, this run has {_clip(new)}")
+        if old == new:
+            continue
+        try:
+            old_fields, new_fields = json.loads(str(old)), json.loads(new)
+        except ValueError:
+            old_fields = new_fields = None
+        if not (isinstance(old_fields, dict) and isinstance(new_fields, dict)):
+            diffs.append(f"{key}: stored {old!r}, now {new!r}")
+            continue
+        if key == "capture_config":
+            old_fields = _identified(old_fields)
+            if old_fields.get("model_sha256") and new_fields.get("model_sha256"):
+                old_fields.pop("model"), new_fields.pop("model")
+        for name in sorted(set(old_fields) | set(new_fields)):
+            if old_fields.get(name) != new_fields.get(name):
+                diffs.append(f"{key}.{name}: stored {json.dumps(old_fields.get(name))}, "
+                             f"now {json.dumps(new_fields.get(name))}")
     return diffs
 
 
-def _clip(value: object, limit: int = 160) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def safe_text(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a non-UTF-8 file name become ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:

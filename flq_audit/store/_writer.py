@@ -20,6 +20,7 @@ from flq_audit.store._schema import (
     GRAM,
     SHA256,
     StoreLayout,
+    safe_text,
 )
 
 #: Chunk writes allowed in flight at once (bounds memory to this many chunks + one per layer).
@@ -196,7 +197,7 @@ class StepWriter:
         # the step failed already; its partial data is rewritten on resume
         with contextlib.suppress(Exception):
             self.wait()
-        self.error[step_index] = message
+        self.error[step_index] = safe_text(message)
         self.done[step_index] = False
 
     def step_provenance(self) -> dict[str, dict[str, object]]:

@@ -404,3 +404,48 @@ def test_unknown_metric_is_a_usage_error_listing_the_available(audited):
     result = invoke("metrics", store, "--metric", "nope")
     assert result.exit_code == 2, describe(result)
     assert_says(result.stderr, "unknown metric", "nope", "available", "'tl'")
+
+
+# ------------------------------------------------------------------ destructive options
+def _snapshot(*roots: Path) -> dict[str, str]:
+    from tests.faults._tree import tree_hashes
+
+    return tree_hashes(*roots)
+
+
+def test_overwrite_refuses_a_folder_it_did_not_make(tmp_path):
+    run = make_run(tmp_path / "run")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    before = _snapshot(notes, run)
+    result = invoke("audit", run, "--out", notes, "--overwrite")
+    assert result.exit_code == 2, describe(result)
+    assert_says(result.stderr, "--overwrite refused", str(notes), "not an flq-audit store")
+    assert _snapshot(notes, run) == before
+
+
+def test_overwrite_refuses_the_source_and_a_file(tmp_path):
+    run = make_run(tmp_path / "run")
+    before = _snapshot(run)
+    result = invoke("audit", run, "--out", run, "--overwrite")
+    assert result.exit_code == 2, describe(result)
+    assert_says(result.stderr, "is the checkpoint source")
+    result = invoke("audit", run, "--out", tmp_path, "--overwrite")
+    assert result.exit_code == 2, describe(result)
+    assert_says(result.stderr, "contains the checkpoint source")
+    result = invoke("audit", run, "--out", run / "probe.npz", "--overwrite")
+    assert result.exit_code == 2, describe(result)
+    assert_says(result.stderr, "is a file")
+    assert _snapshot(run) == before
+
+
+def test_export_into_the_store_is_refused(tmp_path):
+    store = tmp_path / "S.zarr"
+    assert invoke("audit", make_run(tmp_path / "run"), "--out", store, "-q").exit_code == 0
+    before = _snapshot(store)
+    for target in (store / "zarr.json", store, store / "gram" / "x.nc"):
+        result = invoke("export", store, target)
+        assert result.exit_code == 2, describe(result)
+        assert_says(result.stderr, "export target", "nothing was written")
+    assert _snapshot(store) == before

@@ -1,0 +1,63 @@
+"""The Typer application: the ``audit``, ``metrics``, ``show``, ``export``, ``report`` and
+``demo`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flq_audit.cli import _output
+from flq_audit.cli._audit import audit_command
+from flq_audit.cli._errors import mapped
+from flq_audit.cli._options import QuietOpt
+from flq_audit.cli._report import layer_table, report_command
+from flq_audit.cli._store import export_command, metrics_command, show_command
+from flq_audit.report import sequential_verdict
+
+app = typer.Typer(
+    name="flq-audit",
+    help="How did each layer's features evolve over training? Audit a checkpoint sequence "
+    "into a Zarr store, compute linearization metrics, export them.\n\n"
+    "`flq-audit SOURCE [OPTIONS]` is short for `flq-audit audit SOURCE [OPTIONS]`; SOURCE is "
+    "a folder of checkpoints or a Hub repo id.\n\n"
+    "Exit codes: 0 ok, 1 internal error, 2 usage (or a destructive option refused), "
+    "3 input missing, 4 data error, 5 some steps failed (recorded in the store), 6 the system "
+    "refused (disk full, permissions, read-only, open files), 7 network, 130 interrupted, "
+    "143 terminated (rerun to resume).\n\n"
+    "Global options (before the command): --version, --debug (show tracebacks).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
+    audit_command)
+app.command("metrics")(metrics_command)
+app.command("show")(show_command)
+app.command("export")(export_command)
+app.command("report")(report_command)
+
+
+@app.command("demo")
+@mapped
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where checkpoints, store and outputs go.")] = Path(
+        "flq-demo"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap."""
+    from flq_audit.demo import run_demo
+
+    with _output.RichProgress(quiet=quiet) as progress:
+        result = run_demo(workdir, progress=progress)
+    tl = result.metrics["target_linearity"]
+    _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
+    _output.stdout.print(layer_table(result.metrics))
+    rho = result.metrics["depth_spearman"].dropna("step").values
+    _output.stdout.print(sequential_verdict(result.metrics["t90"], float(rho[-1])))
+    _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
+
+
+__all__ = ["app"]

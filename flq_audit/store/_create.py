@@ -1,0 +1,142 @@
+"""Create a store atomically, or check that an existing one can be resumed by this run.
+
+A new store is built inside a hidden sibling folder (``.NAME.flq-creating``, which holds a
+creation marker) and renamed into place only once its template is complete, so ``STORE`` either does not
+exist or is a whole store. A build left by a killed process holds no finished step: the next
+run (which holds the store's lock, so the builder is gone) deletes it and builds again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import zarr
+
+from flq_audit._faults import fault_point
+from flq_audit.errors import FlqAuditError, StoreError, StoreMismatchError
+from flq_audit.store._safety import (
+    CREATING_MARKER,
+    building_path,
+    is_flq_store,
+    is_unfinished_build,
+    remove_store,
+    root_attributes,
+)
+from flq_audit.store._schema import DONE, StoreLayout, encoding, fingerprint_differences, template
+from flq_audit.store._writer import StepWriter
+
+NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its finished "
+                "steps); --overwrite would discard them.")
+
+
+def create_or_resume(
+    path: str | Path, layout: StoreLayout, *, overwrite: bool = False, version: str
+) -> StepWriter:
+    """Write the template (or check an existing store fits) and return a writer.
+
+    Call it while holding :func:`~flq_audit.store.store_lock`.
+
+    Raises
+    ------
+    UnsafeDeletionError
+        ``overwrite`` names something that is not an flq-audit store, or the source.
+    StoreMismatchError
+        The store exists and was made from another source, probe, layer set or config, or
+        lacks some of the selected steps.
+    """
+    path = Path(path)
+    protected = source_paths(layout)
+    building = building_path(path)
+    if is_unfinished_build(building):  # its builder died: we hold the lock
+        shutil.rmtree(building)
+    if overwrite or _never_finished(path):
+        remove_store(path, protected=protected)
+    if path.exists() or path.is_symlink():
+        _check_resumable(path, layout)
+    else:
+        _create(path, building, layout, version)
+    return StepWriter(path, layout)
+
+
+def source_paths(layout: StoreLayout) -> list[Path]:
+    """The local checkpoint folder a layout was made from (never deleted), if any."""
+    source = Path(layout.source)
+    return [source] if source.is_absolute() and source.exists() else []
+
+
+def _never_finished(path: Path) -> bool:
+    """An flq-audit store whose creation was cut short (no readable ``done``: no finished step)."""
+    if is_unfinished_build(path):
+        return True
+    if not is_flq_store(path):
+        return False
+    try:
+        zarr.open_group(str(path), mode="r")[DONE][:]
+    except Exception:
+        return True
+    return False
+
+
+def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> None:
+    ds = template(layout, version=version)
+    building.mkdir(parents=True)
+    inner = building / path.name
+    try:
+        (building / CREATING_MARKER).write_text(json.dumps({"store": path.name}))
+        ds.to_zarr(
+            str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
+            encoding=encoding(layout),
+        )
+        fault_point("store-create")  # the template is written, not yet in place
+        os.rename(inner, path)
+    except (OSError, FlqAuditError):
+        raise
+    except Exception as err:
+        raise StoreError(f"cannot create store {str(path)!r} ({err})", path=path) from err
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_resumable(path: Path, layout: StoreLayout) -> None:
+    attrs = root_attributes(path) if path.is_dir() else None
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        steps = [int(s) for s in group["step"][:]]
+    except Exception as err:
+        raise StoreMismatchError(
+            f"{str(path)!r} exists but is not an flq-audit store ({type(err).__name__})",
+            path=path, hint="Choose another --out.",
+        ) from err
+    if attrs is None or not is_flq_store(path):
+        raise StoreMismatchError(
+            f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
+            hint="Choose another --out.")
+    diffs = fingerprint_differences(attrs, layout.fingerprint())
+    missing = sorted(set(layout.steps) - set(steps))
+    if missing:
+        diffs.append(f"steps: the store lacks selected step(s) {missing}")
+    if diffs:
+        raise StoreMismatchError(
+            f"store {str(path)!r} was made by a different audit:\n  " + "\n  ".join(diffs),
+            path=path, hint=NEW_OUT_HINT,
+        )
+
+
+__all__ = ["create_or_resume", "source_paths"]
