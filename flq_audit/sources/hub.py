@@ -45,12 +45,7 @@ from flq_audit.sources._hub_files import (
     resolve_index,
 )
 from flq_audit.sources._hub_guard import DownloadLedger, announce, cache_entries
-from flq_audit.sources.revisions import (
-    RevisionInfo,
-    assign_steps,
-    compile_revision_pattern,
-    parse_revision,
-)
+from flq_audit.sources.revisions import RevisionInfo, assign_steps, compile_revision_pattern, parse_revision
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.{}:-]+")
 _PREFIX = "hf://"
@@ -193,11 +188,8 @@ class HubSource:
         return root / folder if folder else root
 
     def release(self, ref: CheckpointRef) -> bool:
-        """With ``cache="drop"``, delete what fetching the ref downloaded; else do nothing.
-
-        Files that were in the cache before this run are never deleted. Returns whether
-        anything was deleted.
-        """
+        """With ``cache="drop"``, delete what this run downloaded for the ref (never what the
+        cache held before); returns whether anything was deleted."""
         if self.cache != "drop":
             return False
         return self._ledger.release(ref.step, hubio.repo_cache_dir(self.cache_dir, ref.location))
