@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from flq_audit.errors import ExportError
+from flq_audit.metrics import require_complete
 
 NETCDF_ENGINE = "h5netcdf"
 _BOOKKEEPING = ("done", "error", "sha256", "files")
@@ -28,6 +29,7 @@ def to_netcdf(
     float16 is cast to float32 (NetCDF has no half precision).
     """
     out = Path(out)
+    require_complete(ds, ds.encoding.get("source", "STORE"))
     names = metric_variables(ds) + [v for v in _BOOKKEEPING if v in ds]
     if "targets" in ds:
         names.append("targets")
@@ -57,6 +59,7 @@ def to_netcdf(
 
 def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     """Tidy CSV (one row per step and layer) of every metric variable."""
+    require_complete(ds, ds.encoding.get("source", "STORE"))
     names = metric_variables(ds)
     if not names:
         raise ExportError("the store holds no metrics; run `flq-audit metrics STORE` first")
