@@ -24,13 +24,21 @@ from flq_audit.metrics._options import (
 from flq_audit.metrics._spec import INPUTS, MetricSpec, registry
 from flq_audit.metrics._stamp import (
     GROUP_ATTR,
+    LEGACY_STAMP_ATTR,
+    OUTPUT_ATTR,
     PARAM_ID_ATTR,
     PARAMS_ATTR,
+    STAMPS_ATTR,
     TAG_ATTR,
+    group_of,
     incomplete_groups,
+    is_complete,
     is_current,
     make_stamp,
     stamps,
+    stored_name,
+    stored_parameters,
+    variables_by_tag,
     with_stamps,
 )
 
@@ -51,15 +59,6 @@ def ordered_groups(groups: Sequence[str], specs: Mapping[str, MetricSpec]) -> li
     for group in groups:
         visit(group, ())
     return order
-
-
-def stored_name(name: str, suffix: str) -> str:
-    """``target_linearity_rank`` → ``target_linearity__pca256_rank``; ``t90`` → ``t90__pca256``."""
-    if not suffix:
-        return name
-    if name.startswith("target_linearity"):
-        return name.replace("target_linearity", "target_linearity" + suffix, 1)
-    return name + suffix
 
 
 def _base_name(name: str, suffix: str) -> str:
@@ -128,12 +127,32 @@ def run_metrics(
             results[g] = stored.rename({v: _base_name(v, plan.suffix) for v in names})
     fresh = _compute_fresh(ds, [g for g in order if g not in results], specs, plans, results,
                            scheduler)
-    root_attrs = dict(ds.attrs)
+    root_attrs = _adopt_legacy(ds, specs)
     for g in order:
         if g in fresh:
             root_attrs = _persist(path, ds, root_attrs, plans[g], fresh[g])
     merged = [_named(fresh.get(g, results.get(g)), plans[g]) for g in groups]
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
+
+
+def _adopt_legacy(ds: xr.Dataset, specs: Mapping[str, MetricSpec]) -> dict[str, Any]:
+    """Root attributes with stamps for the complete groups of a store written by 0.1 (each of
+    its variables carried its own stamp), so that they stay readable and current."""
+    if STAMPS_ATTR in ds.attrs:
+        return dict(ds.attrs)
+    entries: dict[str, dict[str, Any] | None] = {}
+    for tag, names in variables_by_tag(ds).items():
+        if not is_complete(ds, tag):
+            continue
+        attrs = ds[names[0]].attrs
+        group = group_of(tag, attrs)
+        spec = specs.get(group)
+        params = stored_parameters(attrs, spec.options if spec else None)
+        legacy = json.loads(attrs.get(LEGACY_STAMP_ATTR, "{}"))
+        entries[tag] = {"group": group, "params": params,
+                        "param_id": parameter_set_id({"group": group, **params}),
+                        "done_steps": legacy.get("done_steps"), "variables": sorted(names)}
+    return with_stamps(ds.attrs, entries)
 
 
 def _options_for(spec: MetricSpec, tl: TLOptions, given: Mapping[str, object]) -> object | None:
@@ -167,8 +186,8 @@ def _compute_fresh(
 def _named(result: xr.Dataset | None, plan: _Plan) -> xr.Dataset:
     assert result is not None
     named = result.rename({v: stored_name(str(v), plan.suffix) for v in result.data_vars})
-    for var in named.data_vars.values():
-        var.attrs.update(plan.var_attrs())
+    for base, var in zip(result.data_vars, named.data_vars.values(), strict=True):
+        var.attrs = {**var.attrs, **plan.var_attrs(), OUTPUT_ATTR: str(base)}
     return named
 
 

@@ -19,6 +19,7 @@ STAMPS_ATTR = "flq_metrics"
 GROUP_ATTR = "flq_group"
 TAG_ATTR = "flq_metric"
 PARAMS_ATTR = "flq_params"
+OUTPUT_ATTR = "flq_output"
 PARAM_ID_ATTR = "flq_param_id"
 LEGACY_STAMP_ATTR = "flq_stamp"
 
@@ -91,18 +92,46 @@ def with_stamps(attrs: Mapping[str, Any], entries: Mapping[str, dict[str, Any] |
     return {**attrs, STAMPS_ATTR: json.dumps(current, sort_keys=True)}
 
 
-def select_parameter_set(ds: xr.Dataset, group: str, params: Mapping[str, Any]
-                         ) -> list[str]:
-    """Variables of ``group`` whose stored parameters equal ``params`` (attributes only)."""
+def stored_name(name: str, suffix: str) -> str:
+    """``target_linearity_rank`` → ``target_linearity__pca256_rank``; ``t90`` → ``t90__pca256``."""
+    if not suffix:
+        return name
+    if name.startswith("target_linearity"):
+        return name.replace("target_linearity", "target_linearity" + suffix, 1)
+    return name + suffix
+
+
+def stored_parameters(attrs: Mapping[str, Any], options: type | None) -> dict[str, Any]:
+    """A variable's parameters, from ``flq_params`` or (0.1 stores) its plain attributes."""
+    if PARAMS_ATTR in attrs:
+        return dict(json.loads(attrs[PARAMS_ATTR]))
+    from_attrs = getattr(options, "from_attrs", None)
+    return dict(from_attrs(attrs).to_attrs()) if callable(from_attrs) else {}
+
+
+def find_metric(ds: xr.Dataset, name: str, params: Mapping[str, Any],
+                options: Mapping[str, type | None]) -> list[str]:
+    """Variables holding output ``name`` computed with ``params`` (the group's defaults fill
+    what is not given), selected by attributes alone. ``options`` maps group → options type."""
+    from flq_audit.metrics._options import options_attrs, options_suffix
+
     found: list[str] = []
-    for name, var in ds.data_vars.items():
+    for var_name, var in ds.data_vars.items():
         attrs = var.attrs
-        if TAG_ATTR not in attrs or group_of(str(attrs[TAG_ATTR]), attrs) != group:
+        if GROUP_ATTR not in attrs and LEGACY_STAMP_ATTR not in attrs:
             continue
-        stored = json.loads(attrs[PARAMS_ATTR]) if PARAMS_ATTR in attrs else {
-            key: attrs[key] for key in params if key in attrs}
-        if all(_same(stored.get(key), value) for key, value in params.items()):
-            found.append(str(name))
+        group = group_of(str(attrs.get(TAG_ATTR, "")), attrs)
+        kind = options.get(group)
+        wanted = options_attrs(kind(**params)) if kind is not None else dict(params)
+        stored = stored_parameters(attrs, kind)
+        if OUTPUT_ATTR in attrs:
+            same_output = attrs[OUTPUT_ATTR] == name
+        else:  # 0.1: the name that version gave this output for these parameters
+            suffix = options_suffix(kind.from_attrs(attrs)) if kind is not None else ""  # type: ignore[attr-defined]
+            same_output = var_name == stored_name(name, suffix)
+        if same_output and stored.keys() == wanted.keys() and all(
+                _same(stored[key], value) for key, value in wanted.items()):
+            found.append(str(var_name))
     return found
 
 
@@ -112,5 +141,14 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-__all__ = ["STAMPS_ATTR", "incomplete_groups", "is_complete", "is_current", "make_stamp",
-           "select_parameter_set", "stamps", "with_stamps"]
+__all__ = [
+    "STAMPS_ATTR",
+    "find_metric",
+    "incomplete_groups",
+    "is_complete",
+    "is_current",
+    "make_stamp",
+    "stamps",
+    "stored_name",
+    "with_stamps",
+]
