@@ -21,6 +21,7 @@ from flq_audit.metrics._spec import (
     registry,
 )
 from flq_audit.metrics._stamp import incomplete_groups
+from flq_audit.metrics._streaming import StreamingMetric, Surrogate, TargetLinearity
 from flq_audit.metrics._surrogate import surrogate_dataset
 from flq_audit.metrics._target_linearity import target_linearity_dataset
 
@@ -37,7 +38,10 @@ __all__ = [
     "Block",
     "MetricSpec",
     "Output",
+    "StreamingMetric",
+    "Surrogate",
     "TLOptions",
+    "TargetLinearity",
     "collapse_dataset",
     "dynamics_dataset",
     "gram_cosine",
