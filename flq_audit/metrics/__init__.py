@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flq_audit.metrics import _builtin  # noqa: F401  (registers the built-in groups)
 from flq_audit.metrics._collapse import collapse_dataset
 from flq_audit.metrics._dynamics import dynamics_dataset
 from flq_audit.metrics._engine import require_complete, run_metrics

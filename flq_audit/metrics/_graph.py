@@ -62,6 +62,9 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
     inputs.append(gram_width)
     core.append([])
     nan = _nan_like(spec)
+    single = len(spec.outputs) == 1
+    if single:
+        nan = nan[0]
 
     def per_block(*arrays: np.ndarray) -> tuple[Any, ...]:
         width, g_width = int(arrays[-2]), int(arrays[-1])
@@ -76,8 +79,8 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
             gram = np.asarray(arrays[position][:g_width, :g_width], dtype=np.float64)
             if not np.isfinite(gram).all():
                 return nan
-        values = kernel(Block(moments, gram, width, g_width), options)
-        return tuple(values)
+        values = tuple(kernel(Block(moments, gram, width, g_width), options))
+        return values[0] if single else values
 
     out_dims = [list(o.dims) for o in spec.outputs.values()]
     sizes = {d: n for o in spec.outputs.values() for d, n in o.sizes.items()}
