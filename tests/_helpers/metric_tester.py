@@ -40,9 +40,13 @@ class StoreLike:
 
 
 def store_like(rng: np.random.Generator, *, n: int = 36, widths: Sequence[int] = (5, 3, 8),
-               classes: int = 4) -> StoreLike:
+               classes: int = 4, absent: int | None = None, kind: str | None = "classes",
+               ) -> StoreLike:
+    """Class-structured activations; class ``absent`` gets no sample; ``kind=None`` leaves
+    the targets without their ``kind`` attribute."""
     f = max(widths)
-    labels = np.arange(n) % classes
+    present = [c for c in range(classes) if c != absent]
+    labels = np.array(present)[np.arange(n) % len(present)]
     y = np.eye(classes)[labels]
     acts = np.full((len(STEPS), len(widths), n, f), np.nan)
     grams = np.full((len(STEPS), len(widths), f, f), np.nan)
@@ -57,7 +61,7 @@ def store_like(rng: np.random.Generator, *, n: int = 36, widths: Sequence[int] =
     ds = xr.Dataset(
         {"activations": (("step", "layer", "sample", "feature"), acts),
          "gram": (("step", "layer", "gram_i", "gram_j"), grams),
-         "targets": (("sample", "target"), y, {"kind": "classes"}),
+         "targets": (("sample", "target"), y, {} if kind is None else {"kind": kind}),
          "done": (("step",), DONE)},
         coords={"step": STEPS, "layer": np.asarray([f"layer{j}" for j in range(len(widths))],
                                                   dtype=object),
@@ -102,6 +106,8 @@ class MetricTester:
                 var = out[name]
                 assert var.dims[:2] == ("step", "layer"), (name, var.dims)
                 assert var.attrs.get("long_name") == output.long_name, name
+                if output.reference is not None:
+                    assert var.attrs.get("reference") == output.reference, name
             for s in range(len(STEPS)):
                 for j, w in enumerate(st.widths):
                     row = out.isel(step=s, layer=j)
