@@ -19,7 +19,7 @@ OUTPUTS = {
     "target_linearity_rank": Output("numerical rank of HᵀH"),
     "target_linearity_chance_floor": Output(
         "expected TL of target-independent features (rank / n_samples)", "1",
-        reference="docs/concepts.md#the-chance-floor-ranknn"),
+        reference="docs/concepts.md#the-chance-floor-rankn"),
 }
 
 

@@ -3,7 +3,11 @@ streaming objects against the one-shot kernels, and the registry's rules."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +152,34 @@ def test_groups_are_ordered_by_their_needs_and_names_are_unique():
     with pytest.raises(OptionError, match="needs"):
         register_metric(MetricSpec("odd", frozenset({"weights_of_the_moon"}),
                                    {"x": Output("x")}, kernel=lambda b, o: (1,)))
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub-style anchors of a markdown page's headings."""
+    heads = [line.lstrip("#").strip() for line in page.read_text().splitlines()
+             if line.startswith("#")]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_attributes_cite_shipped_docs_only():
+    root = Path(__file__).resolve().parents[2]
+    cited = set()
+    for group, spec in registry().items():
+        if not spec.kernel:
+            continue
+        out = MetricTester(spec, REFERENCES[group]).lazy(None)
+        for name, var in out.data_vars.items():
+            reference = str(var.attrs.get("reference", ""))
+            assert "paper-notes" not in reference, (group, name)
+            cited.update(re.findall(r"(docs/[\w\-]+\.md)#([\w\-]+)", reference))
+    assert {page for page, _ in cited} == {"docs/concepts.md"}
+    for page, anchor in cited:
+        assert anchor in _anchors(root / page), f"{page}#{anchor} is not a heading"
+
+
+def test_metrics_path_is_torch_free():
+    code = ("import sys, flq_audit.metrics, flq_audit.accessor, flq_audit.report; "
+            "flq_audit.metrics.registry(); print(sorted(m for m in ('torch', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
