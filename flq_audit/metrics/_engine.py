@@ -128,9 +128,10 @@ def run_metrics(
     fresh = _compute_fresh(ds, [g for g in order if g not in results], specs, plans, results,
                            scheduler)
     root_attrs = _adopt_legacy(ds, specs)
-    for g in order:
-        if g in fresh:
-            root_attrs = _persist(path, ds, root_attrs, plans[g], fresh[g])
+    written = [g for g in order if g in fresh]
+    for g in written:
+        root_attrs = _persist(path, ds, root_attrs, plans[g], fresh[g],
+                              consolidate=g == written[-1])
     merged = [_named(fresh.get(g, results.get(g)), plans[g]) for g in groups]
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
 
@@ -201,13 +202,15 @@ def _write(path: str | Path, data: xr.Dataset, attrs: Mapping[str, Any], *,
 
 
 def _persist(path: str | Path, ds: xr.Dataset, root_attrs: dict[str, Any], plan: _Plan,
-             result: xr.Dataset) -> dict[str, Any]:
-    """Unstamp, write the arrays, then stamp: only the stamp makes the group current."""
+             result: xr.Dataset, *, consolidate: bool) -> dict[str, Any]:
+    """Unstamp, write the arrays, then stamp: only the stamp makes the group current.
+    ``consolidate`` (the last group of a run) consolidates the metadata with the stamp."""
     group = plan.spec.group
     named = _named(result, plan)
     names = list(named.data_vars)
     unstamped = with_stamps(root_attrs, {plan.tag: None})
-    _write(path, xr.Dataset(), unstamped, consolidated=False)
+    if plan.tag in stamps(root_attrs):  # a stamp to withdraw before any array changes
+        _write(path, xr.Dataset(), unstamped, consolidated=False)
     _write(path, named[names[:1]], unstamped, consolidated=False)
     fault_point("metrics-write", group=group)
     if names[1:]:
@@ -215,7 +218,7 @@ def _persist(path: str | Path, ds: xr.Dataset, root_attrs: dict[str, Any], plan:
     fault_point("metrics-stamp", group=group)
     stamp = make_stamp(ds, group, plan.params, plan.param_id, [str(n) for n in names])
     stamped = with_stamps(unstamped, {plan.tag: stamp})
-    _write(path, xr.Dataset(), stamped, consolidated=True)
+    _write(path, xr.Dataset(), stamped, consolidated=consolidate)
     return stamped
 
 
