@@ -42,7 +42,7 @@ def _class_probe(context: GroupContext, with_classifier: bool) -> xr.Dataset:
         counts = np.nansum(np.asarray(ds["targets"].values, dtype=np.float64), axis=0)
         excluded = [int(c) for c in np.flatnonzero(counts == 0)]
     extra = {"target_kind": str(kind or "unknown"), "excluded_classes": excluded}
-    out = xr.Dataset({name: var.assign_attrs(OUTPUTS[name].attrs(), **extra)
+    out = xr.Dataset({name: var.assign_attrs(OUTPUTS[str(name)].attrs(), **extra)
                       for name, var in out.data_vars.items()})
     if not with_classifier:
         return out

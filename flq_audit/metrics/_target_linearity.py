@@ -69,4 +69,4 @@ def target_linearity_dataset(
     except OptionError as err:
         raise MetricError(err.message) from None
     out = group_dataset(SPEC, GroupContext(ds, options, _moments=moments))
-    return out.rename({v: v.removeprefix("target_linearity_") for v in out.data_vars})
+    return out.rename({v: str(v).removeprefix("target_linearity_") for v in out.data_vars})
