@@ -174,10 +174,16 @@ def compute_metrics(
     whose write was interrupted is recomputed. The store is locked before any computation.
     ``scheduler`` is ``threads`` (default), ``sync``, or a ``dask.distributed`` address.
     """
-    options = tl or TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-                              denominator=denominator)  # type: ignore[arg-type]
+    from flq_audit.errors import OptionError
+
+    given = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+                      denominator=denominator)  # type: ignore[arg-type]
+    if tl is not None and given != TLOptions():
+        raise OptionError("pass the TL parameters either as tl=TLOptions(...) or as pca, "
+                          "pca_threshold, ridge and denominator, not both")
+    open_dataset(store)  # a missing or foreign store is reported before anything is locked
     with store_lock(store):
-        return run_metrics(store, open_dataset(store), metrics=metrics, tl=options,
+        return run_metrics(store, open_dataset(store), metrics=metrics, tl=tl or given,
                            scheduler=scheduler, recompute=recompute)
 
 

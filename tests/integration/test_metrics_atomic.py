@@ -111,3 +111,20 @@ def test_locked_store_is_refused_before_any_computation(pristine, tmp_path):
     assert refused.returncode == 4, describe(refused)
     assert_says(refused.stderr, "being written")
     assert _metric_values(store) == {}
+
+
+def test_a_missing_store_is_reported_and_nothing_is_created(tmp_path):
+    missing = tmp_path / "no" / "such" / "s.zarr"
+    result = invoke("metrics", missing)
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tl_options_and_loose_parameters_are_not_mixed(pristine):
+    from flq_audit.errors import OptionError
+    from flq_audit.metrics import TLOptions
+
+    clean, _ = pristine
+    with pytest.raises(OptionError, match="not both"):
+        api.compute_metrics(clean, metrics=["tl"], tl=TLOptions(ridge=1.0), pca=4)
