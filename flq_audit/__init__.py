@@ -14,3 +14,5 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = ["__version__"]
+
+from flq_audit import accessor as _accessor  # noqa: F401  (registers ``ds.flq``)

@@ -9,14 +9,14 @@ from typing import Literal
 import xarray as xr
 
 from flq_audit import __version__
-from flq_audit._metrics_run import run_metrics
 from flq_audit._plan import AuditPlan, TextOptions, make_plan
 from flq_audit._runner import AuditResult, Progress, run_audit
 from flq_audit.capture import resolve_device
 from flq_audit.export import to_netcdf
 from flq_audit.feature_learning import load_fl_config
+from flq_audit.metrics import TLOptions, run_metrics
 from flq_audit.sources import CheckpointRef, open_source
-from flq_audit.store import open_dataset
+from flq_audit.store import open_dataset, store_lock
 
 DtypeOptions = Literal["float32", "float16"]
 GramDtypeOptions = Literal["float32", "float64"]
@@ -160,21 +160,31 @@ def compute_metrics(
     ridge: float = 0.0,
     denominator: str = "column",
     scheduler: str | None = None,
+    tl: TLOptions | None = None,
+    recompute: bool = False,
 ) -> xr.Dataset:
     """Compute metrics lazily from the store, persist them beside the data, return them.
 
-    ``metrics`` is any subset of :data:`flq_audit.metrics.METRICS` (``tl``, ``surrogate``,
-    ``gram``, ``dynamics``, ``nc``). TL-dependent results are stored as ``target_linearity`` for the
-    default parameters, or with a suffix such as ``target_linearity__pca256`` so that runs
-    with other parameters sit side by side. Recomputing with the same parameters over the
-    same done steps is a no-op. ``scheduler`` is ``threads`` (default), ``sync``, or a
-    ``dask.distributed`` scheduler address.
+    ``metrics`` names registered groups (:func:`flq_audit.metrics.registry`: ``tl``,
+    ``surrogate``, ``gram``, ``dynamics``, ``nc`` and any plugin). The TL parameters come
+    from ``tl`` (a :class:`~flq_audit.metrics.TLOptions`) or from ``pca``, ``pca_threshold``,
+    ``ridge`` and ``denominator``; they are stored as attributes, and results for non-default
+    parameters sit beside the default ones (``target_linearity__pca256``). Recomputing with
+    the same parameters over the same done steps is a no-op unless ``recompute``; a group
+    whose write was interrupted is recomputed. The store is locked before any computation.
+    ``scheduler`` is ``threads`` (default), ``sync``, or a ``dask.distributed`` address.
     """
-    return run_metrics(
-        store, metrics=metrics, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-        denominator=denominator,
-        scheduler=scheduler,
-    )
+    from flq_audit.errors import OptionError
+
+    given = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+                      denominator=denominator)  # type: ignore[arg-type]
+    if tl is not None and given != TLOptions():
+        raise OptionError("pass the TL parameters either as tl=TLOptions(...) or as pca, "
+                          "pca_threshold, ridge and denominator, not both")
+    open_dataset(store)  # a missing or foreign store is reported before anything is locked
+    with store_lock(store):
+        return run_metrics(store, open_dataset(store), metrics=metrics, tl=tl or given,
+                           scheduler=scheduler, recompute=recompute)
 
 
 def export(

@@ -10,7 +10,7 @@ import xarray as xr
 from flq_audit import api
 from flq_audit._runner import AuditResult, Progress
 from flq_audit.recipes import digits_mlp
-from flq_audit.report import tl_heatmap, write_report
+from flq_audit.report import report_groups, tl_heatmap, write_report
 
 
 @dataclass
@@ -34,7 +34,7 @@ def run_demo(workdir: str | Path = "flq-demo", *, progress: Progress | None = No
     store = work / "store.zarr"
     result = api.audit(str(checkpoints), out=store, progress=progress)
     assert isinstance(result, AuditResult)
-    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics", "nc"])
+    metrics = api.compute_metrics(store, metrics=report_groups())
     netcdf = api.export(store, work / "metrics.nc")
     figure = tl_heatmap(
         metrics["target_linearity"], work / "target_linearity.png",

@@ -11,6 +11,7 @@ import xarray as xr
 
 from flq_audit._faults import fault_point
 from flq_audit.errors import ExportError
+from flq_audit.metrics import require_complete
 from flq_audit.store._safety import check_export_target
 
 NETCDF_ENGINE = "h5netcdf"
@@ -34,6 +35,7 @@ def to_netcdf(
     """
     out = Path(out)
     check_export_target(out)
+    require_complete(ds, ds.encoding.get("source", "STORE"))
     names = metric_variables(ds) + [v for v in _BOOKKEEPING if v in ds]
     if "targets" in ds:
         names.append("targets")
@@ -70,6 +72,7 @@ def to_netcdf(
 
 def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     """Tidy CSV (one row per step and layer) of every metric variable."""
+    require_complete(ds, ds.encoding.get("source", "STORE"))
     names = metric_variables(ds)
     if not names:
         raise ExportError("the store holds no metrics; run `flq-audit metrics STORE` first")

@@ -128,6 +128,32 @@ def sequential_verdict(t90: xr.DataArray, spearman_last: float) -> str:
             f"{'observed' if monotone and spearman_last > 0.5 else 'not observed'}")
 
 
+def report_groups() -> list[str]:
+    """The metric groups a report computes: every registered group."""
+    from flq_audit.metrics import registry
+
+    return list(registry())
+
+
+def nonfinite_entries(ds: xr.Dataset) -> list[tuple[int, str]]:
+    """(step, layer) entries whose weights the audit flagged as non-finite (NaN or Inf)."""
+    if "nonfinite" not in ds:
+        return []
+    flags = np.asarray(ds["nonfinite"].transpose("step", "layer").values, dtype=bool)
+    steps, layers = ds["step"].values, ds["layer"].values
+    return [(int(steps[i]), str(layers[j])) for i, j in zip(*np.nonzero(flags), strict=True)]
+
+
+def nonfinite_lines(ds: xr.Dataset) -> list[str]:
+    """What a report says about entries left out of every metric because of their weights."""
+    entries = nonfinite_entries(ds)
+    if not entries:
+        return []
+    return [f"left out {len(entries)} (step, layer) entries: their weights hold NaN or Inf, "
+            "so every metric of them is NaN"] + [f"  step {s}, layer {layer}: non-finite weights"
+                                                 for s, layer in entries]
+
+
 def write_report(metrics: xr.Dataset, out_dir: str | Path) -> list[Path]:
     """All report figures for a computed metrics Dataset (tl, surrogate, gram groups)."""
     out = Path(out_dir)

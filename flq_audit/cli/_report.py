@@ -13,7 +13,8 @@ from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import StoreArg
-from flq_audit.report import sequential_verdict, write_report
+from flq_audit.metrics import require_complete
+from flq_audit.report import nonfinite_lines, report_groups, sequential_verdict, write_report
 from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 
 
@@ -25,14 +26,19 @@ def report_command(
 ) -> None:
     """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, figures.
 
-    Computes (and stores, like `metrics`) the tl, surrogate, gram, dynamics and nc groups.
+    Computes (and stores, like `metrics`) every registered metric group that is not stored
+    yet; refuses a store holding a group whose computation was interrupted.
 
     Example: flq-audit report run.zarr --out run-report
     """
     folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
     check_report_folder(folder)
-    metrics = api.compute_metrics(store, metrics=["tl", "surrogate", "gram", "dynamics", "nc"])
+    ds = api.open_store(store)
+    require_complete(ds, store)
+    metrics = api.compute_metrics(store, metrics=report_groups())
     _output.stdout.print(layer_table(metrics))
+    for line in nonfinite_lines(ds):
+        _output.stdout.print(line)
     last = metrics["depth_spearman"].dropna("step")
     rho = float(last.values[-1]) if last.size else float("nan")
     _output.stdout.print(sequential_verdict(metrics["t90"], rho))

@@ -16,13 +16,14 @@ from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StoreArg
 from flq_audit.export import metric_variables
+from flq_audit.metrics import registry
 
 
 @mapped
 def metrics_command(
     store: StoreArg,
     metric: Annotated[str, typer.Option(
-        help="Comma-separated metric groups: tl, surrogate, gram, dynamics, nc.")] = "tl",
+        help="Comma-separated metric groups: " + ", ".join(registry()) + ".")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
@@ -34,9 +35,14 @@ def metrics_command(
         "row-centred form, which its VAE figures use).")] = "column",
     scheduler: Annotated[str | None, typer.Option(
         help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
+    recompute: Annotated[bool, typer.Option(
+        "--recompute", help="Recompute the groups even if they are stored and current.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compute metrics from a store, persist them in it, print a step × layer table.
+
+    Each group becomes visible only when complete (its stamp is written last); a group whose
+    computation was interrupted is recomputed on the next run.
 
     Example: flq-audit metrics run.zarr --metric tl --pca 256
     """
@@ -44,7 +50,7 @@ def metrics_command(
     result = api.compute_metrics(
         store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
         denominator=denominator,
-        scheduler=scheduler,
+        scheduler=scheduler, recompute=recompute,
     )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
@@ -55,7 +61,8 @@ def metrics_command(
                 "dims": list(var.dims),
                 "coords": {d: [_plain(x) for x in result[d].values] for d in var.dims},
                 "values": np.where(np.isfinite(var.values), var.values, None).tolist(),
-                "attrs": {k: v for k, v in var.attrs.items() if k != "flq_stamp"},
+                "attrs": {k: v for k, v in var.attrs.items()
+                          if k not in ("flq_stamp", "flq_params")},
             }
             for name, var in result.data_vars.items()
         })

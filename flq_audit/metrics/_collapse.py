@@ -1,15 +1,17 @@
-"""Neural collapse NC1/NC2 over a store: lazy, one value per (step, layer)."""
+"""Neural collapse NC1-NC4 over a store: the ``nc`` spec, lazy per (step, layer)."""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
+from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.collapse import _collapse_compute
 from flq_audit.metrics._kernels.moments import Moments
 from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, layer_moments
+from flq_audit.metrics._spec import Block, MetricSpec, Output
 
-REFERENCE = "Papyan, Han & Donoho 2020 (PNAS 117:24652); paper-notes §4.10"
+REFERENCE = "Papyan, Han & Donoho 2020 (PNAS 117:24652); docs/concepts.md#neural-collapse-nc"
 NAMES = {
     "nc1": "NC1 = tr(Σ_W Σ_B⁺)/C, Σ_B unweighted over classes (within-class variability collapse)",
     "nc2_equinorm": "std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (NC2 equinorm, ddof=0)",
@@ -17,6 +19,43 @@ NAMES = {
     "nc2_etf_error": "‖M̃ᵀM̃/‖M̃ᵀM̃‖_F − (I − 11ᵀ/C)/√(C−1)‖_F (distance to a simplex ETF)",
     "nc_n_classes": "classes present in the probe (n_c > 0) that NC rests on",
 }
+OUTPUTS = {name: Output(text, None if name == "nc_n_classes" else "1", reference=REFERENCE)
+           for name, text in NAMES.items()}
+
+
+def collapse_kernel(block: Block, options: None) -> tuple[float, ...]:
+    assert block.moments is not None
+    r = _collapse_compute(block.moments)
+    n_classes = float(r.n_classes) if r.n_classes else np.nan  # 0: targets not one-hot
+    return r.nc1, r.nc2_equinorm, r.nc2_equiangularity, r.nc2_etf_error, n_classes
+
+
+def _class_probe(context: GroupContext, with_classifier: bool) -> xr.Dataset:
+    """Continuous targets give NaN; absent classes are listed in ``excluded_classes``."""
+    ds, out = context.ds, context.blocks
+    assert out is not None
+    kind = ds["targets"].attrs.get("kind")
+    excluded: list[int] = []
+    if kind == "continuous":
+        out = xr.full_like(out, np.nan)
+    else:
+        counts = np.nansum(np.asarray(ds["targets"].values, dtype=np.float64), axis=0)
+        excluded = [int(c) for c in np.flatnonzero(counts == 0)]
+    extra = {"target_kind": str(kind or "unknown"), "excluded_classes": excluded}
+    out = xr.Dataset({name: var.assign_attrs(OUTPUTS[str(name)].attrs(), **extra)
+                      for name, var in out.data_vars.items()})
+    if not with_classifier:
+        return out
+    classifier = classifier_collapse_dataset(ds, moments=context.moments)
+    return xr.merge([out, classifier], combine_attrs="drop_conflicts")
+
+
+SPEC = MetricSpec(
+    group="nc", needs=frozenset({"moments", "classifier", "predictions"}), outputs=OUTPUTS,
+    kernel=collapse_kernel, build=lambda context: _class_probe(context, True),
+    description="nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class "
+    "probes); nc3, nc4 per step for the classifier layer",
+)
 
 
 def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
@@ -27,38 +66,10 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
     each variable's ``excluded_classes`` attribute. Steps that are not done, and every value
     of a store whose ``targets`` are continuous (``kind='continuous'``), are NaN.
     """
-    kind = ds["targets"].attrs.get("kind")
-    done = ds["done"].astype(bool)
-    excluded: list[int] = []
-    if kind == "continuous":
-        template = (ds["done"].astype(np.float64) * ds["width"].astype(np.float64)).transpose(
-            "step", "layer"
-        )
-        outputs = [xr.full_like(template, np.nan)] * len(NAMES)
-    else:
-        moments = layer_moments(ds) if moments is None else moments
-        k = int(moments.attrs["n_targets"])
-        counts = np.nansum(np.asarray(ds["targets"].values, dtype=np.float64), axis=0)
-        excluded = [int(c) for c in np.flatnonzero(counts == 0)]
-
-        def kernel(matrix: np.ndarray, width: np.ndarray):
-            r = _collapse_compute(Moments.from_matrix(matrix, int(width), k))
-            n_classes = float(r.n_classes) if r.n_classes else np.nan  # 0: targets not one-hot
-            return r.nc1, r.nc2_equinorm, r.nc2_equiangularity, r.nc2_etf_error, n_classes
-
-        outputs = xr.apply_ufunc(
-            kernel, moments, ds["width"],
-            input_core_dims=[[MOMENT_I, MOMENT_J], []],
-            output_core_dims=[[]] * len(NAMES), vectorize=True, dask="parallelized", keep_attrs=False,
-            output_dtypes=[np.float64] * len(NAMES),
-        )
-    attrs = {"reference": REFERENCE, "target_kind": str(kind or "unknown"),
-             "excluded_classes": excluded}
-    return xr.Dataset({
-        name: out.where(done).assign_attrs(long_name=text, **({} if name == "nc_n_classes" else
-                                                               {"units": "1"}), **attrs)
-        for (name, text), out in zip(NAMES.items(), outputs, strict=True)
-    })
+    context = GroupContext(ds, None, _moments=moments)
+    context.blocks = group_dataset(
+        MetricSpec("nc", frozenset({"moments"}), OUTPUTS, kernel=collapse_kernel), context)
+    return _class_probe(context, False)
 
 
 def classifier_collapse_dataset(

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from flq_audit.metrics._graph import GroupContext
 from flq_audit.metrics._kernels.dynamics import depth_spearman, linearization_time
+from flq_audit.metrics._options import TLOptions
+from flq_audit.metrics._spec import MetricSpec, Output
+
+REFERENCE = "docs/concepts.md#dynamics"
 
 
 def dynamics_dataset(tl: xr.DataArray, chance_floor: xr.DataArray | None = None) -> xr.Dataset:
@@ -18,13 +23,29 @@ def dynamics_dataset(tl: xr.DataArray, chance_floor: xr.DataArray | None = None)
         out[name] = xr.apply_ufunc(
             lambda curve, f=fraction: linearization_time(steps, curve, f), tl,
             input_core_dims=[["step"]], vectorize=True,
-        ).assign_attrs(long_name=f"first step with TL ≥ {fraction:.0%} of the layer's max")
+        ).assign_attrs(long_name=f"first step with TL ≥ {fraction:.0%} of the layer's max",
+                       reference=REFERENCE)
     out["depth_spearman"] = xr.apply_ufunc(
         depth_spearman, tl, input_core_dims=[["layer"]], vectorize=True,
-    ).assign_attrs(long_name="Spearman ρ between depth and TL")
+    ).assign_attrs(long_name="Spearman ρ between depth and TL", reference=REFERENCE)
     if tl.sizes["layer"] >= 2:
         out["tl_gap"] = (tl.isel(layer=-1, drop=True) - tl.isel(layer=-2, drop=True)).assign_attrs(
-            long_name="TL of the last layer minus the previous one")
+            long_name="TL of the last layer minus the previous one", reference=REFERENCE)
     if chance_floor is not None:
-        out["tl_chance_corrected"] = (tl - chance_floor).assign_attrs(long_name="TL − rank/N")
+        out["tl_chance_corrected"] = (tl - chance_floor).assign_attrs(
+            long_name="TL − rank/N", reference=REFERENCE)
     return out
+
+
+def _from_tl(context: GroupContext) -> xr.Dataset:
+    tl = context.groups["tl"]
+    return dynamics_dataset(tl["target_linearity"], tl["target_linearity_chance_floor"])
+
+
+SPEC = MetricSpec(
+    group="dynamics", needs=frozenset({"tl"}), outputs={
+        name: Output(name) for name in ("t50", "t90", "depth_spearman", "tl_gap",
+                                        "tl_chance_corrected")},
+    options=TLOptions, build=_from_tl,
+    description="t50, t90 (per layer), depth_spearman, tl_gap (per step), tl_chance_corrected",
+)

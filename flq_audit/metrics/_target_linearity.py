@@ -1,13 +1,51 @@
-"""Target Linearity over a store: lazy (dask), one value per (step, layer)."""
+"""Target Linearity over a store: the ``tl`` spec and its lazy (dask) Dataset."""
 
 from __future__ import annotations
 
-import numpy as np
 import xarray as xr
 
-from flq_audit.metrics._kernels.moments import Moments
+from flq_audit.errors import MetricError, OptionError
+from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.target_linearity import _target_linearity_compute
-from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, layer_moments
+from flq_audit.metrics._options import TLOptions
+from flq_audit.metrics._spec import Block, MetricSpec, Output
+
+REFERENCE = "docs/concepts.md#target-linearity"
+OUTPUTS = {
+    "target_linearity": Output("Target Linearity (in-sample R² of a no-intercept linear fit)",
+                               "1", reference=REFERENCE),
+    "target_linearity_n_samples": Output("probe samples the fit rests on"),
+    "target_linearity_n_features": Output("features entering the fit"),
+    "target_linearity_rank": Output("numerical rank of HᵀH"),
+    "target_linearity_chance_floor": Output(
+        "expected TL of target-independent features (rank / n_samples)", "1",
+        reference="docs/concepts.md#the-chance-floor-rankn"),
+}
+
+
+def tl_kernel(block: Block, options: TLOptions) -> tuple[float, float, float, float, float]:
+    """TL, samples, features used, rank and chance floor of one (step, layer)."""
+    m = block.moments
+    assert m is not None
+    tl, rank, used = _target_linearity_compute(
+        m, ridge=options.ridge, pca=options.pca, pca_threshold=options.pca_threshold,
+        denominator=options.denominator)
+    return tl, float(m.n), float(used), float(rank), float(rank) / float(m.n)
+
+
+def _with_parameters(context: GroupContext) -> xr.Dataset:
+    assert context.blocks is not None
+    params = {**context.options.to_attrs(), "intercept": "none", "target_centering": "column"}
+    out = context.blocks.copy()
+    out["target_linearity"] = out["target_linearity"].assign_attrs(params)
+    return out
+
+
+SPEC = MetricSpec(
+    group="tl", needs=frozenset({"moments"}), outputs=OUTPUTS, kernel=tl_kernel,
+    options=TLOptions, build=_with_parameters,
+    description="target_linearity (+ n_samples, n_features, rank, chance_floor)",
+)
 
 
 def target_linearity_dataset(
@@ -25,43 +63,10 @@ def target_linearity_dataset(
     ``rank`` and ``chance_floor`` (= rank / n_samples, the expected TL of features
     independent of the targets). Steps that are not done are NaN.
     """
-    if ridge < 0:
-        from flq_audit.errors import MetricError
-
-        raise MetricError(f"ridge must be >= 0, got {ridge}")
-    moments = layer_moments(ds) if moments is None else moments
-    k = int(moments.attrs["n_targets"])
-
-    def kernel(matrix: np.ndarray, width: np.ndarray) -> tuple[float, float, float, float]:
-        m = Moments.from_matrix(matrix, int(width), k)
-        if not np.isfinite(m.hh).all():
-            return np.nan, np.nan, np.nan, np.nan
-        tl, rank, used = _target_linearity_compute(
-            m, ridge=ridge, pca=pca, pca_threshold=pca_threshold, denominator=denominator
-        )
-        return tl, float(m.n), float(used), float(rank)
-
-    tl, n, used, rank = xr.apply_ufunc(
-        kernel, moments, ds["width"],
-        input_core_dims=[[MOMENT_I, MOMENT_J], []],
-        output_core_dims=[[], [], [], []],
-        vectorize=True, dask="parallelized", keep_attrs=False,
-        output_dtypes=[np.float64] * 4,
-    )
-    done = ds["done"].astype(bool)
-    params = {"ridge": float(ridge), "pca": -1 if pca is None else int(pca),
-              "pca_threshold": int(pca_threshold), "intercept": "none",
-              "target_centering": "column", "denominator": denominator}
-    out = xr.Dataset({
-        "target_linearity": tl.where(done).assign_attrs(
-            long_name="Target Linearity (in-sample R² of a no-intercept linear fit)",
-            units="1", reference="arXiv 2605.06258 Def. 2", **params,
-        ),
-        "n_samples": n.where(done).assign_attrs(long_name="probe samples the fit rests on"),
-        "n_features": used.where(done).assign_attrs(long_name="features entering the fit"),
-        "rank": rank.where(done).assign_attrs(long_name="numerical rank of HᵀH"),
-    })
-    out["chance_floor"] = (out["rank"] / out["n_samples"]).assign_attrs(
-        long_name="expected TL of target-independent features (rank / n_samples)", units="1"
-    )
-    return out
+    try:
+        options = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+                            denominator=denominator)  # type: ignore[arg-type]
+    except OptionError as err:
+        raise MetricError(err.message) from None
+    out = group_dataset(SPEC, GroupContext(ds, options, _moments=moments))
+    return out.rename({v: str(v).removeprefix("target_linearity_") for v in out.data_vars})

@@ -18,6 +18,7 @@ import flq_audit.metrics
 from flq_audit.metrics import collapse_dataset, neural_collapse
 from flq_audit.metrics._kernels.collapse import CollapseResult, _collapse_compute
 from flq_audit.metrics._kernels.moments import Moments, _moments_update
+from tests._helpers.metric_tester import DONE, store_like
 
 FIELDS = ("nc1", "nc2_equinorm", "nc2_equiangularity", "nc2_etf_error")
 
@@ -247,83 +248,38 @@ def test_bad_labels_are_rejected():
 # ---------------------------------------------------------------- 5. the lazy store path
 
 
-def _store_like(rng, n: int = 36, widths=(5, 3, 8), c: int = 4, absent: int | None = None,
-                kind: str | None = "classes"):
-    """A hand-built Dataset shaped like the audit store (NaN-padded activations)."""
-    steps = np.array([0, 10, 20, 30], dtype=np.int64)
-    done = np.array([True, False, True, False])
-    present = [k for k in range(c) if k != absent]
-    labels = np.array(present)[np.arange(n) % len(present)]
-    y = np.eye(c)[labels]
-    f = max(widths)
-    acts = np.full((len(steps), len(widths), n, f), np.nan)
-    for s in range(len(steps)):
-        if s == 1:
-            continue  # never written: all NaN, like the store template
-        for j, w in enumerate(widths):
-            acts[s, j, :, :w] = (y @ rng.normal(size=(c, w)) * (s + 1)
-                                 + rng.normal(size=(n, w)) + 0.3 * s)
-    ds = xr.Dataset(
-        {
-            "activations": (("step", "layer", "sample", "feature"), acts),
-            "targets": (("sample", "target"), y, {} if kind is None else {"kind": kind}),
-            "done": (("step",), done),  # step 30 holds finite data but is not done
-        },
-        coords={
-            "step": ("step", steps),
-            "layer": ("layer", np.asarray([f"layer{j}" for j in range(len(widths))], dtype=object)),
-            "width": ("layer", np.asarray(widths, dtype=np.int64)),
-            "sample": ("sample", np.arange(n, dtype=np.int64)),
-        },
-    )
-    return ds, acts, labels, done, widths
-
-
-def _check_lazy(out: xr.Dataset, acts, labels, done, widths, c):
-    for s in range(acts.shape[0]):
-        for j, w in enumerate(widths):
+def _check_against_samples(out: xr.Dataset, store, c: int) -> None:
+    labels = store.y.argmax(axis=1)
+    for s in range(len(DONE)):
+        for j, w in enumerate(store.widths):
             row = out.isel(step=s, layer=j)
-            if not done[s]:
+            if not DONE[s]:
                 for name in (*FIELDS, "nc_n_classes"):
                     assert np.isnan(float(row[name])), (s, j, name)
                 continue
-            expected = neural_collapse(acts[s, j, :, :w], labels, c)
+            expected = neural_collapse(store.acts[s, j, :, :w], labels, c)
             for name in FIELDS:
                 assert float(row[name]) == pytest.approx(getattr(expected, name), rel=1e-9,
                                                          abs=1e-12), (s, j, name)
             assert float(row["nc_n_classes"]) == expected.n_classes
 
 
-@pytest.mark.parametrize(
-    "chunks", [{"step": 1, "layer": 1, "sample": 7}, {"sample": 5}, None],
-    ids=["store-chunks", "several-layers-per-chunk", "numpy"],
-)
-def test_dataset_matches_one_shot(chunks):
-    ds, acts, labels, done, widths = _store_like(np.random.default_rng(13))
-    if chunks is not None:
-        ds = ds.chunk(chunks)
-    out = collapse_dataset(ds)
-    if chunks is not None:
-        assert out["nc1"].chunks is not None  # lazy until computed
-    out = out.compute()
-    assert out["nc1"].dims == ("step", "layer")
-    _check_lazy(out, acts, labels, done, widths, 4)
-    for name in (*FIELDS, "nc_n_classes"):
-        assert out[name].attrs["long_name"] and "Papyan" in out[name].attrs["reference"]
+# every chunking against Papyan's sample definitions, undone steps NaN, attributes: the
+# MetricTester (tests/unit/test_metric_registry.py) runs that for every registered metric
 
 
 def test_dataset_with_absent_class_and_shared_moments():
-    ds, acts, labels, done, widths = _store_like(np.random.default_rng(14), absent=2, kind=None)
-    ds = ds.chunk({"step": 1, "layer": 1, "sample": 9})
+    store = store_like(np.random.default_rng(14), absent=2, kind=None)
+    ds = store.ds.chunk({"step": 1, "layer": 1, "sample": 9})
     moments = flq_audit.metrics.layer_moments(ds)
     out = collapse_dataset(ds, moments=moments).compute()
-    _check_lazy(out, acts, labels, done, widths, 4)
+    _check_against_samples(out, store, 4)
     assert out["nc1"].attrs["excluded_classes"] == [2]
     assert (out["nc_n_classes"].sel(step=[0, 20]) == 3).all()
 
 
 def test_continuous_targets_give_nan():
-    ds, *_ = _store_like(np.random.default_rng(15), kind="continuous")
+    ds = store_like(np.random.default_rng(15), kind="continuous").ds
     out = collapse_dataset(ds.chunk({"sample": 9})).compute()
     assert out["nc1"].dims == ("step", "layer")
     for name in (*FIELDS, "nc_n_classes"):

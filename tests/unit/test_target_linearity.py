@@ -23,6 +23,7 @@ from flq_audit.errors import MetricError
 from flq_audit.metrics import target_linearity, target_linearity_dataset
 from flq_audit.metrics._kernels.moments import Moments, _moments_update
 from flq_audit.metrics._kernels.target_linearity import _target_linearity_compute
+from tests._helpers.metric_tester import DONE, store_like
 
 HYPOTHESIS = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 
@@ -312,7 +313,7 @@ def test_ridge_decreases_tl(problem):
 
 
 def test_negative_ridge_is_rejected():
-    ds = _store_like(np.random.default_rng(0))[0]
+    ds = store_like(np.random.default_rng(0)).ds
     with pytest.raises(MetricError):
         target_linearity_dataset(ds, ridge=-1.0)
 
@@ -449,69 +450,13 @@ def test_pca_below_threshold_changes_nothing(problem, threshold):
 # ---------------------------------------------------------------- 8. the lazy store path
 
 
-def _store_like(rng: np.random.Generator, n: int = 30, widths=(5, 3, 8), c: int = 3):
-    """A hand-built Dataset shaped like the audit store (NaN-padded activations)."""
-    steps = np.array([0, 10, 20, 30], dtype=np.int64)
-    done = np.array([True, False, True, False])
-    y = one_hot(rng, n, c)
-    f = max(widths)
-    acts = np.full((len(steps), len(widths), n, f), np.nan)
-    for s in range(len(steps)):
-        if s == 1:
-            continue  # never written: all NaN, like the store template
-        for j, w in enumerate(widths):
-            acts[s, j, :, :w] = y @ rng.normal(size=(c, w)) + rng.normal(size=(n, w)) + 0.3 * s
-    ds = xr.Dataset(
-        {
-            "activations": (("step", "layer", "sample", "feature"), acts),
-            "targets": (("sample", "target"), y),
-            "done": (("step",), done),  # step 30 holds finite data but is not done
-        },
-        coords={
-            "step": ("step", steps),
-            "layer": ("layer", np.asarray([f"layer{j}" for j in range(len(widths))], dtype=object)),
-            "width": ("layer", np.asarray(widths, dtype=np.int64)),
-            "sample": ("sample", np.arange(n, dtype=np.int64)),
-        },
-    )
-    return ds, acts, y, done, widths
-
-
-def _check_lazy(out: xr.Dataset, acts, y, done, widths, **kw):
-    n = len(y)
-    for s in range(acts.shape[0]):
-        for j, w in enumerate(widths):
-            row = out.isel(step=s, layer=j)
-            if not done[s]:
-                for name in ("target_linearity", "n_samples", "n_features", "rank", "chance_floor"):
-                    assert np.isnan(float(row[name])), (s, j, name)
-                continue
-            expected = target_linearity(acts[s, j, :, :w], y, **kw)
-            assert float(row["target_linearity"]) == pytest.approx(expected, abs=1e-10), (s, j)
-            assert float(row["n_samples"]) == n
-            assert float(row["rank"]) == min(w, n)
-            assert float(row["chance_floor"]) == pytest.approx(float(row["rank"]) / n, rel=1e-15)
-
-
-@pytest.mark.parametrize(
-    "chunks", [{"step": 1, "layer": 1, "sample": 7}, {"sample": 7}, None],
-    ids=["store-chunks", "several-layers-per-chunk", "numpy"],
-)
-def test_dataset_matches_one_shot(chunks):
-    ds, acts, y, done, widths = _store_like(np.random.default_rng(13))
-    if chunks is not None:
-        ds = ds.chunk(chunks)
-    out = target_linearity_dataset(ds)
-    if chunks is not None:
-        assert out["target_linearity"].chunks is not None  # lazy until computed
-    out = out.compute()
-    assert out["target_linearity"].dims == ("step", "layer")
-    _check_lazy(out, acts, y, done, widths)
-    assert (out["n_features"].sel(step=0).values == np.asarray(widths)).all()
+# one chunking after another against the definition, undone steps NaN: the MetricTester
+# (tests/unit/test_metric_registry.py) runs that for every registered metric
 
 
 def test_dataset_with_ridge_and_pca():
-    ds, acts, y, done, widths = _store_like(np.random.default_rng(14))
+    store = store_like(np.random.default_rng(14))
+    ds, acts, y, done, widths = store.ds, store.acts, store.y, DONE, store.widths
     kw = {"ridge": 0.5, "pca": 2, "pca_threshold": 4}
     out = target_linearity_dataset(ds.chunk({"step": 1, "layer": 1, "sample": 7}), **kw).compute()
     for s in np.flatnonzero(done):
@@ -523,13 +468,21 @@ def test_dataset_with_ridge_and_pca():
 
 
 def test_dataset_through_zarr(tmp_path):
-    ds, acts, y, done, widths = _store_like(np.random.default_rng(15))
+    store = store_like(np.random.default_rng(15))
     path = tmp_path / "s.zarr"
-    ds.chunk({"step": 1, "layer": 1, "sample": 7}).to_zarr(path, zarr_format=3)
+    store.ds.chunk({"step": 1, "layer": 1, "sample": 7}).to_zarr(path, zarr_format=3)
     stored = xr.open_zarr(path)
     assert stored["activations"].chunks[2][0] == 7
     out = target_linearity_dataset(stored).compute()
-    _check_lazy(out, acts, y, done, widths)
+    for s in range(len(DONE)):
+        for j, w in enumerate(store.widths):
+            got = float(out["target_linearity"].isel(step=s, layer=j))
+            if not DONE[s]:
+                assert np.isnan(got)
+                continue
+            assert got == pytest.approx(target_linearity(store.acts[s, j, :, :w], store.y), abs=1e-10)
+            assert float(out["chance_floor"].isel(step=s, layer=j)) == pytest.approx(
+                min(w, len(store.y)) / len(store.y), rel=1e-15)
 
 
 # ---------------------------------------------------------------- reference compatibility (§10.11)

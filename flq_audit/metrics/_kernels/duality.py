@@ -45,7 +45,7 @@ def _ncc_disagreement(h: npt.ArrayLike, means: F64, predictions: npt.ArrayLike) 
     (NaN where there is no prediction)."""
     h = np.asarray(h, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64)
-    usable = np.isfinite(means).all(axis=1)
+    usable: npt.NDArray[np.bool_] = np.asarray(np.isfinite(means).all(axis=1))
     sq = (h**2).sum(1)[:, None] - 2 * h @ np.where(usable[:, None], means, 0).T + (
         np.where(usable[:, None], means, 0) ** 2).sum(1)[None, :]
     sq[:, ~usable] = np.inf

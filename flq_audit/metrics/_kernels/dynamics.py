@@ -1,4 +1,4 @@
-"""Linearization timing and depth ordering from a TL table (paper-notes §4.9)."""
+"""Linearization timing and depth ordering from a TL table (docs/concepts.md#dynamics)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Gram-induced surrogate, pre-activation norm and scale-free alignment (paper-notes §4.5–4.6).
+"""Gram-induced surrogate, pre-activation norm and scale-free alignment
+(docs/concepts.md#surrogate-norm-and-alignment).
 
 With ``Z = H Wᵀ`` (bias-free pre-activations), ``G = WᵀW`` and centred targets ``Y_c``, all
 three come from moments and the Gram, without ``Z`` and without an n × n matrix:

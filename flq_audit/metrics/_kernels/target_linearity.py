@@ -1,5 +1,5 @@
-"""Target Linearity (paper-notes §4): in-sample R² of a no-intercept linear fit of the
-column-centred targets on the raw layer features."""
+"""Target Linearity (docs/concepts.md#target-linearity): in-sample R² of a no-intercept
+linear fit of the column-centred targets on the raw layer features."""
 
 from __future__ import annotations
 

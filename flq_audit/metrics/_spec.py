@@ -1,0 +1,138 @@
+"""Declarative metric specs and the registry (built-ins, ``register_metric``, entry points)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from flq_audit.errors import FlqAuditWarning, OptionError
+from flq_audit.metrics._kernels.moments import Moments
+
+ENTRY_POINT_GROUP = "flq_audit.metrics"
+#: What a spec may need from the store or from other groups.
+INPUTS = frozenset({"moments", "gram", "classifier", "predictions"})
+
+
+@dataclass(frozen=True)
+class Output:
+    """One stored variable of a group: its description, units and extra dimensions."""
+
+    long_name: str
+    units: str | None = None
+    dims: tuple[str, ...] = ()
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    reference: str | None = None
+
+    def attrs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"long_name": self.long_name}
+        if self.units is not None:
+            out["units"] = self.units
+        if self.reference is not None:
+            out["reference"] = self.reference
+        return out
+
+
+@dataclass(frozen=True)
+class Block:
+    """What a kernel sees for one (step, layer): float64 moments and Gram, sliced to width."""
+
+    moments: Moments | None
+    gram: npt.NDArray[np.float64] | None
+    width: int
+    gram_width: int
+
+
+Kernel = Callable[[Block, Any], tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric group: what it needs, its parameters, its outputs and how to compute them.
+
+    ``kernel(block, options)`` is a pure numpy function of one (step, layer) block returning
+    one value per output (an array for outputs with extra ``dims``). ``build(ds, context)``
+    adds lazy variables that are not per-block (e.g. a drift between steps, or a group built
+    from another group's computed values: ``needs`` then names that group).
+    """
+
+    group: str
+    needs: frozenset[str]
+    outputs: Mapping[str, Output]
+    kernel: Kernel | None = None
+    options: type | None = None
+    description: str = ""
+    build: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.group.isidentifier():
+            raise OptionError(f"metric group name must be an identifier, got {self.group!r}")
+        if self.kernel is None and self.build is None:
+            raise OptionError(f"metric {self.group!r} needs a kernel or a build function")
+        object.__setattr__(self, "needs", frozenset(self.needs))
+
+    def make_options(self, given: Mapping[str, object]) -> object | None:
+        """This group's options object from the parameters given (the defaults otherwise)."""
+        if self.options is None:
+            return None
+        return self.options(**given)
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+_ENTRY_POINTS_LOADED = False
+
+
+def register_metric(spec: MetricSpec, *, replace: bool = False) -> MetricSpec:
+    """Add a metric group; ``flq-audit metrics --metric GROUP`` then computes and stores it."""
+    unknown = spec.needs - INPUTS - set(_REGISTRY)
+    if unknown:
+        raise OptionError(f"metric {spec.group!r} needs {sorted(unknown)}; known inputs: "
+                          f"{sorted(INPUTS)} and the groups {sorted(_REGISTRY)}")
+    if spec.group in _REGISTRY and not replace and _REGISTRY[spec.group] is not spec:
+        raise OptionError(f"metric group {spec.group!r} is already registered")
+    _REGISTRY[spec.group] = spec
+    return spec
+
+
+def _load_entry_points() -> None:
+    """Register the specs that installed packages declare under ``flq_audit.metrics``."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = point.load()
+            spec = spec() if callable(spec) and not isinstance(spec, MetricSpec) else spec
+            if not isinstance(spec, MetricSpec):
+                raise TypeError(f"{point.value} is not a MetricSpec")
+            if spec.group not in _REGISTRY:
+                register_metric(spec)
+        except Exception as err:  # a broken plugin must not break the built-ins
+            warnings.warn(f"metric plugin {point.name!r} ({point.value}) not loaded: {err}",
+                          FlqAuditWarning, stacklevel=2)
+
+
+def registry() -> dict[str, MetricSpec]:
+    """Every registered group (built-ins first, then plugins), by name."""
+    from flq_audit.metrics import _builtin  # noqa: F401  (registers the built-ins)
+
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+def get_spec(group: str) -> MetricSpec:
+    specs = registry()
+    if group not in specs:
+        raise OptionError(f"unknown metric(s) [{group!r}]; available: {list(specs)}")
+    return specs[group]
+
+
+__all__ = ["ENTRY_POINT_GROUP", "Block", "MetricSpec", "Output", "get_spec", "register_metric",
+           "registry"]
