@@ -115,19 +115,17 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _check_resumable(path: Path, layout: StoreLayout) -> None:
-    attrs = root_attributes(path) if path.is_dir() else None
+    if not is_flq_store(path):
+        raise StoreMismatchError(
+            f"{str(path)!r} exists and is not an flq-audit store (no zarr.json saying so)",
+            path=path, hint="Choose another --out.")
+    attrs = root_attributes(path) or {}
     try:
-        group = zarr.open_group(str(path), mode="r")
-        steps = [int(s) for s in group["step"][:]]
+        steps = [int(s) for s in zarr.open_group(str(path), mode="r")["step"][:]]
     except Exception as err:
         raise StoreMismatchError(
-            f"{str(path)!r} exists but is not an flq-audit store ({type(err).__name__})",
-            path=path, hint="Choose another --out.",
-        ) from err
-    if attrs is None or not is_flq_store(path):
-        raise StoreMismatchError(
-            f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
-            hint="Choose another --out.")
+            f"store {str(path)!r} cannot be read ({type(err).__name__}: {err})", path=path,
+            hint="Choose another --out.") from err
     diffs = fingerprint_differences(attrs, layout.fingerprint())
     missing = sorted(set(layout.steps) - set(steps))
     if missing:
