@@ -6,16 +6,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
-import zarr
 
 from flq_audit._faults import ENV_VAR
 from flq_audit.store import lock_path
 from tests._helpers.cli import TIMEOUT_S, cli_command, cli_env, describe, read_done
 from tests._helpers.runs import make_run
-from tests.faults._tree import tree_hashes
+from tests.faults._tree import assert_same_store, tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -63,20 +61,6 @@ def campaign(tmp_path_factory):
     states = {name: read_done(root / f"{name}.zarr") for name in KILLS}
     reruns = _finish({name: _start(args(root / f"{name}.zarr"), None) for name in KILLS})
     return {"root": root, "run": run, "killed": killed, "reruns": reruns, "states": states}
-
-
-def assert_same_store(got: Path, want: Path) -> None:
-    """Every array bitwise equal (NaNs included), same dtypes and shapes, same root attrs."""
-    a, b = zarr.open_group(str(got), mode="r"), zarr.open_group(str(want), mode="r")
-    assert sorted(a.array_keys()) == sorted(b.array_keys())
-    for name in b.array_keys():
-        x, y = a[name][...], b[name][...]
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        if x.dtype.kind in "OTUS":
-            assert x.tolist() == y.tolist(), name
-        else:
-            assert np.array_equal(x.view(np.uint8), y.view(np.uint8)), f"{name} differs"
-    assert dict(a.attrs) == dict(b.attrs)
 
 
 @pytest.mark.parametrize("name", list(KILLS))
