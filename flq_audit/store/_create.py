@@ -68,16 +68,15 @@ def source_paths(layout: StoreLayout) -> list[Path]:
 
 
 def _never_finished(path: Path) -> bool:
-    """An flq-audit store whose creation was cut short (no readable ``done``: no finished step)."""
+    """An flq-audit store whose creation was cut short (no ``done`` array: no finished step)."""
     if is_unfinished_build(path):
         return True
     if not is_flq_store(path):
         return False
     try:
-        zarr.open_group(str(path), mode="r")[DONE][:]
-    except Exception:
-        return True
-    return False
+        return DONE not in zarr.open_group(str(path), mode="r")
+    except Exception:  # unreadable: never deleted on a guess; the resume check reports it
+        return False
 
 
 def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> None:

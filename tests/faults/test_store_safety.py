@@ -161,3 +161,18 @@ def test_version_needs_no_torch_and_debug_shows_the_traceback(tmp_path):
                            capture_output=True, text=True, env=cli_env(), timeout=120)
     assert plain.returncode == 4 and "Traceback" not in plain.stderr, plain.stderr
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_a_store_cut_short_in_place_is_rebuilt_not_refused(tmp_path):
+    import zarr
+
+    run = make_run(tmp_path / "run")
+    store = tmp_path / "S.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=3)  # as an older version left it
+    group.attrs.update({"Conventions": "CF-1.8 flq-audit-1", "source": str(run)})
+    group.create_array("gram", shape=(3,), dtype="f4")
+    result = invoke("audit", run, "--out", store, "--json")
+    assert result.exit_code == 0, describe(result)
+    assert json.loads(result.stdout)["written"] == [0, 10, 20]
+    with xr.open_zarr(str(store)) as ds:
+        assert ds["done"].values.tolist() == [True, True, True]
