@@ -38,7 +38,8 @@ def open_source(spec: str, **options: Any) -> CheckpointSource:
     local = looks_local(spec)
     if local and not Path(spec).expanduser().exists():
         raise CheckpointNotFoundError(
-            f"source {spec!r}: no such folder ({local}); it was not looked up on the Hub",
+            f"source {spec!r} does not exist: no such folder ({local}); it was not looked up "
+            "on the Hub",
             path=spec, hint="Check the path; for a Hub repository write hf://ORG/NAME.",
         )
     for family in SOURCE_FAMILIES.values():
