@@ -157,7 +157,7 @@ class SystemResourceError(FlqAuditError):
     exit_code = EXIT_SYSTEM
 
 
-class NetworkError(FlqAuditError):
+class NetworkError(SourceError):
     """A download or Hub request failed on the network."""
 
     exit_code = EXIT_NETWORK

@@ -110,6 +110,7 @@ def mapped(func: F) -> F:
         as_json = bool(kwargs.get("as_json"))
         debug = os.environ.get(DEBUG_ENV) == "1"
         previous = _on_sigterm()
+        _output.CURRENT.clear()
         try:
             return func(*args, **kwargs)
         except typer.Exit:

@@ -97,10 +97,20 @@ def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Modu
             f"{origin}: unknown model type {spec.get('type')!r}; expected one of {list(_BUILDERS)}"
         )
     params = {k: v for k, v in spec.items() if k != "type"}
+    for key in _SIZES & set(params):
+        values = params[key] if isinstance(params[key], list) else [params[key]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise ModelBuildError(f"{origin}: {key} must be positive integers, got "
+                                  f"{params[key]!r}", path=origin)
     try:
         return _BUILDERS[kind](**params)
-    except TypeError as err:
+    except (TypeError, ValueError, RuntimeError, MemoryError) as err:
         raise ModelBuildError(f"{origin}: invalid {kind} spec ({err})", path=origin) from err
+
+
+#: Spec fields that are sizes: positive integers (or lists of them).
+_SIZES = {"in_features", "out_features", "widths", "in_channels", "channels", "kernel_sizes",
+          "num_classes"}
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from flq_audit.errors import CheckpointNotFoundError, SourceError
@@ -34,6 +35,13 @@ def open_source(spec: str, **options: Any) -> CheckpointSource:
     is an error.
     """
     given = {k: v for k, v in options.items() if v is not None}
+    local = looks_local(spec)
+    if local and not Path(spec).expanduser().exists():
+        raise CheckpointNotFoundError(
+            f"source {spec!r} does not exist: no such folder ({local}); it was not looked up "
+            "on the Hub",
+            path=spec, hint="Check the path; for a Hub repository write hf://ORG/NAME.",
+        )
     for family in SOURCE_FAMILIES.values():
         if family.guess_can_open(spec):
             accepted = inspect.signature(family).parameters
@@ -52,6 +60,22 @@ def open_source(spec: str, **options: Any) -> CheckpointSource:
     )
 
 
+def looks_local(spec: str) -> str | None:
+    """Why ``spec`` reads as a local path (None when it may be a Hub repo id).
+
+    It does when it starts with ``.``, ``/`` or ``~``, or when its first component exists
+    here (``runs/mlpp`` beside a folder ``runs/``). ``hf://ORG/NAME`` never does.
+    """
+    if spec.startswith("hf://"):
+        return None
+    if spec.startswith((".", "/", "~")):
+        return f"it starts with {spec[0]!r}"
+    first = Path(spec).parts[0] if Path(spec).parts else ""
+    if first and Path(first).exists():
+        return f"{first!r} exists here"
+    return None
+
+
 __all__ = [
     "SOURCE_FAMILIES",
     "CheckpointRef",
@@ -59,6 +83,7 @@ __all__ = [
     "HubSource",
     "LocalFolderSource",
     "RevisionInfo",
+    "looks_local",
     "open_source",
     "parse_revision",
     "parse_step",

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict, TypeVar
 
-from flq_audit.errors import CheckpointNotFoundError, FlqAuditError, SourceError
+from flq_audit.errors import CheckpointNotFoundError, FlqAuditError, NetworkError, SourceError
 from flq_audit.sources._hub_files import RemoteFile
 
 log = logging.getLogger("flq_audit.sources.hub")
@@ -171,7 +171,7 @@ def _translate(
 def _unreachable(err: BaseException, where: str, endpoint: str | None, ctx: _Where) -> FlqAuditError:
     at = f" at {endpoint}" if endpoint else ""
     return hub_error(
-        SourceError, f"the Hub{at} did not answer for {where} after retries: {_short(err)}",
+        NetworkError, f"the Hub{at} did not answer for {where} after retries: {_short(err)}",
         hint="A network or server problem; rerun later (finished steps are kept), "
              "or use --offline with a filled cache.", **ctx,
     )

@@ -80,7 +80,8 @@ class LocalFolderSource:
         for path in paths:
             if not path.is_file():
                 raise CheckpointNotFoundError(
-                    f"step {ref.step} ({ref.label}): file {str(path)!r} disappeared",
+                    f"step {ref.step} ({ref.label}): file {str(path)!r} disappeared since the "
+                    "folder was listed; finished steps are kept: restore it and rerun to resume",
                     path=path, step=ref.step,
                 )
         return paths
@@ -93,7 +94,7 @@ class LocalFolderSource:
             suffix = entry.suffix.lower()
             if suffix not in WEIGHT_EXTENSIONS or _is_auxiliary(entry.stem):
                 return None
-            step = parse_step(entry.stem)
+            step = _checked(parse_step(entry.stem), entry)
             if step is None:
                 return None
             fmt = "pickle" if suffix in PICKLE_EXTENSIONS else "safetensors"
@@ -102,7 +103,7 @@ class LocalFolderSource:
                 fmt=fmt, size_bytes=entry.stat().st_size,
             )
         if entry.is_dir():
-            step = parse_step(entry.name)
+            step = _checked(parse_step(entry.name), entry)
             if step is None:
                 return None
             found = weight_files_in_folder(entry)
@@ -166,3 +167,18 @@ def _one_per_step(step: int, refs: list[CheckpointRef]) -> CheckpointRef:
         f"step {step} is claimed by several checkpoints: {labels}",
         step=step, hint="Keep one checkpoint per step in the folder, or move the others away.",
     )
+
+
+#: Steps are stored as 64-bit integers.
+MAX_STEP = 2**63 - 1
+
+
+def _checked(step: int | None, entry: Path) -> int | None:
+    """``step``, refused with a clear error when a 64-bit store cannot hold it."""
+    if step is not None and not 0 <= step <= MAX_STEP:
+        raise StepSelectionError(
+            f"checkpoint {entry.name!r}: step {step} is outside 0 ... {MAX_STEP} "
+            "(steps are stored as 64-bit integers)", path=entry,
+            hint="Rename the file so that its step number fits, or move it out of the folder.",
+        )
+    return step

@@ -56,6 +56,9 @@ def open_dataset(path: str | Path) -> xr.Dataset:
             f"{str(path)!r} is not a Zarr store (no zarr.json)", path=path,
             hint="Run `flq-audit SOURCE --out STORE` first.",
         )
+    if not is_flq_store(path):
+        raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
+                         hint="Give the folder that `flq-audit SOURCE --out STORE` wrote.")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         try:

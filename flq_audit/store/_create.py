@@ -68,16 +68,15 @@ def source_paths(layout: StoreLayout) -> list[Path]:
 
 
 def _never_finished(path: Path) -> bool:
-    """An flq-audit store whose creation was cut short (no readable ``done``: no finished step)."""
+    """An flq-audit store whose creation was cut short (no ``done`` array: no finished step)."""
     if is_unfinished_build(path):
         return True
     if not is_flq_store(path):
         return False
     try:
-        zarr.open_group(str(path), mode="r")[DONE][:]
-    except Exception:
-        return True
-    return False
+        return DONE not in zarr.open_group(str(path), mode="r")
+    except Exception:  # unreadable: never deleted on a guess; the resume check reports it
+        return False
 
 
 def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> None:
@@ -115,19 +114,17 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _check_resumable(path: Path, layout: StoreLayout) -> None:
-    attrs = root_attributes(path) if path.is_dir() else None
+    if not is_flq_store(path):
+        raise StoreMismatchError(
+            f"{str(path)!r} exists and is not an flq-audit store (no zarr.json saying so)",
+            path=path, hint="Choose another --out.")
+    attrs = root_attributes(path) or {}
     try:
-        group = zarr.open_group(str(path), mode="r")
-        steps = [int(s) for s in group["step"][:]]
+        steps = [int(s) for s in zarr.open_group(str(path), mode="r")["step"][:]]
     except Exception as err:
         raise StoreMismatchError(
-            f"{str(path)!r} exists but is not an flq-audit store ({type(err).__name__})",
-            path=path, hint="Choose another --out.",
-        ) from err
-    if attrs is None or not is_flq_store(path):
-        raise StoreMismatchError(
-            f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
-            hint="Choose another --out.")
+            f"store {str(path)!r} cannot be read ({type(err).__name__}: {err})", path=path,
+            hint="Choose another --out.") from err
     diffs = fingerprint_differences(attrs, layout.fingerprint())
     missing = sorted(set(layout.steps) - set(steps))
     if missing:
