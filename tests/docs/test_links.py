@@ -51,3 +51,14 @@ def test_relative_links_and_anchors_resolve(page: Path):
 def test_no_citation_of_a_document_outside_the_repository(path: Path):
     text = path.read_text(encoding="utf-8")
     assert "paper-notes" not in text, f"{path.relative_to(REPO)} cites paper-notes; cite docs/concepts.md"
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` runs the command the README gives for the tests, after the same installs."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in FENCE.findall(readme) if "pytest" in b)
+    steps = [s.strip() for s in block.strip("`\n").removeprefix("bash").split("&&")]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    for step in steps:
+        if step.startswith(("pip install", "python -m pytest")):
+            assert step in ci, f".ci/run does not run the README's `{step}`"
