@@ -33,7 +33,8 @@ NON_WEIGHT_STEMS = (
     "optimizer", "optim", "scheduler", "rng_state", "training_args", "trainer_state", "scaler",
 )
 
-# Reference convention for the optional PCA in Target Linearity (paper-notes §4.4).
+# Reference convention for the optional PCA in Target Linearity
+# (docs/concepts.md#optional-pca-reference-convention).
 DEFAULT_PCA_THRESHOLD = 1000
-# Relative eigenvalue cutoff for rank-revealing pseudo-inverses (paper-notes §8.1).
+# Relative eigenvalue cutoff for rank-revealing pseudo-inverses (docs/concepts.md#numerical-method).
 RANK_RTOL = 1e-12

@@ -99,12 +99,13 @@ def digits_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_store(digits_run) -> Path:
-    """``digits_run`` audited once per session (every step, default options), metrics not computed."""
+    """``digits_run`` audited once per session (every step, default options), TL computed."""
     from flq_audit import api
 
     store = digits_run.parent / "digits.zarr"
     result = api.audit(str(digits_run), out=store)
     assert not result.failed, result.failed
+    api.compute_metrics(store, metrics=["tl"])
     return store
 
 

@@ -1,6 +1,6 @@
 """Grokking on modular addition: a ReLU MLP memorises a+b mod p, then generalises much later.
 
-The setup of the paper's grokking experiment (paper-notes §6 E10), shrunk to run on a CPU:
+The setup of the paper's grokking experiment (docs/recipes.md), shrunk to run on a CPU:
 every pair (a, b) ∈ [0, p)², input = one-hot(a) ‖ one-hot(b) (2p float32 values), label
 (a + b) mod p, a seeded 70/30 train/test split; MLP 2p → 128 → 128 → 128 → p with ReLU;
 AdamW (lr 1e-3, betas (0.9, 0.98), weight decay 1.0 by default), full-batch by default.

@@ -6,7 +6,8 @@ scikit-learn 8×8 digits (pixels / 16). ``step_{t}.safetensors`` holds θ_t, the
 *before* update t, for t = 0 ... steps; ``fl_batches.json`` records the probe rows of every
 update (``{"loss": "ce", "lr": lr, "batches": {"t": [rows of update t → t+1]}}``) in the
 order the batch was fed, so that ``W_{t+1} = W_t − lr·∇_W L(batch t)`` can be replayed
-exactly from the files (paper-notes §3.3). ``probe.npz`` is the full training set the batch
+exactly from the files
+(docs/concepts.md#the-feature-learning-equation-residual). ``probe.npz`` is the full training set the batch
 indices point into; ``model_spec.json`` describes the network.
 
 ``--dtype float64`` builds the model in float64 (``model.double()`` after the usual float32

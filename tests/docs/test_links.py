@@ -1,0 +1,64 @@
+"""The pages cite only what the repository holds: relative links and their anchors resolve,
+and no page, recipe or constant cites the project's private notes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PAGES = sorted({REPO / "README.md", *REPO.glob("*.md"), *(REPO / "docs").glob("*.md")})
+#: Files that must not cite documents outside the repository (the package's other modules
+#: follow once their restructuring lands).
+CITING = [*PAGES, REPO / "flq_audit" / "constants.py", *sorted((REPO / "flq_audit" / "recipes").glob("*.py")),
+          *sorted((REPO / "recipes").glob("*.py"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors of ``page`` (lower case, punctuation dropped, spaces → -)."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", page.read_text(encoding="utf-8")).splitlines():
+        if not line.startswith("#"):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        out.add(slug if count == 0 else f"{slug}-{count}")
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
+def test_relative_links_and_anchors_resolve(page: Path):
+    broken = []
+    for target in LINK.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.name}")
+    assert not broken, f"{page.name}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("path", CITING, ids=[str(p.relative_to(REPO)) for p in CITING])
+def test_no_citation_of_a_document_outside_the_repository(path: Path):
+    text = path.read_text(encoding="utf-8")
+    assert "paper-notes" not in text, f"{path.relative_to(REPO)} cites paper-notes; cite docs/concepts.md"
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` runs the command the README gives for the tests, after the same installs."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in FENCE.findall(readme) if "pytest" in b)
+    steps = [s.strip() for s in block.strip("`\n").removeprefix("bash").split("&&")]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    for step in steps:
+        if step.startswith(("pip install", "python -m pytest")):
+            assert step in ci, f".ci/run does not run the README's `{step}`"
