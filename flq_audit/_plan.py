@@ -29,7 +29,7 @@ from flq_audit.models.hf import build_hf_model
 from flq_audit.probes import Probe, load_probe
 from flq_audit.probes.text import TEXT_SUFFIXES
 from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
-from flq_audit.store import StoreLayout
+from flq_audit.store import ProbeSummary, StoreLayout
 from flq_audit.weights import tensor_shapes
 
 DEFAULT_MODEL_FILE = "model_spec.json"
@@ -187,7 +187,7 @@ def make_plan(
         labels=tuple(r.label for r in refs),
         commits=tuple(r.commit or "" for r in refs),
         layers=tuple(infos),
-        probe=loaded,
+        probe=ProbeSummary.of(loaded),
         capture_config=config.to_json_dict(),
         activation_dtype=activation_dtype,
         gram_dtype=gram_dtype,

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import xarray as xr
 
 from flq_audit import __version__
-from flq_audit._metrics_run import run_metrics
-from flq_audit._plan import AuditPlan, TextOptions, make_plan
-from flq_audit._runner import AuditResult, Progress, run_audit
-from flq_audit.capture import resolve_device
 from flq_audit.export import to_netcdf
-from flq_audit.feature_learning import load_fl_config
 from flq_audit.sources import CheckpointRef, open_source
 from flq_audit.store import open_dataset
+
+if TYPE_CHECKING:
+    from flq_audit._plan import AuditPlan
+    from flq_audit._runner import AuditResult, Progress
 
 DtypeOptions = Literal["float32", "float16"]
 GramDtypeOptions = Literal["float32", "float64"]
@@ -92,6 +91,11 @@ def audit(
     shift, the Gram change to the next selected checkpoint, and the FL residuals
     (see :mod:`flq_audit.feature_learning`).
     """
+    from flq_audit._plan import TextOptions, make_plan
+    from flq_audit._runner import run_audit
+    from flq_audit.capture import resolve_device
+    from flq_audit.feature_learning import load_fl_config
+
     if text_task not in ("sequence", "token", "next-token"):
         raise ValueError(f"text_task must be sequence, token or next-token, got {text_task!r}")
     if pooling not in ("cls", "last", "mean"):
@@ -170,6 +174,8 @@ def compute_metrics(
     same done steps is a no-op. ``scheduler`` is ``threads`` (default), ``sync``, or a
     ``dask.distributed`` scheduler address.
     """
+    from flq_audit._metrics_run import run_metrics
+
     return run_metrics(
         store, metrics=metrics, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
         denominator=denominator,
@@ -185,6 +191,19 @@ def export(
     return to_netcdf(
         open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
     )
+
+
+def __getattr__(name: str) -> object:
+    """``AuditPlan`` and ``AuditResult`` load the audit pipeline (and torch) on first use."""
+    if name == "AuditPlan":
+        from flq_audit._plan import AuditPlan
+
+        return AuditPlan
+    if name == "AuditResult":
+        from flq_audit._runner import AuditResult
+
+        return AuditResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

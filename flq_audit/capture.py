@@ -18,18 +18,9 @@ import torch
 from torch import nn
 
 from flq_audit.errors import CaptureError, FlqAuditWarning, LayerNotFoundError, ProbeError
+from flq_audit.store._records import LayerInfo
 
 _WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A captured layer: its module name, kind, activation width and Gram width."""
-
-    name: str
-    kind: str
-    width: int
-    gram_width: int
 
 
 class NotPerTokenError(CaptureError):

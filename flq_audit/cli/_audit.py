@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flq_audit import api
-from flq_audit._plan import AuditPlan
-from flq_audit._runner import AuditResult
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
 from flq_audit.errors import OptionError
+
+if TYPE_CHECKING:
+    from flq_audit._plan import AuditPlan
 
 AUDIT_EXAMPLES = """
 Examples:
@@ -117,6 +118,9 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
+    from flq_audit._plan import AuditPlan
+    from flq_audit._runner import AuditResult
+
     with _output.RichProgress(quiet=quiet or as_json) as progress:
         result = api.audit(
             source, steps=steps, model=model, probe=probe, layers=_layers(layers), out=out,

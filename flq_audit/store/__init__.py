@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 
 from flq_audit.errors import StoreError, StoreLockedError, StoreMismatchError, StoreNotFoundError
+from flq_audit.store._records import LayerInfo, ProbeSummary
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -163,6 +164,8 @@ __all__ = [
     "ERROR",
     "GRAM",
     "TARGETS",
+    "LayerInfo",
+    "ProbeSummary",
     "StepWriter",
     "StoreLayout",
     "consolidate",

@@ -11,7 +11,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from flq_audit.capture import LayerInfo
 from flq_audit.constants import (
     DEFAULT_CHUNK_BYTES,
     FEATURE,
@@ -23,7 +22,7 @@ from flq_audit.constants import (
     STEP,
     TARGET,
 )
-from flq_audit.probes import Probe
+from flq_audit.store._records import LayerInfo, ProbeSummary
 
 ACTIVATIONS = "activations"
 GRAM = "gram"
@@ -46,7 +45,7 @@ class StoreLayout:
     labels: tuple[str, ...]
     commits: tuple[str, ...]
     layers: tuple[LayerInfo, ...]
-    probe: Probe | None  # None: a weights-only audit (Grams, no activations)
+    probe: ProbeSummary | None  # None: a weights-only audit (Grams, no activations)
     capture_config: dict[str, Any] = field(default_factory=dict)
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
