@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -40,9 +41,21 @@ class CheckpointRef:
 
 @runtime_checkable
 class CheckpointSource(Protocol):
-    """A place checkpoints come from: it lists refs and makes their files local."""
+    """A place checkpoints come from: it lists refs and makes their files local.
+
+    Optional abilities are declared by the ``supports_*`` flags; a family that subclasses
+    this protocol inherits the default method of each ability it lacks.
+    """
 
     name: ClassVar[str]
+    #: ``release(ref)`` frees a written step's downloaded files.
+    supports_release: ClassVar[bool] = False
+    #: ``duplicates(refs)`` finds byte-identical checkpoints from listings alone.
+    supports_duplicates: ClassVar[bool] = False
+    #: ``tensor_shapes(ref)`` reads names and shapes without downloading the weights.
+    supports_header_shapes: ClassVar[bool] = False
+    #: ``config_dir(ref)`` gives the folder of a checkpoint's config/tokenizer files.
+    supports_config_dir: ClassVar[bool] = False
 
     @classmethod
     def guess_can_open(cls, spec: str) -> bool:
@@ -60,3 +73,22 @@ class CheckpointSource(Protocol):
     def describe(self) -> str:
         """A short provenance string (path or repo id)."""
         ...
+
+    def release(self, ref: CheckpointRef) -> bool:
+        """Free the ref's local files once its step is written; ``False``: nothing freed."""
+        return False
+
+    def duplicates(self, refs: Sequence[CheckpointRef]) -> dict[int, int]:
+        """``{step: earlier step}`` of refs whose weight files are identical (none known)."""
+        return {}
+
+    def tensor_shapes(self, ref: CheckpointRef) -> dict[str, tuple[int, ...]]:
+        """Tensor names and shapes of a checkpoint (from its fetched files by default)."""
+        from flq_audit.weights import tensor_shapes
+
+        return tensor_shapes(self.fetch(ref), step=ref.step)
+
+    def config_dir(self, ref: CheckpointRef) -> Path | None:
+        """The folder of the ref's config/tokenizer files (beside its first weight file)."""
+        folder = Path(ref.files[0]).parent
+        return folder if (folder / "config.json").is_file() else None

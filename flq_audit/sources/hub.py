@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from flq_audit.errors import CheckpointNotFoundError, FlqAuditWarning, IntegrityError
 from flq_audit.sources import _hub_io as hubio
-from flq_audit.sources._base import CheckpointRef
+from flq_audit.sources._base import CheckpointRef, CheckpointSource
 from flq_audit.sources._hub_files import (
     RemoteFile,
     WeightChoice,
@@ -55,10 +55,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.{}:-]+")
 _PREFIX = "hf://"
 
 
-class HubSource:
+class HubSource(CheckpointSource):
     """Checkpoints of one Hub repository (or a family of per-step repositories)."""
 
     name: ClassVar[str] = "hub"
+    supports_release = supports_duplicates = supports_header_shapes = supports_config_dir = True
     #: Waits (seconds) between attempts of a listing call that failed transiently.
     retry_delays: ClassVar[tuple[float, ...]] = (1.0, 2.0, 4.0)
     #: Parallel listing requests (one tree listing per revision).

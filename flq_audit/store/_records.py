@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,4 +51,24 @@ class ProbeSummary:
         }
 
 
-__all__ = ["LayerInfo", "ProbeSummary"]
+@dataclass(frozen=True)
+class VariableSpec:
+    """A per-step store variable that a step extension declares.
+
+    ``dims`` starts with ``"step"``; the other dimensions are the store's own (``layer``,
+    ``sample``, ``target``, ``gram_i``, ``gram_j``, ``feature``) and take its sizes. Values
+    not written read as ``fill``.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str = "float64"
+    fill: float | int | bool = float("nan")
+    attrs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.dims or self.dims[0] != "step":
+            raise ValueError(f"variable {self.name!r}: dims must start with 'step', got {self.dims}")
+
+
+__all__ = ["LayerInfo", "ProbeSummary", "VariableSpec"]
