@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from flq_audit.errors import StoreError, StoreLockedError, StoreMismatchError, StoreNotFoundError
-from flq_audit.store._records import LayerInfo, ProbeSummary
+from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -168,6 +168,7 @@ __all__ = [
     "ProbeSummary",
     "StepWriter",
     "StoreLayout",
+    "VariableSpec",
     "consolidate",
     "create_or_resume",
     "is_consolidated",
