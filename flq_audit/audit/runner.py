@@ -106,8 +106,7 @@ def _one_step(
     original = dict(plan.layout.duplicates).get(ref.step)
     copyable = all(ext.copy_duplicates for ext in plan.extensions)
     if original is not None and copyable and original in writer.done_steps():
-        shas = json.loads(ref.extra.get("lfs_sha256", "[]"))
-        with writer.step(index, files=list(ref.files), sha256=shas) as step:
+        with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256) as step:
             step.copy_from(writer.index_of(original))
         return
     paths = plan.source.fetch(ref)

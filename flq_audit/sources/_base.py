@@ -26,6 +26,14 @@ class CheckpointRef:
         Hub revision name and pinned commit SHA; ``None`` for local folders.
     fmt : {"safetensors", "pickle"}
         How the weights are serialised.
+    lfs_sha256, blob_ids : tuple of str
+        Per weight file (aligned with ``files``), when the listing gave them all; else empty.
+    aux_files : tuple of str
+        Config and tokenizer files beside the weights (Hub).
+    subfolder : str
+        The ``checkpoint-N/`` folder of a revision holding this checkpoint ("" for none).
+    extra : dict of str to str
+        Source-specific coordinates (e.g. a Hub revision's ``stage`` or ``tokens``).
     """
 
     step: int
@@ -36,6 +44,10 @@ class CheckpointRef:
     revision: str | None = None
     commit: str | None = None
     size_bytes: int = 0
+    lfs_sha256: tuple[str, ...] = field(default=(), compare=False)
+    blob_ids: tuple[str, ...] = field(default=(), compare=False)
+    aux_files: tuple[str, ...] = field(default=(), compare=False)
+    subfolder: str = field(default="", compare=False)
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -26,7 +26,6 @@ its login file) per request; flq-audit neither stores nor prints it.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ from flq_audit.sources._hub_files import (
     RemoteFile,
     WeightChoice,
     choose_weights,
-    file_extra,
+    file_hashes,
     find_duplicates,
     resolve_index,
 )
@@ -146,7 +145,7 @@ class HubSource(CheckpointSource):
     def fetch(self, ref: CheckpointRef) -> list[Path]:
         """Download (or find in the cache) the ref's weights and its config/tokenizer files."""
         paths = [self._download(ref.location, f, ref.commit, step=ref.step) for f in ref.files]
-        for aux in json.loads(ref.extra.get("aux_files", "[]")):
+        for aux in ref.aux_files:
             try:
                 self._download(ref.location, aux, ref.commit, step=ref.step)
             except CheckpointNotFoundError:
@@ -159,8 +158,7 @@ class HubSource(CheckpointSource):
 
     def config_dir(self, ref: CheckpointRef) -> Path | None:
         """Download only the ref's config/tokenizer files; their folder (None if it has none)."""
-        aux = json.loads(ref.extra.get("aux_files", "[]"))
-        for name in aux:
+        for name in ref.aux_files:
             with contextlib.suppress(CheckpointNotFoundError):
                 self._download(ref.location, name, ref.commit, step=ref.step)
         folder = self.snapshot_dir(ref)
@@ -182,8 +180,7 @@ class HubSource(CheckpointSource):
     def snapshot_dir(self, ref: CheckpointRef) -> Path:
         """The local folder holding the ref's files (``config.json`` etc.) after :meth:`fetch`."""
         root = hubio.repo_cache_dir(self.cache_dir, ref.location) / "snapshots" / str(ref.commit)
-        folder = ref.extra.get("subfolder", "")
-        return root / folder if folder else root
+        return root / ref.subfolder if ref.subfolder else root
 
     def release(self, ref: CheckpointRef) -> bool:
         """With ``cache="drop"``, delete the ref's revision from the HF cache; else do nothing.
@@ -193,9 +190,8 @@ class HubSource(CheckpointSource):
         """
         if self.cache != "drop" or ref.commit is None:
             return False
-        folder = ref.extra.get("subfolder", "")
-        if folder:
-            return hubio.delete_subfolder(self.cache_dir, ref.location, ref.commit, folder)
+        if ref.subfolder:
+            return hubio.delete_subfolder(self.cache_dir, ref.location, ref.commit, ref.subfolder)
         return hubio.delete_revision(self.cache_dir, ref.location, ref.commit)
 
     def duplicates(self, refs: Sequence[CheckpointRef]) -> dict[int, int]:
@@ -258,8 +254,8 @@ class HubSource(CheckpointSource):
         steps = assign_steps(list(folders.values()))
         refs = []
         for (folder, info), step in zip(folders.items(), steps, strict=True):
-            extra = {**info.extra(), "subfolder": folder}
-            ref = self._make_ref(repo, revision, commit, step, folder, files, extra, label=folder + "/")
+            ref = self._make_ref(repo, revision, commit, step, folder, files, info.extra(),
+                                 label=folder + "/")
             if ref is not None:
                 refs.append(ref)
         return refs
@@ -296,14 +292,11 @@ class HubSource(CheckpointSource):
         if choice.index is not None:
             choice = self._resolve_index(repo, commit, choice, files, step=step)
         by_path = {f.path: f for f in files}
-        extra = {
-            **extra, **file_extra(choice.weights, by_path),
-            "aux_files": json.dumps(list(choice.aux)),
-        }
         return CheckpointRef(
             step=step, label=label, location=repo, files=choice.weights, fmt=choice.fmt,
             revision=revision, commit=commit,
             size_bytes=sum(by_path[w].size for w in choice.weights), extra=extra,
+            aux_files=tuple(choice.aux), subfolder=folder, **file_hashes(choice.weights, by_path),
         )
 
     def _resolve_index(
@@ -386,9 +379,9 @@ class HubSource(CheckpointSource):
 
 def _check_blobs(ref: CheckpointRef, paths: list[Path]) -> None:
     """Cheap integrity check: a cached LFS blob is named by its sha256 (no re-hashing)."""
-    if "lfs_sha256" not in ref.extra:
+    if not ref.lfs_sha256:
         return
-    for path, expected in zip(paths, json.loads(ref.extra["lfs_sha256"]), strict=True):
+    for path, expected in zip(paths, ref.lfs_sha256, strict=True):
         name = path.resolve().name
         if path.is_symlink() and len(name) == 64 and name != expected:
             raise IntegrityError(
