@@ -226,7 +226,9 @@ def _fold_legacy(
         if any(arg is None for arg in fl_args):
             raise OptionError("the FL residual needs all of fl_loss, fl_lr and fl_batches "
                               "(--fl-loss, --fl-lr, --fl-batches): the training provenance")
-        fl = FLOptions.from_files(*fl_args)
+        loss, lr, batches = fl_args
+        fl = FLOptions.from_files(str(loss), lr if isinstance(lr, int | float) else str(lr),
+                                  str(batches))
     weights_only = weights_only or bool(legacy.get("no_probe"))
     return built["capture"], built["hub"], built["text"], fl, built["run"], weights_only
 

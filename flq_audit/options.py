@@ -170,7 +170,7 @@ class FLOptions:
         try:
             rate = float(lr)
         except ValueError:
-            rate = {int(k): float(v) for k, v in _read_json(lr, "--fl-lr").items()}
+            rate = {int(k): float(v) for k, v in _read_json(str(lr), "--fl-lr").items()}
         if batches == "full":
             return cls(loss=loss, lr=rate, batches="full")  # type: ignore[arg-type]
         data = _read_json(batches, "--fl-batches")

@@ -165,6 +165,7 @@ def _replayed(
     ctx = StepContext(plan=plan, ref=ref, index=index, next_ref=next_ref, run=run, built=built,
                       layers=layers, weights=weights, state=state)
     outputs = frozenset().union(*(ext.replay_outputs for ext in plan.extensions))
+    assert plan.probe is not None
     try:
         batches = replay(
             built.module, layers, plan.probe, batch_size=run.batch_size, device=device,

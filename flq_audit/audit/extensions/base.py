@@ -108,7 +108,8 @@ def stack_padded(blocks: Sequence[np.ndarray | None], shape: tuple[int, ...]) ->
     for i, block in enumerate(blocks):
         if block is not None:
             block = np.asarray(block)
-            out[(i, *(slice(0, n) for n in block.shape))] = block
+            region: tuple[int | slice, ...] = (i, *(slice(0, n) for n in block.shape))
+            out[region] = block
     return out
 
 
