@@ -1,4 +1,8 @@
-"""The Python API: what the CLI and notebooks call."""
+"""The Python API: what the CLI and notebooks call.
+
+Importing it is cheap: the store, the export and the audit pipeline (torch) load on first
+use.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-import xarray as xr
-
 from flq_audit.errors import OptionError
-from flq_audit.export import to_netcdf
 from flq_audit.options import (
     DEFAULT_CAPTURE,
     DEFAULT_RUN,
@@ -20,18 +21,19 @@ from flq_audit.options import (
     RunOptions,
     TextProbeOptions,
 )
-from flq_audit.sources import CheckpointRef, open_source
-from flq_audit.store import open_dataset
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from flq_audit.audit.extensions.base import StepExtension
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.audit.runner import AuditResult, Progress
+    from flq_audit.sources import CheckpointRef
 
 
 def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
     """Checkpoints of ``source`` selected by ``steps``."""
-    from flq_audit.sources import select_steps
+    from flq_audit.sources import open_source, select_steps
 
     refs = open_source(source).list_refs()
     wanted = set(select_steps([r.step for r in refs], steps))
@@ -235,6 +237,8 @@ def _fold_legacy(
 
 def open_store(path: str | Path) -> xr.Dataset:
     """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features."""
+    from flq_audit.store import open_dataset
+
     return open_dataset(path)
 
 
@@ -271,6 +275,9 @@ def export(
     with_grams: bool = False,
 ) -> Path:
     """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4."""
+    from flq_audit.export import to_netcdf
+    from flq_audit.store import open_dataset
+
     return to_netcdf(
         open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
     )
