@@ -1,77 +1,68 @@
-"""The Python API: what the CLI and notebooks call."""
+"""The Python API: what the CLI and notebooks call.
+
+Importing it is cheap: the store, the export and the audit pipeline (torch) load on first
+use.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-import xarray as xr
+from flq_audit.errors import OptionError
+from flq_audit.options import (
+    DEFAULT_CAPTURE,
+    DEFAULT_RUN,
+    CaptureOptions,
+    FLOptions,
+    HubOptions,
+    RunOptions,
+    TextProbeOptions,
+)
 
-from flq_audit import __version__
-from flq_audit._plan import AuditPlan, TextOptions, make_plan
-from flq_audit._runner import AuditResult, Progress, run_audit
-from flq_audit.capture import resolve_device
-from flq_audit.export import to_netcdf
-from flq_audit.feature_learning import load_fl_config
-from flq_audit.metrics import TLOptions, run_metrics
-from flq_audit.sources import CheckpointRef, open_source
-from flq_audit.store import open_dataset, store_lock
+if TYPE_CHECKING:
+    import xarray as xr
 
-DtypeOptions = Literal["float32", "float16"]
-GramDtypeOptions = Literal["float32", "float64"]
+    from flq_audit.audit.extensions.base import StepExtension
+    from flq_audit.audit.plan import AuditPlan
+    from flq_audit.audit.runner import AuditResult, Progress
+    from flq_audit.metrics import TLOptions
+    from flq_audit.sources import CheckpointRef
 
 
 def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
     """Checkpoints of ``source`` selected by ``steps``."""
-    from flq_audit.sources import select_steps
+    from flq_audit.sources import open_source, select_steps
 
     refs = open_source(source).list_refs()
     wanted = set(select_steps([r.step for r in refs], steps))
     return [r for r in refs if r.step in wanted]
 
 
-def audit(
+def plan_audit(
     source: str,
     *,
     steps: str = "all",
     model: str | None = None,
     probe: str | None = None,
-    layers: Sequence[str] | None = None,
+    weights_only: bool = False,
     out: str | Path | None = None,
-    batch_size: int = 512,
-    device: str = "auto",
-    activation_dtype: DtypeOptions = "float32",
-    gram_dtype: GramDtypeOptions = "float32",
-    max_samples: int | None = None,
-    trust_pickle: bool = False,
-    overwrite: bool = False,
-    dry_run: bool = False,
-    fl_loss: str | None = None,
-    fl_lr: str | float | None = None,
-    fl_batches: str | None = None,
-    text_task: str = "sequence",
-    pooling: str = "cls",
-    text_column: str = "text",
-    label_column: str = "label",
-    max_length: int = 128,
-    top_k: int = 50,
-    trust_remote_code: bool = False,
-    no_probe: bool = False,
-    revision_pattern: str | None = None,
-    subfolders: bool | None = None,
-    template_steps: Sequence[int] | None = None,
-    cache: str = "keep",
-    offline: bool | None = None,
-    hidden_states: bool = False,
-    progress: Progress | None = None,
-) -> AuditPlan | AuditResult:
-    """Audit a checkpoint sequence into a Zarr store.
+    capture: CaptureOptions = DEFAULT_CAPTURE,
+    hub: HubOptions | None = None,
+    text: TextProbeOptions | None = None,
+    fl: FLOptions | None = None,
+    run: RunOptions = DEFAULT_RUN,
+    extensions: Sequence[StepExtension] = (),
+) -> AuditPlan:
+    """Resolve what an audit will do, reading no checkpoint's weights.
 
-    Resolves the source, the step selection, the model, the probe and the layers (the probe
-    is checked against the model before any checkpoint is read), then writes each step that
-    is not yet done. With ``dry_run=True`` nothing is written and the :class:`AuditPlan` is
-    returned.
+    The source, the step selection, the model, the probe and the layers are resolved, the
+    probe is replayed once through the model, and every extension checks its inputs.
+    ``weights_only`` stores Grams of every weight matrix with no model and no probe. ``run``
+    matters here only for ``trust_remote_code`` (building a transformers model) and
+    ``overwrite`` (which steps count as done).
 
     Raises
     ------
@@ -81,73 +72,174 @@ def audit(
         ``steps`` is malformed, or two checkpoints claim one step.
     ProbeError, ModelBuildError, LayerNotFoundError
         The probe, model or layer selection is invalid.
+    """
+    from flq_audit.audit.plan import plan_audit as resolve
+
+    return resolve(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
+                   out=out, capture=capture, hub=hub, text=text, fl=fl, run=run,
+                   extensions=extensions)
+
+
+def run_audit(
+    plan: AuditPlan, run: RunOptions = DEFAULT_RUN, progress: Progress | None = None
+) -> AuditResult:
+    """Write each planned step that is not yet done into the plan's store.
+
+    Raises
+    ------
     StoreMismatchError, StoreLockedError
         The output store belongs to another audit, or is being written.
+    """
+    from flq_audit.audit.runner import run_audit as execute
+
+    return execute(plan, run, progress)
+
+
+@overload
+def audit(
+    source: str,
+    *,
+    steps: str = "all",
+    model: str | None = None,
+    probe: str | None = None,
+    weights_only: bool = False,
+    out: str | Path | None = None,
+    capture: CaptureOptions | None = None,
+    hub: HubOptions | None = None,
+    text: TextProbeOptions | None = None,
+    fl: FLOptions | None = None,
+    run: RunOptions | None = None,
+    extensions: Sequence[StepExtension] = (),
+    dry_run: Literal[True],
+    progress: Progress | None = None,
+    **legacy: Any,
+) -> AuditPlan: ...
+
+
+@overload
+def audit(
+    source: str,
+    *,
+    steps: str = "all",
+    model: str | None = None,
+    probe: str | None = None,
+    weights_only: bool = False,
+    out: str | Path | None = None,
+    capture: CaptureOptions | None = None,
+    hub: HubOptions | None = None,
+    text: TextProbeOptions | None = None,
+    fl: FLOptions | None = None,
+    run: RunOptions | None = None,
+    extensions: Sequence[StepExtension] = (),
+    dry_run: Literal[False] = False,
+    progress: Progress | None = None,
+    **legacy: Any,
+) -> AuditResult: ...
+
+
+def audit(
+    source: str,
+    *,
+    steps: str = "all",
+    model: str | None = None,
+    probe: str | None = None,
+    weights_only: bool = False,
+    out: str | Path | None = None,
+    capture: CaptureOptions | None = None,
+    hub: HubOptions | None = None,
+    text: TextProbeOptions | None = None,
+    fl: FLOptions | None = None,
+    run: RunOptions | None = None,
+    extensions: Sequence[StepExtension] = (),
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    **legacy: Any,
+) -> AuditPlan | AuditResult:
+    """Audit a checkpoint sequence into a Zarr store: :func:`plan_audit`, then
+    :func:`run_audit` (``dry_run=True`` returns the plan and writes nothing).
+
+    The 0.1 keyword arguments (``layers=``, ``batch_size=``, ``text_task=``, ``fl_loss=``,
+    ``no_probe=`` ...) still work and are folded into the option objects, with a
+    ``DeprecationWarning``.
 
     Notes
     -----
-    With ``fl_loss`` (``"ce"`` or ``"mse"``), ``fl_lr`` (a number, or a JSON file
-    ``{step: lr}``) and ``fl_batches`` (``"full"``, or a JSON file ``{step: [probe indices]}``)
-    the audit also replays each step's training batch and stores the virtual covariance
-    shift, the Gram change to the next selected checkpoint, and the FL residuals
-    (see :mod:`flq_audit.feature_learning`).
+    With ``fl=FLOptions(loss=..., lr=..., batches=...)`` the audit also replays each step's
+    training batch and stores the virtual covariance shift, the Gram change to the next
+    selected checkpoint, and the FL residuals (see
+    :mod:`flq_audit.audit.extensions.fl`).
     """
-    if text_task not in ("sequence", "token", "next-token"):
-        raise ValueError(f"text_task must be sequence, token or next-token, got {text_task!r}")
-    if pooling not in ("cls", "last", "mean"):
-        raise ValueError(f"pooling must be cls, last or mean, got {pooling!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if activation_dtype not in ("float32", "float16"):
-        raise ValueError(f"activation_dtype must be float32 or float16, got {activation_dtype!r}")
-    if gram_dtype not in ("float32", "float64"):
-        raise ValueError(f"gram_dtype must be float32 or float64, got {gram_dtype!r}")
-    fl = None
-    if fl_loss is not None or fl_lr is not None or fl_batches is not None:
-        if fl_loss is None or fl_lr is None or fl_batches is None:
-            raise ValueError("the FL residual needs all of fl_loss, fl_lr and fl_batches "
-                             "(--fl-loss, --fl-lr, --fl-batches): the training provenance")
-        fl = load_fl_config(fl_loss, fl_lr, fl_batches)
-    plan = make_plan(
-        source, steps=steps, model=model, probe=probe, layers=list(layers or []), out=out,
-        activation_dtype=activation_dtype, gram_dtype=gram_dtype, max_samples=max_samples,
-        fl=fl, trust_remote_code=trust_remote_code, no_probe=no_probe,
-        hidden_states=hidden_states,
-        source_options=_source_options(source, revision_pattern=revision_pattern,
-                                       subfolders=subfolders, template_steps=template_steps,
-                                       cache=cache, offline=offline),
-        text=TextOptions(task=text_task, pooling=pooling, text_column=text_column,
-                         label_column=label_column, max_length=max_length, top_k=top_k),
-    )
-    if plan.store.exists() and not overwrite:
-        try:
-            done = open_dataset(plan.store)["done"]
-            selected = {r.step for r in plan.refs}
-            plan.already_done = [int(s) for s in done["step"].values[done.values.astype(bool)]
-                                 if int(s) in selected]
-        except Exception:  # an unreadable store is reported by the real run
-            plan.already_done = []
+    if legacy:
+        capture, hub, text, fl, run, weights_only = _fold_legacy(
+            legacy, capture, hub, text, fl, run, weights_only)
+    run = run or RunOptions()
+    plan = plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
+                      out=out, capture=capture or CaptureOptions(), hub=hub, text=text, fl=fl,
+                      run=run, extensions=extensions)
     if dry_run:
         return plan
-    return run_audit(
-        plan, overwrite=overwrite, batch_size=batch_size, device=resolve_device(device),
-        trust_pickle=trust_pickle, version=__version__, progress=progress,
-    )
+    return run_audit(plan, run, progress)
 
 
-def _source_options(source: str, **options: object) -> dict[str, object]:
-    """Hub-only options, passed on only when set (a local folder takes none)."""
-    if options.get("cache") not in ("keep", "drop"):
-        raise ValueError(f"cache must be 'keep' or 'drop', got {options.get('cache')!r}")
-    if options.get("cache") == "keep":
-        options.pop("cache")
-    if options.get("template_steps") is not None:
-        options["template_steps"] = [int(s) for s in options["template_steps"]]  # type: ignore[union-attr]
-    return {k: v for k, v in options.items() if v is not None}
+_LEGACY = {
+    "capture": {"layers": "layers", "activation_dtype": "activation_dtype",
+                "gram_dtype": "gram_dtype", "max_samples": "max_samples",
+                "hidden_states": "hidden_states"},
+    "run": {"batch_size": "batch_size", "device": "device", "overwrite": "overwrite",
+            "trust_pickle": "trust_pickle", "trust_remote_code": "trust_remote_code"},
+    "hub": {"revision_pattern": "revision_pattern", "subfolders": "subfolders",
+            "template_steps": "template_steps", "cache": "cache", "offline": "offline"},
+    "text": {"text_task": "task", "pooling": "pooling", "text_column": "text_column",
+             "label_column": "label_column", "max_length": "max_length", "top_k": "top_k"},
+}
+_LEGACY_FL = ("fl_loss", "fl_lr", "fl_batches")
+
+
+def _fold_legacy(
+    legacy: dict[str, Any], capture: CaptureOptions | None, hub: HubOptions | None,
+    text: TextProbeOptions | None, fl: FLOptions | None, run: RunOptions | None,
+    weights_only: bool,
+) -> tuple[Any, ...]:
+    """Map the 0.1 keyword arguments of ``audit`` onto the option objects."""
+    known = {name for group in _LEGACY.values() for name in group} | {*_LEGACY_FL, "no_probe"}
+    unknown = sorted(set(legacy) - known)
+    if unknown:
+        raise TypeError(f"audit() got unexpected keyword argument(s) {unknown}")
+    warnings.warn("audit(): pass CaptureOptions, RunOptions, HubOptions, TextProbeOptions and "
+                  f"FLOptions instead of {sorted(legacy)}", DeprecationWarning, stacklevel=3)
+    given = {"capture": capture, "run": run, "hub": hub, "text": text}
+    classes = {"capture": CaptureOptions, "run": RunOptions, "hub": HubOptions,
+               "text": TextProbeOptions}
+    built: dict[str, Any] = dict(given)
+    for group, names in _LEGACY.items():
+        fields = {names[k]: v for k, v in legacy.items() if k in names and v is not None}
+        if not fields:
+            continue
+        if given[group] is not None:
+            raise OptionError(f"give either {group}= or {sorted(fields)}, not both")
+        if group == "capture" and "layers" in fields:
+            fields["layers"] = tuple(fields["layers"])
+        if group == "hub" and fields.get("template_steps") is not None:
+            fields["template_steps"] = tuple(fields["template_steps"])
+        built[group] = classes[group](**fields)
+    fl_args = [legacy.get(name) for name in _LEGACY_FL]
+    if any(arg is not None for arg in fl_args):
+        if fl is not None:
+            raise OptionError("give either fl= or fl_loss/fl_lr/fl_batches, not both")
+        if any(arg is None for arg in fl_args):
+            raise OptionError("the FL residual needs all of fl_loss, fl_lr and fl_batches "
+                              "(--fl-loss, --fl-lr, --fl-batches): the training provenance")
+        loss, lr, batches = fl_args
+        fl = FLOptions.from_files(str(loss), lr if isinstance(lr, int | float) else str(lr),
+                                  str(batches))
+    weights_only = weights_only or bool(legacy.get("no_probe"))
+    return built["capture"], built["hub"], built["text"], fl, built["run"], weights_only
 
 
 def open_store(path: str | Path) -> xr.Dataset:
     """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features."""
+    from flq_audit.store import open_dataset
+
     return open_dataset(path)
 
 
@@ -174,7 +266,8 @@ def compute_metrics(
     whose write was interrupted is recomputed. The store is locked before any computation.
     ``scheduler`` is ``threads`` (default), ``sync``, or a ``dask.distributed`` address.
     """
-    from flq_audit.errors import OptionError
+    from flq_audit.metrics import TLOptions, run_metrics
+    from flq_audit.store import open_dataset, store_lock
 
     given = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
                       denominator=denominator)  # type: ignore[arg-type]
@@ -192,12 +285,25 @@ def export(
     with_grams: bool = False,
 ) -> Path:
     """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4."""
+    from flq_audit.export import to_netcdf
+    from flq_audit.store import open_dataset
+
     return to_netcdf(
         open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
     )
 
 
+def __getattr__(name: str) -> object:
+    """``AuditPlan`` and ``AuditResult`` load the audit pipeline (and torch) on first use."""
+    if name in ("AuditPlan", "AuditResult"):
+        import flq_audit.audit
+
+        return getattr(flq_audit.audit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "AuditPlan", "AuditResult", "audit", "compute_metrics", "export", "list_checkpoints",
-    "open_store",
+    "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "HubOptions", "RunOptions",
+    "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
+    "plan_audit", "run_audit",
 ]

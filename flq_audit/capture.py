@@ -10,30 +10,16 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from flq_audit.errors import CaptureError, FlqAuditWarning, LayerNotFoundError, ProbeError
+from flq_audit.probes.batches import BatchSource, NotPerTokenError, OneBatch, batches_of
+from flq_audit.store._records import LayerInfo
 
 _WEIGHT_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """A captured layer: its module name, kind, activation width and Gram width."""
-
-    name: str
-    kind: str
-    width: int
-    gram_width: int
-
-
-class NotPerTokenError(CaptureError):
-    """A layer's input has no token axis, so a token-level probe cannot use it."""
 
 
 PREDICTION = "<prediction>"
@@ -43,7 +29,7 @@ HIDDEN_STATE_KIND = "HiddenState"
 
 def output_classes(model: nn.Module, probe: BatchSource | np.ndarray) -> int | None:
     """Number of output columns when the model maps a batch to ``(batch, C)`` logits."""
-    first = next(iter(_batches(probe, 2)))
+    first = next(iter(batches_of(probe, 2)))
     if isinstance(first.inputs, dict):
         return None
     model.eval()
@@ -93,18 +79,27 @@ def select_layers(module: nn.Module, patterns: Sequence[str] | None) -> dict[str
     }
 
 
+def as_matrix(weight: torch.Tensor, *, conv1d: bool) -> torch.Tensor:
+    """A weight as ``d_out × d_in``: transformers' Conv1D stores ``(d_in, d_out)``, conv
+    kernels flatten to ``C_out × C_in·k·k``."""
+    return weight.t() if conv1d else weight.reshape(weight.shape[0], -1)
+
+
 def weight_matrix(module: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The weight as a ``d_out × d_in`` matrix whose Gram lives in the layer's input space."""
     w = module.weight if weight is None else weight
-    if type(module).__name__ == "Conv1D":  # transformers stores (d_in, d_out)
-        return w.t()
-    return w.reshape(w.shape[0], -1)
+    return as_matrix(w, conv1d=type(module).__name__ == "Conv1D")
+
+
+def gram_of_matrix(matrix: torch.Tensor) -> np.ndarray:
+    """WᵀW in float64 of a ``d_out × d_in`` matrix."""
+    w = matrix.detach().to("cpu", torch.float64)
+    return (w.t() @ w).numpy()
 
 
 def gram(module: nn.Module, weight: torch.Tensor | None = None) -> np.ndarray:
     """WᵀW in float64."""
-    w = weight_matrix(module, weight).detach().to("cpu", torch.float64)
-    return (w.t() @ w).numpy()
+    return gram_of_matrix(weight_matrix(module, weight))
 
 
 # transformers families whose Conv1D modules store weights as (d_in, d_out).
@@ -147,9 +142,7 @@ def weight_layer_infos(
 
 def gram_of_tensor(weight: torch.Tensor, kind: str) -> np.ndarray:
     """WᵀW in float64 of a bare tensor (``kind`` from :func:`weight_layer_infos`)."""
-    w = weight.detach().to("cpu", torch.float64)
-    w = w.t() if kind == "Conv1D" else w.reshape(w.shape[0], -1)
-    return (w.t() @ w).numpy()
+    return gram_of_matrix(as_matrix(weight, conv1d=kind == "Conv1D"))
 
 
 def layer_infos(
@@ -161,8 +154,8 @@ def layer_infos(
     This runs before any checkpoint is read, so a probe that does not fit the model fails
     fast with :class:`ProbeError`.
     """
-    first = next(iter(_batches(probe, 2)))
-    batch = next(iter(replay(model, layers, _OneBatch(first), batch_size=2, device="cpu",
+    first = next(iter(batches_of(probe, 2)))
+    batch = next(iter(replay(model, layers, OneBatch(first), batch_size=2, device="cpu",
                              hidden_states=hidden_states)))
     widths = {name: array.shape[1] for name, array in batch[2].items() if array is not None}
     skipped = [name for name, array in batch[2].items() if array is None]
@@ -184,47 +177,6 @@ def layer_infos(
                        key=lambda n: int(n.rsplit(".", 1)[1])):
         infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1))  # no Gram
     return infos
-
-
-@dataclass(frozen=True)
-class ProbeBatch:
-    """One forward pass worth of probe: rows ``start:stop`` of the sample axis.
-
-    ``inputs`` is a tensor (called as ``model(x)``) or a dict (``model(**x)``); ``reduce``
-    maps a hooked tensor (batch, ..., width) to its ``stop − start`` sample rows (pooling or
-    token selection for text); ``None`` flattens each batch item into one row.
-    """
-
-    start: int
-    stop: int
-    inputs: torch.Tensor | dict[str, torch.Tensor]
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-class BatchSource(Protocol):
-    def batches(self, batch_size: int) -> Iterator[ProbeBatch]: ...
-
-
-class _OneBatch:
-    def __init__(self, batch: ProbeBatch) -> None:
-        self.batch = batch
-
-    def batches(self, batch_size: int) -> Iterator[ProbeBatch]:
-        yield self.batch
-
-
-def array_batches(inputs: np.ndarray, batch_size: int) -> Iterator[ProbeBatch]:
-    """Batches of an array probe (one row per input sample)."""
-    for start in range(0, inputs.shape[0], batch_size):
-        stop = min(start + batch_size, inputs.shape[0])
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(torch.float32)
-        yield ProbeBatch(start, stop, x)
-
-
-def _batches(probe: BatchSource | np.ndarray, batch_size: int) -> Iterator[ProbeBatch]:
-    if isinstance(probe, np.ndarray):
-        return array_batches(probe, batch_size)
-    return probe.batches(batch_size)
 
 
 def replay(
@@ -271,7 +223,7 @@ def replay(
 
     handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
     try:
-        for batch in _batches(probe, batch_size):
+        for batch in batches_of(probe, batch_size):
             captured = {}
             reduce = batch.reduce
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import xarray as xr
 
 from flq_audit import api
-from flq_audit._runner import AuditResult, Progress
+from flq_audit.audit.runner import AuditResult, Progress
 from flq_audit.recipes import digits_mlp
 from flq_audit.report import report_groups, tl_heatmap, write_report
 

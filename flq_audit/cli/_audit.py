@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flq_audit import api
-from flq_audit._plan import AuditPlan
-from flq_audit._runner import AuditResult
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
 from flq_audit.errors import OptionError
+from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
+
+if TYPE_CHECKING:
+    from flq_audit.audit.plan import AuditPlan
 
 AUDIT_EXAMPLES = """
 Examples:
@@ -37,6 +39,17 @@ def _steps_list(text: str | None) -> list[int] | None:
         raise OptionError(
             f"--template-steps {text!r}: expected comma-separated integers, e.g. 0,20,40"
         ) from None
+
+
+def _fl_options(loss: str | None, lr: str | None, batches: str | None) -> FLOptions | None:
+    """All three FL flags or none: the residual needs the whole training provenance."""
+    given = [loss, lr, batches]
+    if all(value is None for value in given):
+        return None
+    if any(value is None for value in given):
+        raise OptionError("the FL residual needs all of --fl-loss, --fl-lr and --fl-batches "
+                          "(the training provenance)")
+    return FLOptions.from_files(loss, lr, batches)  # type: ignore[arg-type]
 
 
 def _layers(values: list[str] | None) -> list[str]:
@@ -117,24 +130,26 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
-    with _output.RichProgress(quiet=quiet or as_json) as progress:
-        result = api.audit(
-            source, steps=steps, model=model, probe=probe, layers=_layers(layers), out=out,
-            batch_size=batch_size, device=device, activation_dtype=activation_dtype,
-            gram_dtype=gram_dtype, max_samples=max_samples, trust_pickle=trust_pickle,
-            overwrite=overwrite, dry_run=dry_run, fl_loss=fl_loss, fl_lr=fl_lr,
-            fl_batches=fl_batches, text_task=task, pooling=pooling, text_column=text_column,
-            label_column=label_column, max_length=max_length, top_k=top_k,
-            trust_remote_code=trust_remote_code, no_probe=no_probe,
-            revision_pattern=revision_pattern, subfolders=subfolders,
-            template_steps=_steps_list(template_steps),
-            cache=cache, offline=offline or None, hidden_states=hidden_states,
-            progress=progress,
-        )
-    if isinstance(result, AuditPlan):
-        _render_plan(result, as_json)
+    fl = _fl_options(fl_loss, fl_lr, fl_batches)
+    capture = CaptureOptions(
+        layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
+        gram_dtype=gram_dtype, max_samples=max_samples,  # type: ignore[arg-type]
+        hidden_states=hidden_states,
+    )
+    run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
+                     trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
+    hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
+                     template_steps=tuple(_steps_list(template_steps) or ()),
+                     cache=cache, offline=offline or None)  # type: ignore[arg-type]
+    text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
+                            label_column=label_column, max_length=max_length, top_k=top_k)
+    plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=no_probe,
+                          out=out, capture=capture, hub=hub, text=text, fl=fl, run=run)
+    if dry_run:
+        _render_plan(plan, as_json)
         return
-    assert isinstance(result, AuditResult)
+    with _output.RichProgress(quiet=quiet or as_json) as progress:
+        result = api.run_audit(plan, run, progress)
     if as_json:
         _output.print_json(result.to_dict())
     elif not quiet:

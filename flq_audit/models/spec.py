@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flq_audit._json import read_json_object
+from flq_audit.audit.json_files import read_json_object
 from flq_audit.errors import ModelBuildError, ModelNotFoundError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {

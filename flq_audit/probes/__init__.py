@@ -45,8 +45,8 @@ class Probe:
         return digest.hexdigest()
 
     def batches(self, batch_size: int):
-        """Forward-pass batches (see :class:`flq_audit.capture.ProbeBatch`)."""
-        from flq_audit.capture import array_batches
+        """Forward-pass batches (see :class:`flq_audit.probes.batches.ProbeBatch`)."""
+        from flq_audit.probes.batches import array_batches
 
         return array_batches(self.inputs, batch_size)
 

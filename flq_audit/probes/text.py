@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from flq_audit.capture import NotPerTokenError, ProbeBatch
 from flq_audit.errors import ProbeError, ProbeNotFoundError
+from flq_audit.probes.batches import NotPerTokenError, ProbeBatch
 
 TaskOptions = Literal["sequence", "token", "next-token"]
 PoolingOptions = Literal["cls", "last", "mean"]

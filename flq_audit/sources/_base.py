@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -25,6 +26,14 @@ class CheckpointRef:
         Hub revision name and pinned commit SHA; ``None`` for local folders.
     fmt : {"safetensors", "pickle"}
         How the weights are serialised.
+    lfs_sha256, blob_ids : tuple of str
+        Per weight file (aligned with ``files``), when the listing gave them all; else empty.
+    aux_files : tuple of str
+        Config and tokenizer files beside the weights (Hub).
+    subfolder : str
+        The ``checkpoint-N/`` folder of a revision holding this checkpoint ("" for none).
+    extra : dict of str to str
+        Source-specific coordinates (e.g. a Hub revision's ``stage`` or ``tokens``).
     """
 
     step: int
@@ -35,14 +44,30 @@ class CheckpointRef:
     revision: str | None = None
     commit: str | None = None
     size_bytes: int = 0
+    lfs_sha256: tuple[str, ...] = field(default=(), compare=False)
+    blob_ids: tuple[str, ...] = field(default=(), compare=False)
+    aux_files: tuple[str, ...] = field(default=(), compare=False)
+    subfolder: str = field(default="", compare=False)
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @runtime_checkable
 class CheckpointSource(Protocol):
-    """A place checkpoints come from: it lists refs and makes their files local."""
+    """A place checkpoints come from: it lists refs and makes their files local.
+
+    Optional abilities are declared by the ``supports_*`` flags; a family that subclasses
+    this protocol inherits the default method of each ability it lacks.
+    """
 
     name: ClassVar[str]
+    #: ``release(ref)`` frees a written step's downloaded files.
+    supports_release: ClassVar[bool] = False
+    #: ``duplicates(refs)`` finds byte-identical checkpoints from listings alone.
+    supports_duplicates: ClassVar[bool] = False
+    #: ``tensor_shapes(ref)`` reads names and shapes without downloading the weights.
+    supports_header_shapes: ClassVar[bool] = False
+    #: ``config_dir(ref)`` gives the folder of a checkpoint's config/tokenizer files.
+    supports_config_dir: ClassVar[bool] = False
 
     @classmethod
     def guess_can_open(cls, spec: str) -> bool:
@@ -60,3 +85,22 @@ class CheckpointSource(Protocol):
     def describe(self) -> str:
         """A short provenance string (path or repo id)."""
         ...
+
+    def release(self, ref: CheckpointRef) -> bool:
+        """Free the ref's local files once its step is written; ``False``: nothing freed."""
+        return False
+
+    def duplicates(self, refs: Sequence[CheckpointRef]) -> dict[int, int]:
+        """``{step: earlier step}`` of refs whose weight files are identical (none known)."""
+        return {}
+
+    def tensor_shapes(self, ref: CheckpointRef) -> dict[str, tuple[int, ...]]:
+        """Tensor names and shapes of a checkpoint (from its fetched files by default)."""
+        from flq_audit.weights import tensor_shapes
+
+        return tensor_shapes(self.fetch(ref), step=ref.step)
+
+    def config_dir(self, ref: CheckpointRef) -> Path | None:
+        """The folder of the ref's config/tokenizer files (beside its first weight file)."""
+        folder = Path(ref.files[0]).parent
+        return folder if (folder / "config.json").is_file() else None

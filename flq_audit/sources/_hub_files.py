@@ -108,33 +108,33 @@ def resolve_index(choice: WeightChoice, index_text: str, files: Iterable[RemoteF
     return WeightChoice(folder, choice.fmt, weights, choice.index, choice.aux)
 
 
-def file_extra(weights: Sequence[str], files: Mapping[str, RemoteFile]) -> dict[str, str]:
-    """``lfs_sha256`` / ``blob_ids`` (JSON lists aligned with ``weights``) when all are known."""
-    extra: dict[str, str] = {}
+def file_hashes(weights: Sequence[str], files: Mapping[str, RemoteFile]) -> dict[str, tuple[str, ...]]:
+    """``lfs_sha256`` / ``blob_ids`` (aligned with ``weights``) when all are known."""
+    out: dict[str, tuple[str, ...]] = {}
     hashes = [files[w].sha256 for w in weights]
     if all(hashes):
-        extra["lfs_sha256"] = json.dumps(hashes)
+        out["lfs_sha256"] = tuple(str(h) for h in hashes)
     blobs = [files[w].blob_id for w in weights]
     if all(blobs):
-        extra["blob_ids"] = json.dumps(blobs)
-    return extra
+        out["blob_ids"] = tuple(str(b) for b in blobs)
+    return out
 
 
 def content_key(ref: CheckpointRef) -> tuple | None:
     """What identifies a ref's weight bytes: file names (within its folder) and their hashes."""
-    folder = ref.extra.get("subfolder", "")
+    folder = ref.subfolder
     names = tuple(posixpath.relpath(f, folder) if folder else f for f in ref.files)
-    for key in ("lfs_sha256", "blob_ids"):
-        if key in ref.extra:
-            return (ref.fmt, key, tuple(zip(names, json.loads(ref.extra[key]), strict=True)))
+    for key, hashes in (("lfs_sha256", ref.lfs_sha256), ("blob_ids", ref.blob_ids)):
+        if hashes:
+            return (ref.fmt, key, tuple(zip(names, hashes, strict=True)))
     return None
 
 
 def find_duplicates(refs: Iterable[CheckpointRef]) -> dict[int, int]:
     """``{step: earlier step}`` for every ref whose weight files equal an earlier ref's.
 
-    >>> a = CheckpointRef(0, "step0", "o/n", ("m.safetensors",), "safetensors", extra={"lfs_sha256": '["x"]'})
-    >>> b = CheckpointRef(5, "step5", "o/n", ("m.safetensors",), "safetensors", extra={"lfs_sha256": '["x"]'})
+    >>> a = CheckpointRef(0, "step0", "o/n", ("m.safetensors",), "safetensors", lfs_sha256=("x",))
+    >>> b = CheckpointRef(5, "step5", "o/n", ("m.safetensors",), "safetensors", lfs_sha256=("x",))
     >>> find_duplicates([b, a])
     {5: 0}
     """

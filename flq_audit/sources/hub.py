@@ -26,7 +26,6 @@ its login file) per request; flq-audit neither stores nor prints it.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +34,12 @@ from typing import Any, ClassVar, Literal
 
 from flq_audit.errors import CheckpointNotFoundError, FlqAuditWarning, IntegrityError
 from flq_audit.sources import _hub_io as hubio
-from flq_audit.sources._base import CheckpointRef
+from flq_audit.sources._base import CheckpointRef, CheckpointSource
 from flq_audit.sources._hub_files import (
     RemoteFile,
     WeightChoice,
     choose_weights,
-    file_extra,
+    file_hashes,
     find_duplicates,
     resolve_index,
 )
@@ -51,10 +50,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.{}:-]+")
 _PREFIX = "hf://"
 
 
-class HubSource:
+class HubSource(CheckpointSource):
     """Checkpoints of one Hub repository (or a family of per-step repositories)."""
 
     name: ClassVar[str] = "hub"
+    supports_release = supports_duplicates = supports_header_shapes = supports_config_dir = True
     #: Waits (seconds) between attempts of a listing call that failed transiently.
     retry_delays: ClassVar[tuple[float, ...]] = (1.0, 2.0, 4.0)
     #: Parallel listing requests (one tree listing per revision).
@@ -146,7 +146,7 @@ class HubSource:
         repo_dir = hubio.repo_cache_dir(self.cache_dir, ref.location)
         before = cache_entries(repo_dir) if self.cache == "drop" else set()
         paths = [self._download(ref.location, f, ref.commit, step=ref.step) for f in ref.files]
-        for aux in json.loads(ref.extra.get("aux_files", "[]")):
+        for aux in ref.aux_files:
             try:
                 self._download(ref.location, aux, ref.commit, step=ref.step)
             except CheckpointNotFoundError:
@@ -161,8 +161,7 @@ class HubSource:
 
     def config_dir(self, ref: CheckpointRef) -> Path | None:
         """Download only the ref's config/tokenizer files; their folder (None if it has none)."""
-        aux = json.loads(ref.extra.get("aux_files", "[]"))
-        for name in aux:
+        for name in ref.aux_files:
             with contextlib.suppress(CheckpointNotFoundError):
                 self._download(ref.location, name, ref.commit, step=ref.step)
         folder = self.snapshot_dir(ref)
@@ -184,8 +183,7 @@ class HubSource:
     def snapshot_dir(self, ref: CheckpointRef) -> Path:
         """The local folder holding the ref's files (``config.json`` etc.) after :meth:`fetch`."""
         root = hubio.repo_cache_dir(self.cache_dir, ref.location) / "snapshots" / str(ref.commit)
-        folder = ref.extra.get("subfolder", "")
-        return root / folder if folder else root
+        return root / ref.subfolder if ref.subfolder else root
 
     def release(self, ref: CheckpointRef) -> bool:
         """With ``cache="drop"``, delete what this run downloaded for the ref (never what the
@@ -254,8 +252,8 @@ class HubSource:
         steps = assign_steps(list(folders.values()))
         refs = []
         for (folder, info), step in zip(folders.items(), steps, strict=True):
-            extra = {**info.extra(), "subfolder": folder}
-            ref = self._make_ref(repo, revision, commit, step, folder, files, extra, label=folder + "/")
+            ref = self._make_ref(repo, revision, commit, step, folder, files, info.extra(),
+                                 label=folder + "/")
             if ref is not None:
                 refs.append(ref)
         return refs
@@ -292,14 +290,11 @@ class HubSource:
         if choice.index is not None:
             choice = self._resolve_index(repo, commit, choice, files, step=step)
         by_path = {f.path: f for f in files}
-        extra = {
-            **extra, **file_extra(choice.weights, by_path),
-            "aux_files": json.dumps(list(choice.aux)),
-        }
         return CheckpointRef(
             step=step, label=label, location=repo, files=choice.weights, fmt=choice.fmt,
             revision=revision, commit=commit,
             size_bytes=sum(by_path[w].size for w in choice.weights), extra=extra,
+            aux_files=tuple(choice.aux), subfolder=folder, **file_hashes(choice.weights, by_path),
         )
 
     def _resolve_index(
@@ -382,9 +377,9 @@ class HubSource:
 
 def _check_blobs(ref: CheckpointRef, paths: list[Path]) -> None:
     """Cheap integrity check: a cached LFS blob is named by its sha256 (no re-hashing)."""
-    if "lfs_sha256" not in ref.extra:
+    if not ref.lfs_sha256:
         return
-    for path, expected in zip(paths, json.loads(ref.extra["lfs_sha256"]), strict=True):
+    for path, expected in zip(paths, ref.lfs_sha256, strict=True):
         name = path.resolve().name
         if path.is_symlink() and len(name) == 64 and name != expected:
             raise IntegrityError(

@@ -27,11 +27,11 @@ from flq_audit.constants import (
     WEIGHT_EXTENSIONS,
 )
 from flq_audit.errors import CheckpointNotFoundError, IntegrityError, StepSelectionError
-from flq_audit.sources._base import CheckpointRef
+from flq_audit.sources._base import CheckpointRef, CheckpointSource
 from flq_audit.sources.steps import parse_step
 
 
-class LocalFolderSource:
+class LocalFolderSource(CheckpointSource):
     """A folder of checkpoints on local disk."""
 
     name: ClassVar[str] = "local"

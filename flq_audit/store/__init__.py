@@ -12,6 +12,7 @@ import zarr
 from flq_audit.errors import StoreError, StoreNotFoundError
 from flq_audit.store._create import create_or_resume, source_paths
 from flq_audit.store._lock import lock_path, store_lock
+from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._safety import (
     check_export_target,
     check_removable,
@@ -76,8 +77,11 @@ __all__ = [
     "ERROR",
     "GRAM",
     "TARGETS",
+    "LayerInfo",
+    "ProbeSummary",
     "StepWriter",
     "StoreLayout",
+    "VariableSpec",
     "check_export_target",
     "check_removable",
     "check_report_folder",

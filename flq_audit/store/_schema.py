@@ -11,7 +11,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from flq_audit.capture import LayerInfo
 from flq_audit.constants import (
     DEFAULT_CHUNK_BYTES,
     FEATURE,
@@ -23,7 +22,8 @@ from flq_audit.constants import (
     STEP,
     TARGET,
 )
-from flq_audit.probes import Probe
+from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
+from flq_audit.store._variables import extension_encoding, extension_variables
 
 ACTIVATIONS = "activations"
 GRAM = "gram"
@@ -46,15 +46,14 @@ class StoreLayout:
     labels: tuple[str, ...]
     commits: tuple[str, ...]
     layers: tuple[LayerInfo, ...]
-    probe: Probe | None  # None: a weights-only audit (Grams, no activations)
+    probe: ProbeSummary | None  # None: a weights-only audit (Grams, no activations)
     capture_config: dict[str, Any] = field(default_factory=dict)
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    fl_enabled: bool = False
     duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
-    predictions: bool = False  # store the model's argmax prediction per sample
-    classifier: str | None = None  # layer whose weight maps features to class logits
+    variables: tuple[VariableSpec, ...] = ()  # declared by the audit's step extensions
+    attrs: tuple[tuple[str, str], ...] = ()  # store attributes the extensions set
 
     @property
     def feature_max(self) -> int:
@@ -122,8 +121,6 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
             "its data is copied, not recomputed",
         }),
     }
-    if layout.fl_enabled:
-        data_vars.update(_fl_variables(layout, gram_chunks))
     coords: dict[str, Any] = {
         STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
         "label": ((STEP,), _strings([safe_text(label) for label in layout.labels])),
@@ -143,9 +140,11 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         "flq_audit_version": version,
         "probe": "null",
         **layout.fingerprint(),
+        **dict(layout.attrs),
     }
     if layout.probe is not None:
         _add_probe(layout, data_vars, coords, attrs)
+    data_vars.update(extension_variables(layout))
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
@@ -173,20 +172,6 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
     coords[SAMPLE] = ((SAMPLE,), np.arange(n, dtype=np.int64))
     if probe.labels is not None:
         coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
-    if layout.predictions:
-        data_vars["prediction"] = ((STEP, SAMPLE), da.full((n_steps, n), -1, dtype=np.int64,
-                                                           chunks=(1, n)), {
-            "long_name": "argmax of the model's output for each probe sample (-1: not written)",
-        })
-    if layout.classifier is not None:
-        c = probe.num_classes or probe.targets.shape[1]
-        data_vars["classifier_weight"] = (
-            (STEP, TARGET, GRAM_J),
-            da.full((n_steps, c, layout.gram_max), np.nan, chunks=(1, c, layout.gram_max)),
-            {"long_name": "weight of the classifier layer (C × d), NaN-padded",
-             "layer": layout.classifier},
-        )
-        attrs["classifier"] = layout.classifier
     names = getattr(probe, "class_names", None)
     attrs["probe"] = json.dumps({
         "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,
@@ -195,43 +180,13 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
     })
 
 
-FL_MATRICES = {
-    "fl_vcs": "virtual covariance shift -η(WᵀG_W + G_WᵀW) + η²WᵀΔᵀΔW",
-    "fl_gram_change": "ΔG = W_nextᵀW_next − WᵀW",
-    "fl_remainder": "predicted η² remainder η²(G_WᵀG_W − WᵀΔᵀΔW)",
-}
-FL_SCALARS = {
-    "fl_r_vcs": "‖ΔG − VCS‖_F / ‖ΔG‖_F (O(η) for plain SGD)",
-    "fl_r_step": "‖(W − W_next)/η − ΔᵀH‖_F / ‖ΔᵀH‖_F (≈ 0 iff the step was plain SGD)",
-    "fl_residual": "‖ΔG − VCS − remainder‖_F / ‖ΔG‖_F (rounding level when exact)",
-}
-
-
-def _fl_variables(layout: StoreLayout, gram_chunks: tuple[int, ...]) -> dict[str, Any]:
-    n_steps, n_layers = len(layout.steps), len(layout.layers)
-    shape = (n_steps, n_layers, layout.gram_max, layout.gram_max)
-    out: dict[str, Any] = {
-        name: ((STEP, LAYER, GRAM_I, GRAM_J), da.full(shape, np.nan, chunks=gram_chunks),
-               {"long_name": text, "reference": "paper-notes §3"})
-        for name, text in FL_MATRICES.items()
-    }
-    for name, text in FL_SCALARS.items():
-        out[name] = ((STEP, LAYER), np.full((n_steps, n_layers), np.nan),
-                     {"long_name": text, "flq_metric": "fl", "reference": "paper-notes §3.3"})
-    return out
-
-
 def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
     """Chunk encoding aligned with writes: one step, one layer, a block of samples."""
-    fl = {name: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan}
-          for name in FL_MATRICES} if layout.fl_enabled else {}
     acts = {ACTIVATIONS: {
         "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
         "compressors": [_fast_codec()],
     }} if layout.probe is not None else {}
-    extra = {"prediction": {"chunks": (1, layout.probe.n_samples), "_FillValue": -1}} \
-        if layout.predictions and layout.probe is not None else {}
-    return {**fl, **acts, **extra,
+    return {**extension_encoding(layout), **acts,
         GRAM: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan},
         STEP: {"chunks": (max(1, len(layout.steps)),)},
     }

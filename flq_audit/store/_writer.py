@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from flq_audit._faults import fault_point
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -22,6 +23,9 @@ from flq_audit.store._schema import (
     StoreLayout,
     safe_text,
 )
+
+#: Step-indexed arrays that are bookkeeping, not data: never copied between steps.
+_BOOKKEEPING = frozenset({DONE, ERROR, SHA256, FILES, "duplicate_of"})
 
 #: Chunk writes allowed in flight at once (bounds memory to this many chunks + one per layer).
 MAX_PENDING_WRITES = 4
@@ -67,7 +71,34 @@ class StepWriter:
         return self.steps.index(step)
 
     # ------------------------------------------------------------------ one step
-    def begin_step(self) -> None:
+    @contextlib.contextmanager
+    def step(
+        self, index: int, *, files: Sequence[str] = (), sha256: Sequence[str] = ()
+    ) -> Iterator[StepTransaction]:
+        """Write one step: ``done(step)`` is set last, once every write has landed.
+
+        On an exception the step is recorded in ``error(step)`` with ``done`` false (its
+        partial data is rewritten on resume) and the exception propagates.
+        """
+        self._reset_buffers()
+        try:
+            yield StepTransaction(self, index)
+            for layer_index in list(self._buffers):
+                self._flush(index, layer_index)
+            self.wait()
+        except Exception as err:
+            with contextlib.suppress(Exception):
+                self.wait()
+            self.error[index] = safe_text(str(err))
+            self.done[index] = False
+            raise
+        fault_point("step-commit", step=self.steps[index])
+        self.files[index] = json.dumps([Path(f).name for f in files])
+        self.sha[index] = json.dumps(list(sha256))
+        self.error[index] = ""
+        self.done[index] = True
+
+    def _reset_buffers(self) -> None:
         self._buffers.clear()
         self._filled.clear()
         self._chunk_start.clear()
@@ -141,13 +172,11 @@ class StepWriter:
         self._submit(self.grams, (step_index, layer_index), padded)
 
     def copy_step(self, source_index: int, target_index: int) -> None:
-        """Copy a done step's arrays into another step (byte-identical checkpoints)."""
-        self.begin_step()  # a failed step before this one may have left half-filled buffers
-        names = [n for n in self.group.array_keys()
-                 if n in (ACTIVATIONS, GRAM, "prediction", "classifier_weight")]
-        for name in names:
+        """Copy a done step's data arrays into another step (byte-identical checkpoints)."""
+        for name in self.group.array_keys():
             array = self.group[name]
-            if array.ndim < 2 or array.shape[0] != len(self.steps):
+            dims = array.metadata.dimension_names or ()
+            if name in _BOOKKEEPING or array.ndim < 2 or not dims or dims[0] != "step":
                 continue
             rows = self._rows if name == ACTIVATIONS else None
             for layer in range(array.shape[1]) if array.ndim >= 3 else [None]:
@@ -160,45 +189,20 @@ class StepWriter:
                 else:
                     array[target_index, layer] = array[source_index, layer]
 
-    def write_predictions(self, step_index: int, predictions: np.ndarray) -> None:
-        self._submit(self.group["prediction"], (step_index, slice(None)),
-                     predictions.astype(np.int64))
-
-    def write_classifier(self, step_index: int, weight: np.ndarray) -> None:
-        array = self.group["classifier_weight"]
-        padded = np.full(array.shape[1:], np.nan)
-        padded[: weight.shape[0], : weight.shape[1]] = weight
+    def write_variable(self, step_index: int, name: str, values: np.ndarray) -> None:
+        """One step's slab of an extension variable, padded with its fill value."""
+        if name not in self.group:
+            raise KeyError(f"the store has no variable {name!r} (declare it in variables())")
+        array = self.group[name]
+        values = np.asarray(values)
+        target = array.shape[1:]
+        if values.ndim != len(target) or any(v > t for v, t in zip(values.shape, target,
+                                                                   strict=True)):
+            raise ValueError(f"variable {name!r}: values of shape {values.shape} do not fit "
+                             f"one step of shape {target}")
+        padded = np.full(target, array.fill_value, dtype=array.dtype)
+        padded[tuple(slice(0, n) for n in values.shape)] = values
         self._submit(array, (step_index,), padded)
-
-    def write_fl(self, step_index: int, layer_index: int, result: object) -> None:
-        """Write one layer's FL quantities (a :class:`FLLayerResult`)."""
-        size = self.layout.gram_max
-        for name in ("vcs", "gram_change", "remainder"):
-            matrix = getattr(result, name)
-            padded = np.full((size, size), np.nan)
-            padded[: matrix.shape[0], : matrix.shape[1]] = matrix
-            self.group[f"fl_{name}"][step_index, layer_index] = padded
-        for name in ("r_vcs", "r_step", "residual"):
-            self.group[f"fl_{name}"][step_index, layer_index] = getattr(result, name)
-
-    def finish_step(
-        self, step_index: int, files: Sequence[str], sha256: Sequence[str]
-    ) -> None:
-        """Record provenance, then set ``done`` — the very last write of a step."""
-        for layer_index in list(self._buffers):
-            self._flush(step_index, layer_index)
-        self.wait()
-        self.files[step_index] = json.dumps([Path(f).name for f in files])
-        self.sha[step_index] = json.dumps(list(sha256))
-        self.error[step_index] = ""
-        self.done[step_index] = True
-
-    def fail_step(self, step_index: int, message: str) -> None:
-        # the step failed already; its partial data is rewritten on resume
-        with contextlib.suppress(Exception):
-            self.wait()
-        self.error[step_index] = safe_text(message)
-        self.done[step_index] = False
 
     def step_provenance(self) -> dict[str, dict[str, object]]:
         """``{step: {label, files, sha256}}`` for every done step."""
@@ -213,3 +217,27 @@ class StepWriter:
                     "sha256": json.loads(str(shas[i]) or "[]"),
                 }
         return out
+
+
+class StepTransaction:
+    """The writes of one step, handed out by :meth:`StepWriter.step`."""
+
+    def __init__(self, writer: StepWriter, index: int) -> None:
+        self._writer = writer
+        self.index = index
+
+    def write_rows(self, layer_index: int, start: int, rows: np.ndarray) -> None:
+        """Activation rows ``start:start+len(rows)`` of one layer."""
+        self._writer.write_batch(self.index, layer_index, start, rows)
+
+    def write_gram(self, layer_index: int, gram: np.ndarray) -> None:
+        """One layer's Gram (padded to the store's width)."""
+        self._writer.write_gram(self.index, layer_index, gram)
+
+    def write(self, name: str, values: np.ndarray) -> None:
+        """This step's values of an extension variable (trailing dims may be shorter)."""
+        self._writer.write_variable(self.index, name, values)
+
+    def copy_from(self, source_index: int) -> None:
+        """Every data array of an earlier, done step (identical checkpoint files)."""
+        self._writer.copy_step(source_index, self.index)

@@ -68,6 +68,7 @@ def store_like(rng: np.random.Generator, *, n: int = 36, widths: Sequence[int] =
                 "width": ("layer", np.asarray(widths, dtype=np.int64)),
                 "gram_width": ("layer", np.asarray(widths, dtype=np.int64)),
                 "sample": np.arange(n, dtype=np.int64)},
+        attrs={"Conventions": "CF-1.8 flq-audit-1"},  # what marks a folder as a store
     )
     return StoreLike(ds, acts, grams, y, tuple(widths))
 

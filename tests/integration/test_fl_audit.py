@@ -12,8 +12,9 @@ import xarray as xr
 from safetensors.torch import save_file
 
 from flq_audit import api
-from flq_audit.errors import CaptureError
+from flq_audit.errors import CaptureError, OptionError
 from flq_audit.models import build_from_spec
+from flq_audit.options import FLOptions
 
 SPEC = {"type": "mlp", "in_features": 6, "widths": [8, 8], "out_features": 3,
         "activation": "gelu", "bias": True}
@@ -44,8 +45,8 @@ def _sgd_run(root: Path, *, steps: int = 5, lr: float = 0.1, momentum: float = 0
 
 def test_plain_sgd_residual_is_at_rounding_level(tmp_path):
     run = _sgd_run(tmp_path / "run")
-    api.audit(str(run), out=tmp_path / "s.zarr", fl_loss="ce", fl_lr=0.1,
-              fl_batches=str(run / "fl_batches.json"))
+    api.audit(str(run), out=tmp_path / "s.zarr",
+              fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
     ds = xr.open_zarr(tmp_path / "s.zarr")
     residual = ds.fl_residual.values
     assert np.all(residual[:-1] < 1e-11)
@@ -59,8 +60,8 @@ def test_plain_sgd_residual_is_at_rounding_level(tmp_path):
 
 def test_momentum_run_is_flagged_by_r_step(tmp_path):
     run = _sgd_run(tmp_path / "run", momentum=0.9)
-    api.audit(str(run), out=tmp_path / "s.zarr", fl_loss="ce", fl_lr=0.1,
-              fl_batches=str(run / "fl_batches.json"))
+    api.audit(str(run), out=tmp_path / "s.zarr",
+              fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
     r_step = xr.open_zarr(tmp_path / "s.zarr").fl_r_step.values
     assert np.isclose(r_step[0], 0.0, atol=1e-11).all()  # first step: empty buffer = plain SGD
     assert (r_step[1:-1] > 0.1).all()
@@ -72,12 +73,36 @@ def test_missing_batch_is_refused_before_any_checkpoint(tmp_path):
     del log["batches"]["2"]
     (run / "partial.json").write_text(json.dumps(log))
     with pytest.raises(CaptureError, match="no batch recorded for step 2"):
-        api.audit(str(run), out=tmp_path / "s.zarr", fl_loss="ce", fl_lr=0.1,
-                  fl_batches=str(run / "partial.json"))
+        api.audit(str(run), out=tmp_path / "s.zarr",
+                  fl=FLOptions.from_files("ce", "0.1", str(run / "partial.json")))
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_fl_needs_all_three_options(tmp_path):
+def test_legacy_fl_keywords_need_all_three_options(tmp_path):
     run = _sgd_run(tmp_path / "run")
-    with pytest.raises(ValueError, match="needs all of fl_loss, fl_lr and fl_batches"):
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(OptionError, match="needs all of fl_loss, fl_lr and fl_batches"):
         api.audit(str(run), out=tmp_path / "s.zarr", fl_loss="ce")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_legacy_fl_keywords_give_the_same_store(tmp_path):
+    run = _sgd_run(tmp_path / "run")
+    batches = str(run / "fl_batches.json")
+    api.audit(str(run), out=tmp_path / "new.zarr", fl=FLOptions.from_files("ce", "0.1", batches))
+    with pytest.warns(DeprecationWarning, match="fl_batches"):
+        api.audit(str(run), out=tmp_path / "old.zarr", fl_loss="ce", fl_lr=0.1,
+                  fl_batches=batches)
+    new, old = xr.open_zarr(tmp_path / "new.zarr"), xr.open_zarr(tmp_path / "old.zarr")
+    assert new.attrs["capture_config"] == old.attrs["capture_config"]
+    np.testing.assert_array_equal(new.fl_residual.values, old.fl_residual.values)
+
+
+def test_fl_cli_needs_all_three_flags(tmp_path):
+    from tests._helpers.cli import run_cli
+
+    run = _sgd_run(tmp_path / "run")
+    done = run_cli(run, "--out", tmp_path / "s.zarr", "--fl-loss", "ce", "--fl-lr", "0.1")
+    assert done.returncode == 2, done.stderr
+    assert "needs all of --fl-loss, --fl-lr and --fl-batches" in done.stderr
+    assert not (tmp_path / "s.zarr").exists()

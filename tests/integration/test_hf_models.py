@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 from flq_audit import api
 from flq_audit.errors import ModelBuildError
 from flq_audit.models.hf import load_hf_checkpoint
+from flq_audit.options import CaptureOptions, TextProbeOptions
 from tests._helpers.hf_models import LABELS, TEXTS, trainer_run
 
 
@@ -21,7 +22,8 @@ def _width(ds: xr.Dataset, layer: str) -> int:
 
 def test_neox_mean_pooling_matches_unpadded_forwards(tmp_path):
     run = trainer_run(tmp_path / "run", "neox")
-    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="mean", out=tmp_path / "s.zarr")
+    api.audit(str(run), probe=str(run / "probe.jsonl"), text=TextProbeOptions(pooling="mean"),
+              out=tmp_path / "s.zarr")
     ds = xr.open_zarr(tmp_path / "s.zarr")
     assert ds.sizes["sample"] == len(TEXTS)
     assert ds.targets.shape == (len(TEXTS), 2)  # classes = distinct labels
@@ -39,8 +41,9 @@ def test_neox_mean_pooling_matches_unpadded_forwards(tmp_path):
 
 def test_gpt2_conv1d_gram_lives_in_input_space(tmp_path):
     run = trainer_run(tmp_path / "run", "gpt2", steps=(0,))
-    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="last",
-              layers=["transformer.h.0.attn.c_attn"], out=tmp_path / "s.zarr")
+    api.audit(str(run), probe=str(run / "probe.jsonl"), text=TextProbeOptions(pooling="last"),
+              capture=CaptureOptions(layers=("transformer.h.0.attn.c_attn",)),
+              out=tmp_path / "s.zarr")
     ds = xr.open_zarr(tmp_path / "s.zarr")
     assert int(ds.gram_width.sel(layer="transformer.h.0.attn.c_attn")) == 32  # not 96
     built = load_hf_checkpoint(run / "checkpoint-0", step=0)
@@ -51,8 +54,8 @@ def test_gpt2_conv1d_gram_lives_in_input_space(tmp_path):
 
 def test_bert_token_task_one_row_per_word(tmp_path):
     run = trainer_run(tmp_path / "run", "bert", steps=(0,))
-    api.audit(str(run), probe=str(run / "probe.jsonl"), text_task="token",
-              text_column="tokens", label_column="tags", out=tmp_path / "s.zarr")
+    api.audit(str(run), probe=str(run / "probe.jsonl"), out=tmp_path / "s.zarr",
+              text=TextProbeOptions(task="token", text_column="tokens", label_column="tags"))
     ds = xr.open_zarr(tmp_path / "s.zarr")
     assert ds.sizes["sample"] == sum(len(t.split()) for t in TEXTS)
     assert ds.targets.shape[1] == len({label[0] for label in LABELS})
@@ -60,8 +63,8 @@ def test_bert_token_task_one_row_per_word(tmp_path):
 
 def test_next_token_targets(tmp_path):
     run = trainer_run(tmp_path / "run", "neox", steps=(0,))
-    api.audit(str(run), probe=str(run / "probe.jsonl"), text_task="next-token", top_k=5,
-              out=tmp_path / "s.zarr")
+    api.audit(str(run), probe=str(run / "probe.jsonl"),
+              text=TextProbeOptions(task="next-token", top_k=5), out=tmp_path / "s.zarr")
     ds = xr.open_zarr(tmp_path / "s.zarr")
     from transformers import AutoTokenizer
 
@@ -84,7 +87,7 @@ def test_weights_only_audit_needs_no_model_or_probe(tmp_path):
     from safetensors.torch import load_file
 
     run = trainer_run(tmp_path / "run", "gpt2", steps=(0, 10))
-    api.audit(str(run), no_probe=True, out=tmp_path / "w.zarr")
+    api.audit(str(run), weights_only=True, out=tmp_path / "w.zarr")
     ds = xr.open_zarr(tmp_path / "w.zarr")
     assert "activations" not in ds and bool(ds.done.all())
     layer = "transformer.h.1.mlp.c_fc"
@@ -108,8 +111,9 @@ def test_weights_only_audit_needs_no_model_or_probe(tmp_path):
 
 def test_residual_stream_capture(tmp_path):
     run = trainer_run(tmp_path / "run", "neox", steps=(0,))
-    api.audit(str(run), probe=str(run / "probe.jsonl"), pooling="mean", hidden_states=True,
-              layers=["lm_head"], out=tmp_path / "s.zarr")
+    api.audit(str(run), probe=str(run / "probe.jsonl"), text=TextProbeOptions(pooling="mean"),
+              capture=CaptureOptions(layers=("lm_head",), hidden_states=True),
+              out=tmp_path / "s.zarr")
     ds = xr.open_zarr(tmp_path / "s.zarr")
     names = [str(n) for n in ds.layer.values]
     assert names == ["lm_head", "hidden_states.0", "hidden_states.1", "hidden_states.2"]

@@ -133,7 +133,7 @@ def test_pythia_branches_pinned_to_commits(source, hub):
         assert ref.location == "EleutherAI/pythia-tiny"
         assert (ref.files, ref.fmt) == (("model.safetensors",), "safetensors")
         assert ref.size_bytes == len(data)
-        assert json.loads(ref.extra["lfs_sha256"]) == [_sha256(data)]
+        assert ref.lfs_sha256 == (_sha256(data),)
         assert ref.extra["family"] == "pythia"
 
 
@@ -158,7 +158,7 @@ def test_sharded_safetensors(source, hub):
     shards = {k: v for k, v in REPOS["org/sharded"]["step10"].items() if k.endswith(".safetensors")}
     assert ref.files == tuple(sorted(shards))
     assert ref.size_bytes == sum(map(len, shards.values()))
-    assert json.loads(ref.extra["lfs_sha256"]) == [_sha256(shards[f]) for f in ref.files]
+    assert ref.lfs_sha256 == tuple(_sha256(shards[f]) for f in ref.files)
     paths = src.fetch(ref)
     assert [p.read_bytes() for p in paths] == [shards[f] for f in ref.files]
     state = load_state_dict(paths)
@@ -217,7 +217,7 @@ def test_fetch_checks_the_cached_blob_against_the_listed_sha256(source):
     src = source("EleutherAI/pythia-tiny")
     ref = src.list_refs()[0]
     src.fetch(ref)
-    forged = dataclasses.replace(ref, extra={**ref.extra, "lfs_sha256": json.dumps(["0" * 64])})
+    forged = dataclasses.replace(ref, lfs_sha256=("0" * 64,))
     with pytest.raises(IntegrityError, match="the Hub listed 0000"):
         src.fetch(forged)
 
@@ -262,7 +262,7 @@ def test_offline_listing_from_a_cache_filled_online(source):
     again = offline.list_refs()
     assert [(r.step, r.commit, r.files, r.size_bytes) for r in again] == [
         (r.step, r.commit, r.files, r.size_bytes) for r in refs]
-    assert [r.extra["lfs_sha256"] for r in again] == [r.extra["lfs_sha256"] for r in refs]
+    assert [r.lfs_sha256 for r in again] == [r.lfs_sha256 for r in refs]
     originals = [p.read_bytes() for p in online.fetch(refs[0])]
     assert [p.read_bytes() for p in offline.fetch(again[0])] == originals
 

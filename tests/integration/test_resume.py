@@ -117,3 +117,40 @@ def test_sigint_exits_130_and_leaves_a_resumable_store(big_run, interrupted):
     assert summary["skipped"] == done_steps
     assert summary["written"] == [s for s in STEPS if s not in done_steps]
     assert_same_store(store, interrupted["stores"]["reference"])
+
+
+# ------------------------------------------------------------ deterministic interruptions
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("faults") / "run", (0, 10, 20), n_samples=48)
+
+
+@pytest.fixture(scope="module")
+def small_reference(small_run) -> Path:
+    from flq_audit import api
+    from flq_audit.options import RunOptions
+
+    store = small_run.parent / "reference.zarr"
+    api.audit(str(small_run), out=store, run=RunOptions(batch_size=16))
+    return store
+
+
+@pytest.mark.parametrize(("fault", "code"), [
+    ("kill@step-commit:step=10", -signal.SIGKILL),  # data landed, done(10) not yet written
+    ("kill@step-batch:step=10,batch=1", -signal.SIGKILL),  # half of step 10's rows written
+    ("int@step-batch:step=10,batch=1", 130),  # Ctrl-C: a clean exit, the lock released
+])
+def test_interrupt_at_a_named_point_then_resume(small_run, small_reference, tmp_path, fault,
+                                                code):
+    from flq_audit import api
+    from flq_audit.options import RunOptions
+    from tests._helpers.cli import cli_env
+
+    store = tmp_path / "s.zarr"
+    done = run_cli(small_run, "--out", store, "--batch-size", "16", "-q",
+                   env=cli_env(FLQ_AUDIT_FAULT=fault))
+    assert done.returncode == code, describe(done)
+    assert read_done(store).tolist() == [True, False, False]
+    resumed = api.audit(str(small_run), out=store, run=RunOptions(batch_size=16))
+    assert resumed.written == [10, 20] and resumed.skipped == [0]
+    assert_same_store(store, small_reference)

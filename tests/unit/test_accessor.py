@@ -45,6 +45,7 @@ def _hand_built(rng: np.random.Generator, n: int = 30, c: int = 3) -> tuple[xr.D
          "done": (("step",), DONE)},
         coords={"step": STEPS, "layer": np.asarray(["a", "b", "c"], dtype=object),
                 "width": ("layer", np.asarray(WIDTHS)), "gram_width": ("layer", np.asarray(WIDTHS))},
+        attrs={"Conventions": "CF-1.8 flq-audit-1"},  # what marks a folder as a store
     )
     return ds, acts
 

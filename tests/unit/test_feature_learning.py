@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flq_audit.errors import CaptureError, ProbeError
-from flq_audit.feature_learning import _patches, _rows, fl_quantities, load_fl_config
+from flq_audit.audit.extensions.fl import _patches, _rows, fl_quantities
+from flq_audit.errors import CaptureError, OptionError, ProbeError
+from flq_audit.options import FLOptions
 
 
 def _mlp() -> nn.Module:
@@ -157,13 +158,13 @@ def test_padding_zero_unfold_breaks_the_identity():
 def test_missing_provenance_is_refused(tmp_path):
     batches = tmp_path / "b.json"
     batches.write_text('{"batches": {"0": [0, 1], "1": [2, 3]}}')
-    config = load_fl_config("ce", "0.1", str(batches))
+    config = FLOptions.from_files("ce", "0.1", str(batches))
     assert config.batch_at(1, 10).tolist() == [2, 3]
     with pytest.raises(CaptureError, match="no batch recorded for step 2"):
         config.batch_at(2, 10)
     with pytest.raises(ProbeError, match=r"indices outside \[0, 3\)"):
         config.batch_at(1, 3)
-    with pytest.raises(ValueError, match="--fl-loss must be 'ce' or 'mse'"):
-        load_fl_config("hinge", "0.1", "full")
+    with pytest.raises(OptionError, match=r"--fl-loss \(loss\) must be one of ce, mse; got 'hinge'"):
+        FLOptions.from_files("hinge", "0.1", "full")
     with pytest.raises(ProbeError, match="does not exist"):
-        load_fl_config("ce", str(tmp_path / "missing.json"), "full")
+        FLOptions.from_files("ce", str(tmp_path / "missing.json"), "full")

@@ -56,3 +56,47 @@ def test_modules_stay_small():
         if (n := len(p.read_text().splitlines())) > 400
     }
     assert not too_long, too_long
+
+
+_HEAVY = ("torch", "transformers")
+
+# Prints, at interpreter exit, which heavy modules the given code loaded.
+_REPORT = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('HEAVY=' + ','.join("
+    f"m for m in {_HEAVY!r} if m in sys.modules)))\n"
+)
+
+
+def _heavy_after(code: str, cwd: Path | None = None) -> tuple[str, subprocess.CompletedProcess]:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-c", _REPORT + code], capture_output=True, text=True,
+                         env=env, cwd=cwd, timeout=300)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert lines, out.stderr
+    return lines[-1].removeprefix("HEAVY="), out
+
+
+def test_read_side_modules_import_neither_torch_nor_transformers():
+    modules = ("flq_audit.store", "flq_audit.metrics", "flq_audit.export", "flq_audit.api",
+               "flq_audit.report", "flq_audit.options", "flq_audit.audit", "flq_audit.cli")
+    heavy, out = _heavy_after("".join(f"import {m}\n" for m in modules))
+    assert heavy == "", (heavy, out.stderr)
+
+
+def test_read_side_commands_import_neither_torch_nor_transformers(run_dir, tmp_path):
+    from flq_audit import api
+
+    store = tmp_path / "s.zarr"
+    api.audit(str(run_dir), out=store)
+    main = "from flq_audit.cli import main\ntry:\n    main({args!r})\nexcept SystemExit as e:\n" \
+           "    print('EXIT', e.code)\n"
+    commands = [["--help"], ["show", str(store)], ["metrics", str(store), "--json"],
+                ["export", str(store), str(tmp_path / "m.nc")],
+                ["report", str(store), "--out", str(tmp_path / "report")]]
+    for args in commands:
+        heavy, out = _heavy_after(main.format(args=args), cwd=tmp_path)
+        assert "EXIT 0" in out.stdout or "EXIT None" in out.stdout, (args, out.stdout, out.stderr)
+        assert heavy == "", (args, heavy)

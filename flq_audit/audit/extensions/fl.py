@@ -1,7 +1,7 @@
 """Virtual covariance and the Feature-Learning-Equation residual between two checkpoints.
 
 For one linear map ``z = W h`` inside any network, one plain-SGD step ``W⁺ = W − η ∇_W L``
-on a batch gives exactly (paper-notes §3.2)::
+on a batch gives exactly (docs/concepts.md#the-feature-learning-equation-residual)::
 
     ΔG  = W⁺ᵀW⁺ − WᵀW
     VCS = −η (WᵀG_W + G_WᵀW) + η² Wᵀ(ΔᵀΔ)W          with G_W = ΔᵀH = ∇_W L
@@ -16,83 +16,103 @@ Adam): ``r_step`` says whether the step really was plain SGD on that batch at th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flq_audit._json import read_json_object
+from flq_audit.audit.extensions.base import Extension, StepContext, stack_padded
 from flq_audit.capture import weight_matrix
-from flq_audit.errors import CaptureError, ProbeError, ProbeNotFoundError
+from flq_audit.constants import GRAM_I, GRAM_J, LAYER, STEP
+from flq_audit.errors import CaptureError, ModelBuildError, ProbeError
+from flq_audit.options import FLOptions
+from flq_audit.probes import Probe
+from flq_audit.store._records import VariableSpec
+
+if TYPE_CHECKING:
+    from flq_audit.audit.plan import AuditPlan
+    from flq_audit.store import StoreLayout
 
 LossOptions = Literal["ce", "mse"]
 
-
-@dataclass(frozen=True)
-class FLConfig:
-    """Training provenance the FL residual needs: loss, learning rate(s), batches."""
-
-    loss: LossOptions
-    lr: float | dict[int, float]
-    batches: dict[int, list[int]] | None  # None: the full probe was the batch
-
-    def lr_at(self, step: int) -> float:
-        if isinstance(self.lr, dict):
-            if step not in self.lr:
-                raise CaptureError(f"FL residual: no learning rate recorded for step {step}",
-                                   step=step, hint="Give --fl-lr a value for every step.")
-            return self.lr[step]
-        return self.lr
-
-    def batch_at(self, step: int, n_samples: int) -> np.ndarray:
-        if self.batches is None:
-            return np.arange(n_samples)
-        if step not in self.batches:
-            raise CaptureError(
-                f"FL residual: no batch recorded for step {step} (the update from step {step} "
-                "to the next checkpoint)", step=step,
-                hint="The batches file must list the probe indices of every selected step.",
-            )
-        batch = np.asarray(self.batches[step], dtype=np.int64)
-        if batch.size == 0 or batch.min() < 0 or batch.max() >= n_samples:
-            raise ProbeError(
-                f"FL residual: batch of step {step} holds indices outside [0, {n_samples})",
-                step=step,
-            )
-        return batch
-
-    def to_json_dict(self) -> dict[str, object]:
-        return {"loss": self.loss, "lr": self.lr if not isinstance(self.lr, dict) else
-                {str(k): v for k, v in self.lr.items()},
-                "batches": "full" if self.batches is None else
-                {str(k): len(v) for k, v in self.batches.items()}}
+REFERENCE = "docs/concepts.md#the-feature-learning-equation-residual"
+FL_MATRICES = {
+    "fl_vcs": "virtual covariance shift -η(WᵀG_W + G_WᵀW) + η²WᵀΔᵀΔW",
+    "fl_gram_change": "ΔG = W_nextᵀW_next − WᵀW",
+    "fl_remainder": "predicted η² remainder η²(G_WᵀG_W − WᵀΔᵀΔW)",
+}
+FL_SCALARS = {
+    "fl_r_vcs": "‖ΔG − VCS‖_F / ‖ΔG‖_F (O(η) for plain SGD)",
+    "fl_r_step": "‖(W − W_next)/η − ΔᵀH‖_F / ‖ΔᵀH‖_F (≈ 0 iff the step was plain SGD)",
+    "fl_residual": "‖ΔG − VCS − remainder‖_F / ‖ΔG‖_F (rounding level when exact)",
+}
 
 
-def load_fl_config(loss: str, lr: str | float, batches: str) -> FLConfig:
-    """Parse ``--fl-loss``, ``--fl-lr`` (a number or a JSON ``{step: lr}`` file) and
-    ``--fl-batches`` (``full`` or a JSON file ``{step: [indices]}``, optionally nested under
-    ``"batches"`` as the ``sgd_every_step`` recipe writes it)."""
-    if loss not in ("ce", "mse"):
-        raise ValueError(f"--fl-loss must be 'ce' or 'mse', got {loss!r}")
-    rate: float | dict[int, float]
-    try:
-        rate = float(lr)
-    except ValueError:
-        rate = {int(k): float(v) for k, v in _read_json(lr, "--fl-lr").items()}
-    if batches == "full":
-        return FLConfig(loss, rate, None)  # type: ignore[arg-type]
-    data = _read_json(batches, "--fl-batches")
-    data = data.get("batches", data)
-    return FLConfig(loss, rate, {int(k): [int(i) for i in v] for k, v in data.items()})  # type: ignore[arg-type]
+class FeatureLearningResidual(Extension):
+    """The FL residual of the update from each selected step to the next one."""
 
+    name: ClassVar[str] = "fl"
+    copy_duplicates: ClassVar[bool] = False  # the values depend on the next checkpoint
 
-def _read_json(path: str | Path, flag: str) -> dict:
-    return read_json_object(path, f"{flag} file", missing=ProbeNotFoundError, invalid=ProbeError)
+    def __init__(self, options: FLOptions) -> None:
+        self.options = options
+
+    def variables(self, layout: StoreLayout) -> Sequence[VariableSpec]:
+        matrices = [VariableSpec(name, (STEP, LAYER, GRAM_I, GRAM_J),
+                                 attrs={"long_name": text, "reference": REFERENCE})
+                    for name, text in FL_MATRICES.items()]
+        scalars = [VariableSpec(name, (STEP, LAYER), attrs={
+            "long_name": text, "flq_metric": "fl", "reference": REFERENCE})
+            for name, text in FL_SCALARS.items()]
+        return [*matrices, *scalars]
+
+    def preflight(self, plan: AuditPlan) -> None:
+        """Refuse missing provenance before any checkpoint is read."""
+        probe = plan.probe
+        if not isinstance(probe, Probe):
+            raise ProbeError("the FL residual needs an array probe (inputs, targets)")
+        if self.options.loss == "ce" and probe.kind != "classes":
+            raise ProbeError("--fl-loss ce needs a class probe; this probe has continuous targets")
+        for ref in plan.refs[:-1]:
+            self.options.lr_at(ref.step)
+            self.options.batch_at(ref.step, probe.n_samples)
+
+    def on_step(self, ctx: StepContext) -> Mapping[str, np.ndarray]:
+        if ctx.next_ref is None or ctx.built is None:
+            return {}
+        from flq_audit.models import map_keys
+        from flq_audit.weights import load_state_dict
+
+        plan, following = ctx.plan, ctx.next_ref
+        probe = plan.probe
+        assert isinstance(probe, Probe)
+        next_state = map_keys(ctx.built, load_state_dict(
+            plan.source.fetch(following), trust_pickle=ctx.run.trust_pickle,
+            step=following.step))
+        missing = [name for name in ctx.layers if f"{name}.weight" not in next_state]
+        if missing:
+            raise ModelBuildError(f"step {following.step}: no weight for layer(s) {missing}",
+                                  step=following.step)
+        batch = self.options.batch_at(ctx.ref.step, probe.n_samples)
+        labels = None if probe.labels is None else probe.labels[batch]
+        results = fl_quantities(
+            ctx.built.module, ctx.layers, probe.inputs[batch], probe.targets[batch], labels,
+            ctx.state, {name: next_state[f"{name}.weight"] for name in ctx.layers},
+            loss=self.options.loss, lr=self.options.lr_at(ctx.ref.step),
+        )
+        per_layer = [results.get(info.name) for info in plan.layers]
+        size = (plan.layout.gram_max, plan.layout.gram_max)
+        out = {f"fl_{name}": stack_padded([None if r is None else getattr(r, name)
+                                            for r in per_layer], size)
+               for name in ("vcs", "gram_change", "remainder")}
+        for name in ("r_vcs", "r_step", "residual"):
+            out[f"fl_{name}"] = np.asarray([np.nan if r is None else getattr(r, name)
+                                            for r in per_layer])
+        return out
 
 
 @dataclass(frozen=True)

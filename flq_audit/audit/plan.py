@@ -1,0 +1,349 @@
+"""Resolve everything an audit needs before any checkpoint is read: the plan."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from flq_audit.audit.extensions.base import StepExtension
+from flq_audit.audit.extensions.fl import FeatureLearningResidual
+from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
+from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
+from flq_audit.audit.extensions.predictions import ClassPredictions
+from flq_audit.capture import (
+    layer_infos,
+    output_classes,
+    select_layers,
+    weight_layer_infos,
+    weight_matrix,
+)
+from flq_audit.errors import (
+    FlqAuditError,
+    ModelBuildError,
+    ModelNotFoundError,
+    ProbeError,
+    ProbeNotFoundError,
+)
+from flq_audit.models import BuiltModel, build_model
+from flq_audit.models.hf import build_hf_model
+from flq_audit.options import (
+    DEFAULT_CAPTURE,
+    DEFAULT_RUN,
+    CaptureOptions,
+    FLOptions,
+    HubOptions,
+    RunOptions,
+    TextProbeOptions,
+)
+from flq_audit.probes import Probe, load_probe
+from flq_audit.probes.text import TEXT_SUFFIXES
+from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
+from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout
+
+DEFAULT_MODEL_FILE = "model_spec.json"
+DEFAULT_PROBE_FILE = "probe.npz"
+WEIGHTS_ONLY_MODEL = "none (weights only)"
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What an audit will do, resolved before any checkpoint is read; never changed after.
+
+    Returned as is by ``audit(..., dry_run=True)`` and run by
+    :func:`flq_audit.audit.runner.run_audit`.
+    """
+
+    source: CheckpointSource
+    refs: tuple[CheckpointRef, ...]
+    all_steps: tuple[int, ...]
+    store: Path
+    model: str  # the --model spec: a file, "hf", or WEIGHTS_ONLY_MODEL
+    built: BuiltModel | None  # the model as built at plan time; None in weights-only audits
+    probe: Probe | Any | None  # an array or text probe; None in weights-only audits
+    layers: tuple[LayerInfo, ...]
+    capture: CaptureOptions
+    layout: StoreLayout
+    text: TextProbeOptions | None = None
+    fl: FLOptions | None = None
+    extensions: tuple[StepExtension, ...] = ()
+    already_done: tuple[int, ...] = ()
+
+    @property
+    def mode(self) -> Literal["module", "hf", "weights"]:
+        """``weights`` (Grams only), ``hf`` (reloaded per step) or ``module`` (one model)."""
+        if self.probe is None:
+            return "weights"
+        return "hf" if self.model == "hf" else "module"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The capture configuration stored in the store (part of its fingerprint)."""
+        return dict(self.layout.capture_config)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (what ``--dry-run --json`` prints)."""
+        return {
+            "source": self.source.describe(),
+            "store": str(self.store),
+            "store_exists": self.store.exists(),
+            "steps": [r.step for r in self.refs],
+            "already_done": list(self.already_done),
+            "checkpoints": [
+                {"step": r.step, "label": r.label, "format": r.fmt, "bytes": r.size_bytes,
+                 "files": [Path(f).name for f in r.files], "revision": r.revision,
+                 "commit": r.commit}
+                for r in self.refs
+            ],
+            "checkpoint_bytes": sum(r.size_bytes for r in self.refs),
+            "duplicates": {str(s): o for s, o in self.layout.duplicates},
+            "probe": None if self.probe is None else {
+                "name": self.probe.name, "n_samples": self.probe.n_samples,
+                "kind": self.probe.kind, "num_classes": self.probe.num_classes,
+                "fingerprint": self.probe.fingerprint},
+            "layers": [
+                {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
+                for li in self.layers
+            ],
+            "extensions": [ext.name for ext in self.extensions],
+            "store_bytes_estimate": self.layout.estimated_bytes(),
+            "sample_chunk": self.layout.sample_chunk,
+            "capture_config": self.config,
+        }
+
+
+def capture_config(
+    model: str, layers: Sequence[LayerInfo], capture: CaptureOptions,
+    text: TextProbeOptions | None = None, fl: FLOptions | None = None,
+) -> dict[str, Any]:
+    """The store's ``capture_config``: the options that decide what is stored."""
+    out: dict[str, Any] = {
+        "model": model, "layers": [li.name for li in layers],
+        "activation_dtype": capture.activation_dtype, "gram_dtype": capture.gram_dtype,
+        "max_samples": capture.max_samples,
+    }
+    if text is not None:
+        out["text"] = text.to_json_dict()
+    if capture.hidden_states:
+        out["hidden_states"] = True
+    if fl is not None:
+        out["fl"] = fl.to_json_dict()
+    return out
+
+
+def plan_audit(
+    source: str,
+    *,
+    steps: str = "all",
+    model: str | None = None,
+    probe: str | None = None,
+    weights_only: bool = False,
+    out: str | Path | None = None,
+    capture: CaptureOptions = DEFAULT_CAPTURE,
+    hub: HubOptions | None = None,
+    text: TextProbeOptions | None = None,
+    fl: FLOptions | None = None,
+    run: RunOptions = DEFAULT_RUN,
+    extensions: Sequence[StepExtension] = (),
+) -> AuditPlan:
+    """Resolve source, steps, model, probe, layers and extensions; check them all.
+
+    The probe is replayed once through the model built at plan time and every extension's
+    ``preflight`` runs, so that bad input fails before any checkpoint is read.
+    """
+    src = open_source(source, **(hub.source_kwargs() if hub is not None else {}))
+    all_refs = src.list_refs()
+    wanted = set(select_steps([r.step for r in all_refs], steps))
+    refs = tuple(r for r in all_refs if r.step in wanted)
+    root = Path(source).expanduser()
+    folder = checkpoint_folder(src, refs[0]) if refs else None
+    store = Path(out) if out is not None else default_store(root)
+    if weights_only:
+        plan = _weights_only_plan(src, refs, all_refs, folder, store, capture)
+    else:
+        plan = _model_plan(src, refs, all_refs, root, folder, store, model=model, probe=probe,
+                           capture=capture, text=text, fl=fl, run=run)
+    plan = _with_extensions(plan, list(extensions))
+    for ext in plan.extensions:
+        ext.preflight(plan)
+    return replace(plan, already_done=() if run.overwrite else _already_done(plan))
+
+
+def _model_plan(
+    src: CheckpointSource, refs: tuple[CheckpointRef, ...], all_refs: list[CheckpointRef],
+    root: Path, folder: Path | None, store: Path, *, model: str | None, probe: str | None,
+    capture: CaptureOptions, text: TextProbeOptions | None, fl: FLOptions | None,
+    run: RunOptions,
+) -> AuditPlan:
+    model_spec = model or _default_model(root, folder)
+    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeNotFoundError)
+    if model_spec == "hf":
+        if folder is None:
+            raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
+        built = build_hf_model(folder, trust_remote_code=run.trust_remote_code)
+    else:
+        built = build_model(model_spec)
+    if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
+        text = text or TextProbeOptions()
+        loaded = _text_probe(probe_spec, folder, text)
+    else:
+        text = None
+        loaded = load_probe(probe_spec)
+    if capture.max_samples is not None:
+        loaded = loaded.head(capture.max_samples)
+    chosen = select_layers(built.module, capture.layers)
+    hidden = capture.hidden_states
+    if hidden:
+        require_transformers(built)
+    infos = layer_infos(built.module, chosen, loaded, hidden_states=hidden)
+    builtin: list[StepExtension] = [NonFiniteWeights()]
+    predictions, classifier = _classification_outputs(built, loaded, chosen, infos)
+    if predictions:
+        builtin.append(ClassPredictions(classifier))
+    if hidden:
+        builtin.append(HiddenStates())
+    if fl is not None:
+        builtin.append(FeatureLearningResidual(fl))
+    layout = StoreLayout(
+        source=src.describe(),
+        steps=tuple(r.step for r in refs),
+        labels=tuple(r.label for r in refs),
+        commits=tuple(r.commit or "" for r in refs),
+        layers=tuple(infos),
+        probe=ProbeSummary.of(loaded),
+        capture_config=capture_config(str(model_spec), infos, capture, text, fl),
+        activation_dtype=capture.activation_dtype,
+        gram_dtype=capture.gram_dtype,
+        duplicates=_duplicates(src, refs),
+    )
+    return AuditPlan(
+        source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
+        model=str(model_spec), built=built, probe=loaded, layers=tuple(infos), capture=capture,
+        layout=layout, text=text, fl=fl, extensions=tuple(builtin),
+    )
+
+
+def _with_extensions(plan: AuditPlan, extra: list[StepExtension]) -> AuditPlan:
+    """Add user extensions and the variables and attributes all extensions declare."""
+    extensions = (*plan.extensions, *extra)
+    names = [ext.name for ext in extensions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two extensions share a name: {names}")
+    variables = tuple(spec for ext in extensions for spec in ext.variables(plan.layout))
+    attrs = tuple((k, v) for ext in extensions for k, v in ext.store_attrs().items())
+    layout = replace(plan.layout, variables=variables, attrs=attrs)
+    return replace(plan, extensions=extensions, layout=layout)
+
+
+def _already_done(plan: AuditPlan) -> tuple[int, ...]:
+    """Selected steps an existing store holds already (a dry run reports them)."""
+    if not plan.store.exists():
+        return ()
+    try:
+        from flq_audit.store import open_dataset
+
+        done = open_dataset(plan.store)["done"]
+    except Exception:  # an unreadable store is reported by the real run
+        return ()
+    selected = {r.step for r in plan.refs}
+    return tuple(int(s) for s in done["step"].values[done.values.astype(bool)]
+                 if int(s) in selected)
+
+
+def _weights_only_plan(
+    src: CheckpointSource, refs: tuple[CheckpointRef, ...], all_refs: list[CheckpointRef],
+    folder: Path | None, store: Path, capture: CaptureOptions,
+) -> AuditPlan:
+    """Grams only: layers from the first checkpoint's tensor names and shapes."""
+    shapes = src.tensor_shapes(refs[0])
+    model_type = None
+    if folder is not None and (folder / "config.json").is_file():
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    infos = weight_layer_infos(shapes, model_type=model_type, patterns=capture.layers)
+    options = CaptureOptions(layers=capture.layers, gram_dtype=capture.gram_dtype)
+    layout = StoreLayout(
+        source=src.describe(), steps=tuple(r.step for r in refs),
+        labels=tuple(r.label for r in refs), commits=tuple(r.commit or "" for r in refs),
+        layers=tuple(infos), probe=None,
+        capture_config=capture_config(WEIGHTS_ONLY_MODEL, infos, options),
+        gram_dtype=capture.gram_dtype, duplicates=_duplicates(src, refs),
+    )
+    return AuditPlan(source=src, refs=refs, all_steps=tuple(r.step for r in all_refs),
+                     store=store, model=WEIGHTS_ONLY_MODEL, built=None, probe=None,
+                     layers=tuple(infos), capture=options, layout=layout,
+                     extensions=(NonFiniteWeights(),))
+
+
+def _classification_outputs(
+    built: BuiltModel, probe: Any, chosen: dict, infos: list[LayerInfo]
+) -> tuple[bool, str | None]:
+    """Whether to store predictions (NC4) and which layer is the classifier (NC3)."""
+    if not isinstance(probe, Probe) or probe.kind != "classes" or built.origin.startswith("hf:"):
+        return False, None
+    classes = output_classes(built.module, probe)
+    if classes != probe.num_classes:
+        return False, None
+    for info in reversed(infos):
+        if weight_matrix(chosen[info.name]).shape[0] == classes:
+            return True, info.name
+    return True, None
+
+
+def default_store(root: Path) -> Path:
+    """``./<source name>.zarr`` (a repo template's ``{step}`` dropped)."""
+    name = root.expanduser().resolve().name.replace("{step}", "").strip("-_") or "flq-audit"
+    return Path.cwd() / f"{name}.zarr"
+
+
+def _duplicates(src: CheckpointSource, refs: Sequence[CheckpointRef]) -> tuple[tuple[int, int], ...]:
+    """Selected steps whose weight files are identical to an earlier selected step's."""
+    if not src.supports_duplicates:
+        return ()
+    return tuple(sorted(src.duplicates(list(refs)).items()))
+
+
+def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | None:
+    """The folder holding a checkpoint's config/tokenizer files, when it has one."""
+    folder = source.config_dir(ref)
+    return None if folder is None else Path(folder)
+
+
+def _default_model(root: Path, folder: Path | None) -> str:
+    if root.is_dir() and (root / DEFAULT_MODEL_FILE).is_file():
+        return str(root / DEFAULT_MODEL_FILE)
+    if folder is not None and (folder / "config.json").is_file():
+        return "hf"
+    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
+
+
+def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
+    if folder is None:
+        raise ProbeError(
+            f"text probe {spec!r} needs a tokenizer, and the checkpoints have no folder with "
+            "tokenizer files", hint="Text probes work with transformers checkpoints.",
+        )
+    from transformers import AutoTokenizer
+
+    from flq_audit.probes.text import load_text_probe
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as err:
+        raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
+    return load_text_probe(
+        spec, tokenizer, task=text.task, text_column=text.text_column,
+        label_column=text.label_column, pooling=text.pooling,
+        max_length=text.max_length, top_k=text.top_k,
+    )
+
+
+def _default_file(root: Path, name: str, flag: str, error: type[FlqAuditError]) -> str:
+    candidate = root / name
+    if root.is_dir() and candidate.is_file():
+        return str(candidate)
+    raise error(
+        f"no {flag} given and {str(candidate)!r} does not exist",
+        hint=f"Pass {flag} explicitly (see `flq-audit --help`).",
+    )
