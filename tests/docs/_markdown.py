@@ -7,6 +7,7 @@ before it with blank lines between::
     <!-- file: nets.py -->              the block is written to this file, not run
     <!-- output -->                     the block is the previous command's expected output
     <!-- output: lines -->              ... whose every line occurs in the output, in order
+    <!-- output: ignore=wrote -->       ... lines starting with ``wrote`` left out on both sides
 
 One page-wide directive anywhere on the page maps the paths its examples use::
 

@@ -136,13 +136,20 @@ def _run_python(block: Block, code: str, namespace: dict[str, object]) -> str:
 
 
 def _compare(block: Block, output: str, page: Page, work: Path) -> None:
-    got = squash(_documented(output, page, work))
+    expected, output = block.text, _documented(output, page, work)
+    if block.argument.startswith("ignore="):  # lines that differ from run to run (file sizes)
+        prefix = block.argument.removeprefix("ignore=")
+        expected, output = (
+            "\n".join(line for line in text.splitlines() if not line.startswith(prefix))
+            for text in (expected, output)
+        )
+    got = squash(output)
     if block.argument == "lines":
         at = 0
-        for line in block.text.splitlines():
+        for line in expected.splitlines():
             needle = squash(line)
             found = got.find(needle, at)
             assert found >= 0, f"{block.where}: {line!r} is not in the output (in order):\n{output}"
             at = found + len(needle)
     else:
-        assert squash(block.text) == got, f"{block.where}: the output differs:\n{output}"
+        assert squash(expected) == got, f"{block.where}: the output differs:\n{output}"
