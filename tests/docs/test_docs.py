@@ -7,7 +7,8 @@ use onto it (``/tmp/qs=.``). ``flq-audit`` commands run in this process (one sta
 of them); other commands run in ``bash`` with ``python`` and ``flq-audit`` on ``PATH``.
 Directives before a block (see ``_markdown.py``) skip it with a visible reason, write it to a
 file, or mark it as the expected output of the block before it. Blocks without a language tag
-(formulas, listings) and ``json`` blocks are text, not run.
+(formulas, listings) and ``json`` blocks are text, not run. ``FLQ_DOCS_TIMES=1`` prints the
+slowest commands at the end.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def run_page(page: Page, page_dir: Path, request) -> None:
 
 def _place_fixtures(page: Page, work: Path, request) -> None:
     for name, local in page.paths.items():
-        if name not in ("run", "store", "stores", "runs"):
+        if name not in ("run", "store"):
             continue
-        source = request.getfixturevalue("digits_run" if name.startswith("run") else "digits_store")
+        source = request.getfixturevalue("digits_run" if name == "run" else "digits_store")
         for target in local.split(","):
             (work / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, work / target)
