@@ -7,10 +7,12 @@ before it with blank lines between::
     <!-- file: nets.py -->              the block is written to this file, not run
     <!-- output -->                     the block is the previous command's expected output
     <!-- output: lines -->              ... whose every line occurs in the output, in order
+    <!-- output: ignore=wrote -->       ... lines starting with ``wrote`` left out on both sides
 
-One page-wide directive anywhere on the page maps the paths its examples use::
+One page-wide directive anywhere on the page maps the paths its examples use and places the
+session's digits run and store (comma-separated paths for several copies)::
 
-    <!-- docs-test: /tmp/qs=. /tmp/flq-demo=flq-demo -->
+    <!-- docs-test: /tmp/qs=. /tmp/flq-demo=flq-demo run=runs/mlp store=mlp.zarr,flq-demo/store.zarr -->
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def page_dir(tmp_path, monkeypatch) -> Path:
+def page_dir(tmp_path, monkeypatch) -> Iterator[Path]:
     """A fresh folder, the working directory, with ``python`` and ``flq-audit`` on PATH."""
     work, shims = tmp_path / "work", tmp_path / "bin"
     work.mkdir()
@@ -28,4 +29,7 @@ def page_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a page's own training script on a shared 2-core machine
     monkeypatch.chdir(work)
     monkeypatch.syspath_prepend(str(work))
-    return work
+    yield work
+    for name, module in list(sys.modules.items()):  # a page's own modules (nets.py) stay with it
+        if str(getattr(module, "__file__", None) or "").startswith(str(work)):
+            del sys.modules[name]

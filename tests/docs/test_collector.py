@@ -80,3 +80,19 @@ def test_a_page_that_drifted_fails_at_its_block(tmp_path, page_dir, request, old
     page = read_page(_page(tmp_path, PAGE.replace(old, new)))
     with pytest.raises(AssertionError, match=message):
         run_page(page, page_dir, request)
+
+
+def test_ignored_lines_may_differ_and_the_rest_may_not(tmp_path, page_dir, request):
+    page = """```bash
+python -c "print('kept'); print('wrote 3.1 KiB')"
+```
+
+<!-- output: ignore=wrote -->
+```
+kept
+wrote 2.9 KiB
+```
+"""
+    run_page(read_page(_page(tmp_path, page)), page_dir, request)
+    with pytest.raises(AssertionError, match="the output differs"):
+        run_page(read_page(_page(tmp_path, page.replace("kept\nwrote", "lost\nwrote"))), page_dir, request)

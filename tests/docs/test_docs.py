@@ -7,7 +7,8 @@ use onto it (``/tmp/qs=.``). ``flq-audit`` commands run in this process (one sta
 of them); other commands run in ``bash`` with ``python`` and ``flq-audit`` on ``PATH``.
 Directives before a block (see ``_markdown.py``) skip it with a visible reason, write it to a
 file, or mark it as the expected output of the block before it. Blocks without a language tag
-(formulas, listings) and ``json`` blocks are text, not run.
+(formulas, listings) and ``json`` blocks are text, not run. ``FLQ_DOCS_TIMES=1`` prints the
+slowest commands at the end.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def run_page(page: Page, page_dir: Path, request) -> None:
 
 def _place_fixtures(page: Page, work: Path, request) -> None:
     for name, local in page.paths.items():
-        if name not in ("run", "store", "stores", "runs"):
+        if name not in ("run", "store"):
             continue
-        source = request.getfixturevalue("digits_run" if name.startswith("run") else "digits_store")
+        source = request.getfixturevalue("digits_run" if name == "run" else "digits_store")
         for target in local.split(","):
             (work / target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(source, work / target)
@@ -136,13 +137,20 @@ def _run_python(block: Block, code: str, namespace: dict[str, object]) -> str:
 
 
 def _compare(block: Block, output: str, page: Page, work: Path) -> None:
-    got = squash(_documented(output, page, work))
+    expected, output = block.text, _documented(output, page, work)
+    if block.argument.startswith("ignore="):  # lines that differ from run to run (file sizes)
+        prefix = block.argument.removeprefix("ignore=")
+        expected, output = (
+            "\n".join(line for line in text.splitlines() if not line.startswith(prefix))
+            for text in (expected, output)
+        )
+    got = squash(output)
     if block.argument == "lines":
         at = 0
-        for line in block.text.splitlines():
+        for line in expected.splitlines():
             needle = squash(line)
             found = got.find(needle, at)
             assert found >= 0, f"{block.where}: {line!r} is not in the output (in order):\n{output}"
             at = found + len(needle)
     else:
-        assert squash(block.text) == got, f"{block.where}: the output differs:\n{output}"
+        assert squash(expected) == got, f"{block.where}: the output differs:\n{output}"
