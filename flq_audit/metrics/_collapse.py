@@ -66,7 +66,7 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
     each variable's ``excluded_classes`` attribute. Steps that are not done, and every value
     of a store whose ``targets`` are continuous (``kind='continuous'``), are NaN.
     """
-    context = GroupContext(ds, None, _moments=moments)
+    context = GroupContext(ds, None, shared_moments=moments)
     context.blocks = group_dataset(
         MetricSpec("nc", frozenset({"moments"}), OUTPUTS, kernel=collapse_kernel), context)
     return _class_probe(context, False)

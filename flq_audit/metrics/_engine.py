@@ -178,7 +178,7 @@ def _compute_fresh(
     moments = (layer_moments(ds) if any("moments" in specs[g].needs for g in first)
                else None)
     lazy = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
-        ds, plans[g].options, _moments=moments)), ds) for g in first}
+        ds, plans[g].options, shared_moments=moments)), ds) for g in first}
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
     for g in todo:
         if g in fresh:
