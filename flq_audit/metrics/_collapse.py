@@ -51,7 +51,7 @@ def _class_probe(context: GroupContext, with_classifier: bool) -> xr.Dataset:
 
 
 SPEC = MetricSpec(
-    group="nc", needs=frozenset({"moments", "classifier", "predictions"}), outputs=OUTPUTS,
+    group="nc", needs=frozenset({"moments"}), outputs=OUTPUTS,
     kernel=collapse_kernel, build=lambda context: _class_probe(context, True),
     description="nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class "
     "probes); nc3, nc4 per step for the classifier layer",
@@ -66,7 +66,7 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
     each variable's ``excluded_classes`` attribute. Steps that are not done, and every value
     of a store whose ``targets`` are continuous (``kind='continuous'``), are NaN.
     """
-    context = GroupContext(ds, None, _moments=moments)
+    context = GroupContext(ds, None, shared_moments=moments)
     context.blocks = group_dataset(
         MetricSpec("nc", frozenset({"moments"}), OUTPUTS, kernel=collapse_kernel), context)
     return _class_probe(context, False)

@@ -61,7 +61,11 @@ def ordered_groups(groups: Sequence[str], specs: Mapping[str, MetricSpec]) -> li
     return order
 
 
-def _base_name(name: str, suffix: str) -> str:
+def _output_name(attrs: Mapping[str, Any], name: str, suffix: str) -> str:
+    """The output a stored variable holds: its ``flq_output`` attribute, or for a variable
+    written by 0.1 (without it) the output whose 0.1 name for these parameters it has."""
+    if OUTPUT_ATTR in attrs:
+        return str(attrs[OUTPUT_ATTR])
     if suffix and name.startswith("target_linearity" + suffix):
         return name.replace(suffix, "", 1)
     return name.removesuffix(suffix) if suffix else name
@@ -124,7 +128,8 @@ def run_metrics(
         if not recompute and is_current(ds, plan.tag, plan.param_id):
             names = stamps(ds.attrs)[plan.tag]["variables"]
             stored = ds[names].compute()
-            results[g] = stored.rename({v: _base_name(v, plan.suffix) for v in names})
+            results[g] = stored.rename({v: _output_name(ds[v].attrs, v, plan.suffix)
+                                        for v in names})
     fresh = _compute_fresh(ds, [g for g in order if g not in results], specs, plans, results,
                            scheduler)
     root_attrs = _adopt_legacy(ds, specs)
@@ -173,7 +178,7 @@ def _compute_fresh(
     moments = (layer_moments(ds) if any("moments" in specs[g].needs for g in first)
                else None)
     lazy = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
-        ds, plans[g].options, _moments=moments)), ds) for g in first}
+        ds, plans[g].options, shared_moments=moments)), ds) for g in first}
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
     for g in todo:
         if g in fresh:
@@ -250,8 +255,8 @@ def _compute(datasets: list[xr.Dataset], scheduler: str | None) -> list[xr.Datas
 def require_complete(ds: xr.Dataset, store: str | Path) -> None:
     """Refuse a store holding a metric group whose write was interrupted (no stamp)."""
     for tag in incomplete_groups(ds):
-        group = tag.partition("__")[0]
         names = [v for v, var in ds.data_vars.items() if var.attrs.get(TAG_ATTR) == tag]
+        group = group_of(tag, ds[names[0]].attrs) if names else tag
         flags = _cli_flags(ds[names[0]].attrs) if names else ""
         raise MetricError(
             f"metric group {group!r} in store {str(store)!r} is incomplete: its computation "

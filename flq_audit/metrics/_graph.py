@@ -23,13 +23,13 @@ class GroupContext:
     options: Any
     blocks: xr.Dataset | None = None
     groups: dict[str, xr.Dataset] = field(default_factory=dict)
-    _moments: xr.DataArray | None = None
+    shared_moments: xr.DataArray | None = None
 
     @property
     def moments(self) -> xr.DataArray:
-        if self._moments is None:
-            self._moments = layer_moments(self.ds)
-        return self._moments
+        if self.shared_moments is None:
+            self.shared_moments = layer_moments(self.ds)
+        return self.shared_moments
 
     @property
     def done(self) -> xr.DataArray:

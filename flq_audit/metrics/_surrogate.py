@@ -39,4 +39,4 @@ SPEC = MetricSpec(
 def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
     """Lazy ``surrogate`` (paper scale), ``surrogate_per_class`` (reference ÷ C), ``norm`` and
     ``alignment`` ∈ [0, 1]."""
-    return group_dataset(SPEC, GroupContext(ds, None, _moments=moments))
+    return group_dataset(SPEC, GroupContext(ds, None, shared_moments=moments))

@@ -68,5 +68,5 @@ def target_linearity_dataset(
                             denominator=denominator)  # type: ignore[arg-type]
     except OptionError as err:
         raise MetricError(err.message) from None
-    out = group_dataset(SPEC, GroupContext(ds, options, _moments=moments))
+    out = group_dataset(SPEC, GroupContext(ds, options, shared_moments=moments))
     return out.rename({v: str(v).removeprefix("target_linearity_") for v in out.data_vars})

@@ -18,11 +18,13 @@ import pytest
 import xarray as xr
 
 from flq_audit import api
+from flq_audit.errors import MetricError
 from flq_audit.store import store_lock
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 
 pytestmark = pytest.mark.slow
 GROUPS = "tl,surrogate,gram,dynamics,nc"
+FIRST_OUTPUT = {"tl": "target_linearity", "surrogate": "surrogate"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,8 @@ def test_kill_during_metrics_then_rerun_is_bitwise_an_uninterrupted_run(
         stamped = json.loads(ds.attrs.get("flq_metrics", "{}"))
         assert group not in stamped  # the interrupted group never looks current
         assert any(var.attrs.get("flq_group") == group for var in ds.data_vars.values())
+        with pytest.raises(MetricError, match="incomplete"):
+            ds.flq.metric(FIRST_OUTPUT[group])
     for args in (("report", store, "--out", tmp_path / "figures"),
                  ("export", store, tmp_path / "m.nc")):
         refused = invoke(*args)

@@ -93,6 +93,10 @@ def test_a_store_written_by_0_1_is_selected_by_parameters(tmp_path):
     ridge = new.flq.metric("target_linearity", ridge=0.5)
     assert ridge.attrs["ridge"] == 0.5 and "flq_param_id" in ridge.attrs
     assert np.isnan(ridge.sel(step=10)).all()
+    # the 0.1 parameter set is current (same done steps and parameters): read back as stored
+    again = api.compute_metrics(tmp_path / "old.zarr", metrics=["tl"], pca=256)
+    np.testing.assert_array_equal(again["target_linearity__pca256"].values, values / 2)
+    np.testing.assert_array_equal(again["target_linearity__pca256_rank"].values, values + 7)
 
 
 def test_metric_selected_by_parameters_matches_the_definition(tmp_path):
