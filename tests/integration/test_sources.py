@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -292,8 +293,8 @@ def test_a_source_family_with_abilities_drives_copies_and_releases(tmp_path, mon
 
         name = "hashed"
         supports_release = supports_duplicates = True
-        released: list[int] = []
-        fetched: list[int] = []
+        released: ClassVar[list[int]] = []
+        fetched: ClassVar[list[int]] = []
 
         @classmethod
         def guess_can_open(cls, spec: str) -> bool:
