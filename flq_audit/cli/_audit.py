@@ -124,8 +124,9 @@ def audit_command(
         "--hidden-states", help="transformers: also capture the residual stream "
         "(hidden_states.0 = embeddings ... hidden_states.L), pooled like the probe; no Gram.")
     ] = False,
-    no_probe: Annotated[bool, typer.Option(
-        "--no-probe", help="Weights only: Grams of every weight matrix, no model, no probe.")
+    weights_only: Annotated[bool, typer.Option(
+        "--weights-only", "--no-probe",
+        help="Grams of every weight matrix only: no model, no probe.")
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -143,7 +144,7 @@ def audit_command(
                      cache=cache, offline=offline or None)  # type: ignore[arg-type]
     text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
                             label_column=label_column, max_length=max_length, top_k=top_k)
-    plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=no_probe,
+    plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
                           out=out, capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -265,3 +266,70 @@ def test_fetch_after_file_disappeared(tmp_path):
     path.unlink()
     with pytest.raises(CheckpointNotFoundError, match=r"step 1 .*disappeared"):
         source.fetch(ref)
+
+
+def test_sources_declare_optional_abilities_with_default_methods(run_dir):
+    source = LocalFolderSource(run_dir)
+    assert not (source.supports_release or source.supports_duplicates
+                or source.supports_header_shapes or source.supports_config_dir)
+    refs = source.list_refs()
+    assert source.release(refs[0]) is False and source.duplicates(refs) == {}
+    shapes = source.tensor_shapes(refs[0])  # default: read from the fetched files
+    assert shapes["layers.0.weight"] == tuple(state_for(0)["layers.0.weight"].shape)
+    assert source.config_dir(refs[0]) is None  # no config.json beside the weights
+
+
+def test_a_source_family_with_abilities_drives_copies_and_releases(tmp_path, monkeypatch):
+    import hashlib
+
+    import numpy as np
+    import xarray as xr
+
+    from flq_audit import api, sources
+    from tests._helpers.runs import make_run
+
+    class HashedFolder(LocalFolderSource):
+        """A folder whose identical checkpoint files are known before any is loaded."""
+
+        name = "hashed"
+        supports_release = supports_duplicates = True
+        released: ClassVar[list[int]] = []
+        fetched: ClassVar[list[int]] = []
+
+        @classmethod
+        def guess_can_open(cls, spec: str) -> bool:
+            return spec.startswith("hashed:")
+
+        def __init__(self, spec: str) -> None:
+            super().__init__(spec.removeprefix("hashed:"))
+
+        def duplicates(self, refs):
+            first: dict[str, int] = {}
+            out = {}
+            for ref in refs:
+                digest = hashlib.sha256(Path(ref.files[0]).read_bytes()).hexdigest()
+                if digest in first:
+                    out[ref.step] = first[digest]
+                first.setdefault(digest, ref.step)
+            return out
+
+        def release(self, ref) -> bool:
+            self.released.append(ref.step)
+            return True
+
+        def fetch(self, ref):
+            self.fetched.append(ref.step)
+            return super().fetch(ref)
+
+    monkeypatch.setattr(sources, "SOURCE_FAMILIES",
+                        {"hashed": HashedFolder, **sources.SOURCE_FAMILIES})
+    run = make_run(tmp_path / "run", (0, 10))
+    (run / "step_20.safetensors").write_bytes((run / "step_10.safetensors").read_bytes())
+    result = api.audit(f"hashed:{run}", model=str(run / "model_spec.json"),
+                       probe=str(run / "probe.npz"), out=tmp_path / "s.zarr")
+    assert result.written == [0, 10, 20] and HashedFolder.released == [0, 10, 20]
+    assert 20 not in HashedFolder.fetched  # copied from step 10, never loaded
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.duplicate_of.values.tolist() == [-1, -1, 10]
+    for name in ("activations", "gram", "prediction", "nonfinite"):
+        np.testing.assert_array_equal(ds[name].sel(step=20).values, ds[name].sel(step=10).values)

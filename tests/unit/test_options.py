@@ -94,3 +94,13 @@ def test_the_command_line_reports_bad_options_as_usage_errors(run_dir, tmp_path,
     assert result.exit_code == 2, describe(result)
     assert_says(result.output, message)
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("flag", ["--weights-only", "--no-probe"])
+def test_weights_only_flag_matches_the_api_name(run_dir, flag):
+    from tests._helpers.cli import describe, invoke
+
+    result = invoke("audit", run_dir, flag, "--dry-run", "--json")
+    assert result.exit_code == 0, describe(result)
+    plan = json.loads(result.stdout)
+    assert plan["probe"] is None and plan["capture_config"]["model"] == "none (weights only)"
