@@ -136,8 +136,7 @@ class HubSource:
 
     def list_refs(self) -> list[CheckpointRef]:
         """All checkpoints, sorted by step, pinned to commits, with file metadata."""
-        if not self.offline:
-            announce(self.describe(), self.endpoint)
+        announce(self.describe(), self.endpoint, offline=self.offline)
         if self.repo_template is not None:
             refs = self._list_template()
         elif self.subfolders:
@@ -193,11 +192,7 @@ class HubSource:
         return root / folder if folder else root
 
     def release(self, ref: CheckpointRef) -> bool:
-        """With ``cache="drop"``, delete what fetching the ref downloaded; else do nothing.
-
-        Files that were in the cache before this run are never deleted. Returns whether
-        anything was deleted.
-        """
+        """With ``cache="drop"``, delete what fetching the ref downloaded (never older files)."""
         if self.cache != "drop":
             return False
         return self._ledger.release(ref.step, hubio.repo_cache_dir(self.cache_dir, ref.location))
