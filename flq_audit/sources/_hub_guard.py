@@ -51,9 +51,9 @@ class DownloadLedger:
 _announced: set[str] = set()
 
 
-def announce(repo: str, endpoint: str) -> None:
+def announce(repo: str, endpoint: str, *, offline: bool) -> None:
     """Say once, on stderr, which Hub repository is about to be looked up, and where."""
-    if repo in _announced:
+    if offline or repo in _announced:
         return
     _announced.add(repo)
     sys.stderr.write(f"looking up Hub repository {repo} on {endpoint}\n")

@@ -131,8 +131,7 @@ class HubSource(CheckpointSource):
 
     def list_refs(self) -> list[CheckpointRef]:
         """All checkpoints, sorted by step, pinned to commits, with file metadata."""
-        if not self.offline:
-            announce(self.describe(), self.endpoint)
+        announce(self.describe(), self.endpoint, offline=self.offline)
         if self.repo_template is not None:
             refs = self._list_template()
         elif self.subfolders:
@@ -186,8 +185,7 @@ class HubSource(CheckpointSource):
         return root / ref.subfolder if ref.subfolder else root
 
     def release(self, ref: CheckpointRef) -> bool:
-        """With ``cache="drop"``, delete what this run downloaded for the ref (never what the
-        cache held before); returns whether anything was deleted."""
+        """With ``cache="drop"``, delete what fetching the ref downloaded (never older files)."""
         if self.cache != "drop":
             return False
         return self._ledger.release(ref.step, hubio.repo_cache_dir(self.cache_dir, ref.location))
