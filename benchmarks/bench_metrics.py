@@ -1,7 +1,7 @@
 """Benchmark flq-audit's metric kernels against the reference recipe, and lazy store metrics.
 
 1. Kernels, Gaussian H (N × d), one-hot Y (C classes), W (C × d and d × d): streamed float64 moments
-   + eigh TL + Gram surrogate versus the reference (paper-notes §4.3, §4.6, §8): float32, explicit
+   + eigh TL + Gram surrogate versus the reference (docs/concepts.md): float32, explicit
    ``np.linalg.inv(HᵀH)``, Ŷ = H (G⁻¹ (HᵀY_c)), row-mean TL denominator, surrogate = mean(diag(Y_cᵀ
    ZZᵀ Y_c)) with the N × N ZZᵀ. Speed: medians here, order alternating, at 1 and 2 OpenBLAS threads.
    Memory: VmHWM of fresh subprocesses (same imports, same inputs); ``net`` = peak − the ``floor``

@@ -1,4 +1,4 @@
-"""Neural collapse NC1/NC2 from streaming moments (paper-notes §4.10, peers §1.8).
+"""Neural collapse NC1/NC2 from streaming moments (docs/concepts.md#neural-collapse-nc).
 
 NC1 = tr(Σ_W Σ_B⁺)/C with Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ and Papyan's
 unweighted Σ_B = (1/C) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ, μ_G the sample mean. Every expected value

@@ -1,4 +1,4 @@
-"""Golden checks of paper-notes §10 items 1–3: FL identity, exact SGD remainder, momentum."""
+"""Golden checks: FL identity, exact SGD remainder, momentum."""
 
 from __future__ import annotations
 

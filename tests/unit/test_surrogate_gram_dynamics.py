@@ -1,5 +1,5 @@
 """Surrogate, alignment, Gram spectra and dynamics against closed forms and direct numpy
-(paper-notes §10 items 8 and 9)."""
+(docs/concepts.md, the surrogate and Gram sections)."""
 
 from __future__ import annotations
 

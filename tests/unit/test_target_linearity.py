@@ -1,4 +1,4 @@
-"""Target Linearity kernels (paper-notes §4.1–4.4, §8, golden checks §10.4–10.7, §10.10, §10.12).
+"""Target Linearity kernels (docs/concepts.md#target-linearity).
 
 TL = 1 − ‖Y_c − Ŷ‖²_F / ‖Y_c‖²_F with Y_c the column-centred targets and
 Ŷ = H (HᵀH + λI)⁺ HᵀY_c: no intercept, H not centred. Every expected value comes from a
