@@ -20,7 +20,7 @@ _BOOKKEEPING = ("done", "error", "sha256", "files")
 
 def metric_variables(ds: xr.Dataset) -> list[str]:
     """Persisted metric variables (tagged with a ``flq_metric`` attribute)."""
-    return [name for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
+    return [str(name) for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
 
 
 def to_netcdf(
@@ -82,8 +82,12 @@ def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     return Path(out)
 
 
-def _clean_attrs(attrs: dict) -> dict[str, str | int | float]:
-    clean: dict[str, str | int | float] = {}
+#: An attribute value that NetCDF stores as it is.
+NetCDFAttr = str | int | float | np.integer | np.floating
+
+
+def _clean_attrs(attrs: dict) -> dict[str, NetCDFAttr]:
+    clean: dict[str, NetCDFAttr] = {}
     for key, value in attrs.items():
         if isinstance(value, bool | np.bool_):
             clean[key] = int(value)
