@@ -54,13 +54,13 @@ def metrics_command(
     )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
-              and not v.endswith(counts) and not v.startswith("tl_chance")]
+              and not str(v).endswith(counts) and not str(v).startswith("tl_chance")]
     if as_json:
         _output.print_json({
             name: {
                 "dims": list(var.dims),
                 "coords": {d: [_plain(x) for x in result[d].values] for d in var.dims},
-                "values": np.where(np.isfinite(var.values), var.values, None).tolist(),
+                "values": np.where(np.isfinite(var.values), var.values, np.array(None)).tolist(),
                 "attrs": {k: v for k, v in var.attrs.items()
                           if k not in ("flq_stamp", "flq_params")},
             }
@@ -74,7 +74,7 @@ def metrics_command(
             values = ", ".join(f"{layer}={_plain(v)}" for layer, v in
                                zip(var["layer"].values, var.values, strict=True))
             _output.stdout.print(f"{name}: {values}")
-    floors = [v for v in result.data_vars if v.endswith("_chance_floor")]
+    floors = [str(v) for v in result.data_vars if str(v).endswith("_chance_floor")]
     if floors:
         floor = result[floors[0]].max().item()
         _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
