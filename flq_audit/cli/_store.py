@@ -16,14 +16,13 @@ from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StoreArg
 from flq_audit.export import metric_variables
-from flq_audit.metrics import registry
 
 
 @mapped
 def metrics_command(
     store: StoreArg,
     metric: Annotated[str, typer.Option(
-        help="Comma-separated metric groups: " + ", ".join(registry()) + ".")] = "tl",
+        help="Comma-separated metric groups (listed by --help).")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
@@ -91,7 +90,7 @@ def _plain(value: object) -> object:
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
     """Summarise a store: steps done and failed, layers, sizes, provenance."""
-    ds = api.open_store(store)
+    ds = api.open_store(store, dask=False)  # small reads: no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]
     steps = [int(s) for s in ds["step"].values]
