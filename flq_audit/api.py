@@ -236,11 +236,14 @@ def _fold_legacy(
     return built["capture"], built["hub"], built["text"], fl, built["run"], weights_only
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features."""
+def open_store(path: str | Path, *, dask: bool = True) -> xr.Dataset:
+    """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features.
+
+    ``dask=False`` reads without dask (no task graph, no scheduler): for small selections.
+    """
     from flq_audit.store import open_dataset
 
-    return open_dataset(path)
+    return open_dataset(path, dask=dask)
 
 
 def compute_metrics(

@@ -88,6 +88,8 @@ def as_matrix(weight: torch.Tensor, *, conv1d: bool) -> torch.Tensor:
 def weight_matrix(module: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The weight as a ``d_out × d_in`` matrix whose Gram lives in the layer's input space."""
     w = module.weight if weight is None else weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(w).__name__}, not a tensor")
     return as_matrix(w, conv1d=type(module).__name__ == "Conv1D")
 
 

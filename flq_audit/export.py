@@ -11,7 +11,6 @@ import xarray as xr
 
 from flq_audit._faults import fault_point
 from flq_audit.errors import ExportError
-from flq_audit.metrics import require_complete
 from flq_audit.store._safety import check_export_target
 
 NETCDF_ENGINE = "h5netcdf"
@@ -20,7 +19,7 @@ _BOOKKEEPING = ("done", "error", "sha256", "files")
 
 def metric_variables(ds: xr.Dataset) -> list[str]:
     """Persisted metric variables (tagged with a ``flq_metric`` attribute)."""
-    return [name for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
+    return [str(name) for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
 
 
 def to_netcdf(
@@ -33,6 +32,8 @@ def to_netcdf(
     ``out`` and renamed into place, so an interrupted export leaves no partial ``out``. A
     target that is a folder, a store or inside one, or a file that is not NetCDF, is refused.
     """
+    from flq_audit.metrics import require_complete  # dask.array: not on the `show` path
+
     out = Path(out)
     check_export_target(out)
     require_complete(ds, ds.encoding.get("source", "STORE"))
@@ -72,6 +73,8 @@ def to_netcdf(
 
 def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     """Tidy CSV (one row per step and layer) of every metric variable."""
+    from flq_audit.metrics import require_complete  # dask.array: not on the `show` path
+
     require_complete(ds, ds.encoding.get("source", "STORE"))
     names = metric_variables(ds)
     if not names:
@@ -82,8 +85,12 @@ def to_csv(ds: xr.Dataset, out: str | Path) -> Path:
     return Path(out)
 
 
-def _clean_attrs(attrs: dict) -> dict[str, str | int | float]:
-    clean: dict[str, str | int | float] = {}
+#: An attribute value that NetCDF stores as it is.
+NetCDFAttr = str | int | float | np.integer | np.floating
+
+
+def _clean_attrs(attrs: dict) -> dict[str, NetCDFAttr]:
+    clean: dict[str, NetCDFAttr] = {}
     for key, value in attrs.items():
         if isinstance(value, bool | np.bool_):
             clean[key] = int(value)

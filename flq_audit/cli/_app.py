@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
 from flq_audit.cli import _output
 from flq_audit.cli._audit import audit_command
@@ -15,6 +16,9 @@ from flq_audit.cli._options import QuietOpt
 from flq_audit.cli._report import layer_table, report_command
 from flq_audit.cli._store import export_command, metrics_command, show_command
 from flq_audit.report import sequential_verdict
+
+if TYPE_CHECKING:
+    from typer._click import Context, HelpFormatter  # the click that typer vendors
 
 app = typer.Typer(
     name="flq-audit",
@@ -34,7 +38,22 @@ app = typer.Typer(
 )
 app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
     audit_command)
-app.command("metrics")(metrics_command)
+
+
+class MetricsCommand(TyperCommand):
+    """``metrics``: its help lists the registered groups, loading the registry (built-in
+    groups, dask and entry-point plugins) only when the help is shown."""
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        from flq_audit.metrics import registry
+
+        for param in self.params:
+            if param.name == "metric" and isinstance(param, TyperOption):
+                param.help = "Comma-separated metric groups: " + ", ".join(registry()) + "."
+        super().format_help(ctx, formatter)
+
+
+app.command("metrics", cls=MetricsCommand)(metrics_command)
 app.command("show")(show_command)
 app.command("export")(export_command)
 app.command("report")(report_command)

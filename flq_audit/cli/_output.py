@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import xarray as xr
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flq_audit.sources import CheckpointRef
@@ -66,15 +67,16 @@ class RichProgress:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=stderr, disable=not self.enabled, transient=True,
         )
-        self._steps = self._batches = None
+        self._steps = self._batches = TaskID(-1)  # real ids from start()
         self.quiet = quiet
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._progress.__exit__(exc_type, exc, traceback)
 
     def start(self, total_steps: int, batches_per_step: int) -> None:
         self._steps = self._progress.add_task("steps", total=total_steps)

@@ -13,7 +13,6 @@ from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import StoreArg
-from flq_audit.metrics import require_complete
 from flq_audit.report import nonfinite_lines, report_groups, sequential_verdict, write_report
 from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 
@@ -31,6 +30,8 @@ def report_command(
 
     Example: flq-audit report run.zarr --out run-report
     """
+    from flq_audit.metrics import require_complete  # dask.array: only when computing
+
     folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
     check_report_folder(folder)
     ds = api.open_store(store)

@@ -16,14 +16,13 @@ from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StoreArg
 from flq_audit.export import metric_variables
-from flq_audit.metrics import registry
 
 
 @mapped
 def metrics_command(
     store: StoreArg,
     metric: Annotated[str, typer.Option(
-        help="Comma-separated metric groups: " + ", ".join(registry()) + ".")] = "tl",
+        help="Comma-separated metric groups (listed by --help).")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
@@ -54,13 +53,13 @@ def metrics_command(
     )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
-              and not v.endswith(counts) and not v.startswith("tl_chance")]
+              and not str(v).endswith(counts) and not str(v).startswith("tl_chance")]
     if as_json:
         _output.print_json({
             name: {
                 "dims": list(var.dims),
                 "coords": {d: [_plain(x) for x in result[d].values] for d in var.dims},
-                "values": np.where(np.isfinite(var.values), var.values, None).tolist(),
+                "values": np.where(np.isfinite(var.values), var.values, np.array(None)).tolist(),
                 "attrs": {k: v for k, v in var.attrs.items()
                           if k not in ("flq_stamp", "flq_params")},
             }
@@ -74,7 +73,7 @@ def metrics_command(
             values = ", ".join(f"{layer}={_plain(v)}" for layer, v in
                                zip(var["layer"].values, var.values, strict=True))
             _output.stdout.print(f"{name}: {values}")
-    floors = [v for v in result.data_vars if v.endswith("_chance_floor")]
+    floors = [str(v) for v in result.data_vars if str(v).endswith("_chance_floor")]
     if floors:
         floor = result[floors[0]].max().item()
         _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
@@ -91,7 +90,7 @@ def _plain(value: object) -> object:
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
     """Summarise a store: steps done and failed, layers, sizes, provenance."""
-    ds = api.open_store(store)
+    ds = api.open_store(store, dask=False)  # small reads: no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]
     steps = [int(s) for s in ds["step"].values]

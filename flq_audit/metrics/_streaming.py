@@ -105,7 +105,7 @@ class Surrogate(StreamingMetric):
             gram = w.T @ w
         super().__init__("surrogate", gram=gram)
 
-    def compute(self) -> SurrogateResult:  # type: ignore[override]
+    def compute(self) -> SurrogateResult:
         return SurrogateResult(*(float(v) for v in self.compute_all().values()))
 
 

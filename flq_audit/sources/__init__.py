@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from flq_audit.errors import CheckpointNotFoundError, SourceError
 from flq_audit.sources._base import CheckpointRef, CheckpointSource
@@ -13,11 +13,25 @@ from flq_audit.sources.local import LocalFolderSource
 from flq_audit.sources.revisions import RevisionInfo, parse_revision
 from flq_audit.sources.steps import parse_step, select_steps
 
+
+class SourceFamily(Protocol):
+    """A source class: its family name, its claim test and its constructor."""
+
+    @property
+    def name(self) -> str: ...
+
+    def guess_can_open(self, spec: str) -> bool: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CheckpointSource: ...
+
+
 #: Families tried in this order by :func:`open_source`.
-SOURCE_FAMILIES: dict[str, type] = {}
+SOURCE_FAMILIES: dict[str, SourceFamily] = {}
+
+Family = TypeVar("Family", bound=SourceFamily)
 
 
-def register_source(cls: type) -> type:
+def register_source(cls: Family) -> Family:
     """Add a source family to the registry (used by each family module)."""
     SOURCE_FAMILIES[cls.name] = cls
     return cls

@@ -1,4 +1,4 @@
-"""Talking to the Hub and its local cache: error translation, retries, offline listing, eviction.
+"""Talking to the Hub and its local cache: error translation, retries, offline listing.
 
 ``huggingface_hub`` is imported lazily (inside functions), because it reads ``HF_HUB_OFFLINE``,
 ``HF_ENDPOINT`` and ``HF_HUB_CACHE`` once, at import time: the CLI must be able to set them
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -240,42 +239,6 @@ def cached_files(cache_dir: Path, repo_id: str, commit: str) -> list[RemoteFile]
             blob_id=name if _HEX40.fullmatch(name) else None,
         ))
     return files
-
-
-def delete_revision(cache_dir: Path, repo_id: str, commit: str) -> bool:
-    """Delete one revision (snapshot, refs pointing at it, unshared blobs) from the HF cache."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        info = scan_cache_dir(cache_dir)
-    except CacheNotFound:
-        return False
-    for repo in info.repos:
-        if repo.repo_id == repo_id and repo.repo_type == "model":
-            if not any(rev.commit_hash == commit for rev in repo.revisions):
-                return False
-            strategy = info.delete_revisions(commit)
-            strategy.execute()
-            log.info("deleted %s@%s from the cache (%s)", repo_id, commit[:10],
-                     strategy.expected_freed_size_str)
-            return True
-    return False
-
-
-def delete_subfolder(cache_dir: Path, repo_id: str, commit: str, folder: str) -> bool:
-    """Delete one folder of a cached snapshot, and the blobs no other snapshot file uses."""
-    repo = repo_cache_dir(cache_dir, repo_id)
-    target = repo / "snapshots" / commit / folder
-    if not folder or not target.is_dir():
-        return False
-    blobs = {p.resolve() for p in target.rglob("*") if p.is_symlink()}
-    shutil.rmtree(target)
-    still_used = {p.resolve() for p in (repo / "snapshots").rglob("*") if p.is_symlink()}
-    for blob in blobs - still_used:
-        if blob.parent == repo / "blobs" or blob.parent.resolve() == (repo / "blobs").resolve():
-            blob.unlink(missing_ok=True)
-    return True
 
 
 def env_offline() -> bool:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
-import zarr
 
 from flq_audit.errors import StoreError, StoreNotFoundError
-from flq_audit.store._create import create_or_resume, source_paths
 from flq_audit.store._lock import lock_path, store_lock
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._safety import (
@@ -28,11 +28,29 @@ from flq_audit.store._schema import (
     TARGETS,
     StoreLayout,
 )
-from flq_audit.store._writer import StepWriter
+
+if TYPE_CHECKING:
+    from flq_audit.store._create import create_or_resume, source_paths
+    from flq_audit.store._writer import StepWriter
+
+#: The write side (zarr, numcodecs, fsspec), imported on first use: `--help` needs none of it.
+_WRITE_SIDE = {
+    "create_or_resume": "flq_audit.store._create",
+    "source_paths": "flq_audit.store._create",
+    "StepWriter": "flq_audit.store._writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WRITE_SIDE:
+        return getattr(importlib.import_module(_WRITE_SIDE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def consolidate(path: str | Path) -> None:
     """Consolidate metadata once, after the writes (v3 calls this experimental; it warns)."""
+    import zarr
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(str(path))
@@ -46,8 +64,9 @@ def is_consolidated(path: str | Path) -> bool:
         return False
 
 
-def open_dataset(path: str | Path) -> xr.Dataset:
-    """Open a store lazily (dask arrays with the stored chunks)."""
+def open_dataset(path: str | Path, *, dask: bool = True) -> xr.Dataset:
+    """Open a store lazily: dask arrays with the stored chunks, or with ``dask=False`` xarray's
+    lazily indexed arrays (each read loads only what it selects, without importing dask)."""
     path = Path(path)
     if not path.exists():
         raise StoreNotFoundError(f"store {str(path)!r} does not exist", path=path,
@@ -63,7 +82,8 @@ def open_dataset(path: str | Path) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         try:
-            ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3)
+            ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3,
+                              chunks={} if dask else None)
         except Exception as err:
             raise StoreError(f"cannot open store {str(path)!r} ({err})", path=path) from err
     if GRAM not in ds or DONE not in ds:

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import zarr
 
 from flq_audit._faults import fault_point
@@ -26,7 +27,7 @@ from flq_audit.store._safety import (
     root_attributes,
 )
 from flq_audit.store._schema import DONE, StoreLayout, encoding, fingerprint_differences, template
-from flq_audit.store._writer import StepWriter
+from flq_audit.store._writer import StepWriter, zarr_array
 
 NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its finished "
                 "steps); --overwrite would discard them.")
@@ -120,7 +121,8 @@ def _check_resumable(path: Path, layout: StoreLayout) -> None:
             path=path, hint="Choose another --out.")
     attrs = root_attributes(path) or {}
     try:
-        steps = [int(s) for s in zarr.open_group(str(path), mode="r")["step"][:]]
+        steps = [int(s) for s in np.asarray(zarr_array(zarr.open_group(str(path), mode="r"),
+                                                       "step")[:])]
     except Exception as err:
         raise StoreMismatchError(
             f"store {str(path)!r} cannot be read ({type(err).__name__}: {err})", path=path,

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 
@@ -97,6 +96,8 @@ class StoreLayout:
 
 def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     """The full store as a lazy Dataset: data arrays are dask NaNs, never computed."""
+    import dask.array as da  # only to build a template: keeps the read path light
+
     n_steps, n_layers = len(layout.steps), len(layout.layers)
     gram_chunks = (1, 1, layout.gram_max, layout.gram_max)
     grams = da.full(
@@ -155,6 +156,8 @@ def _duplicate_of(layout: StoreLayout) -> np.ndarray:
 
 def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) -> None:
     """Activations, targets and the sample axis (absent from weights-only stores)."""
+    import dask.array as da  # only to build a template: keeps the read path light
+
     probe = layout.probe
     assert probe is not None
     n_steps, n_layers, n = len(layout.steps), len(layout.layers), probe.n_samples

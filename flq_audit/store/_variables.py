@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from flq_audit.constants import FEATURE, GRAM_I, GRAM_J, LAYER, SAMPLE, STEP, TARGET
@@ -39,6 +38,8 @@ def _shape_and_chunks(layout: StoreLayout, spec: VariableSpec) -> tuple[tuple, t
 
 def extension_variables(layout: StoreLayout) -> dict[str, Any]:
     """``{name: (dims, lazy fill array, attrs)}`` for the template Dataset."""
+    import dask.array as da  # only to build a template: keeps the read path light
+
     out: dict[str, Any] = {}
     for spec in layout.variables:
         shape, chunks = _shape_and_chunks(layout, spec)

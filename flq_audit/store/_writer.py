@@ -13,6 +13,7 @@ import numpy as np
 import zarr
 
 from flq_audit._faults import fault_point
+from flq_audit.errors import StoreError
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -31,6 +32,19 @@ _BOOKKEEPING = frozenset({DONE, ERROR, SHA256, FILES, "duplicate_of"})
 MAX_PENDING_WRITES = 4
 
 
+def zarr_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``; a :class:`StoreError` if it is missing or a group."""
+    try:
+        node = group[name]
+    except KeyError as err:
+        raise StoreError(f"the store has no variable {name!r}", path=str(group.store_path),
+                         hint="Is this an flq-audit store?") from err
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"store variable {name!r} is a group, expected an array",
+                         path=str(group.store_path))
+    return node
+
+
 class StepWriter:
     """Region writes into an existing store, aligned with its chunks.
 
@@ -44,15 +58,15 @@ class StepWriter:
         self.path = Path(path)
         self.layout = layout
         self.group = zarr.open_group(str(self.path), mode="r+")
-        self.acts = self.group[ACTIVATIONS] if layout.probe is not None else None
-        self.grams = self.group[GRAM]
-        self.done = self.group[DONE]
-        self.error = self.group[ERROR]
-        self.sha = self.group[SHA256]
-        self.files = self.group[FILES]
+        self.acts = zarr_array(self.group, ACTIVATIONS) if layout.probe is not None else None
+        self.grams = zarr_array(self.group, GRAM)
+        self.done = zarr_array(self.group, DONE)
+        self.error = zarr_array(self.group, ERROR)
+        self.sha = zarr_array(self.group, SHA256)
+        self.files = zarr_array(self.group, FILES)
         # a resumed store may hold more steps than this run selected: index by its own axis
-        self.steps = [int(x) for x in self.group["step"][:]]
-        self.labels = [str(x) for x in self.group["label"][:]]
+        self.steps = [int(x) for x in np.asarray(zarr_array(self.group, "step")[:])]
+        self.labels = [str(x) for x in np.asarray(zarr_array(self.group, "label")[:])]
         self._rows = layout.sample_chunk
         self._width = layout.feature_max
         self._buffers: dict[int, np.ndarray] = {}
@@ -63,6 +77,7 @@ class StepWriter:
         self._chunk_start: dict[int, int] = {}
 
     def done_steps(self) -> list[int]:
+        """The steps whose ``done`` flag is set."""
         flags = np.asarray(self.done[:], dtype=bool)
         return [s for s, flag in zip(self.steps, flags, strict=True) if flag]
 
@@ -131,6 +146,9 @@ class StepWriter:
         begin = self._chunk_start[layer_index]
         buffer = self._buffers[layer_index]
         region = (step_index, layer_index, slice(begin, begin + rows), slice(None))
+        if self.acts is None:
+            raise StoreError("this store holds no activations (audited without a probe)",
+                             path=self.path)
         self._submit(self.acts, region, buffer[:rows])
         # the buffer now belongs to the pending write; start the next chunk in a fresh one
         self._buffers[layer_index] = np.full_like(buffer, np.nan)
@@ -174,16 +192,17 @@ class StepWriter:
     def copy_step(self, source_index: int, target_index: int) -> None:
         """Copy a done step's data arrays into another step (byte-identical checkpoints)."""
         for name in self.group.array_keys():
-            array = self.group[name]
-            dims = array.metadata.dimension_names or ()
+            array = zarr_array(self.group, name)
+            dims = getattr(array.metadata, "dimension_names", None) or ()
             if name in _BOOKKEEPING or array.ndim < 2 or not dims or dims[0] != "step":
                 continue
             rows = self._rows if name == ACTIVATIONS else None
-            for layer in range(array.shape[1]) if array.ndim >= 3 else [None]:
-                if rows:
+            layers: list[int | None] = list(range(array.shape[1])) if array.ndim >= 3 else [None]
+            for layer in layers:
+                if rows and layer is not None:
                     for begin in range(0, array.shape[2], rows):
-                        region = (layer, slice(begin, begin + rows))
-                        array[(target_index, *region)] = array[(source_index, *region)]
+                        window = slice(begin, begin + rows)
+                        array[target_index, layer, window] = array[source_index, layer, window]
                 elif layer is None:
                     array[target_index] = array[source_index]
                 else:
@@ -193,7 +212,7 @@ class StepWriter:
         """One step's slab of an extension variable, padded with its fill value."""
         if name not in self.group:
             raise KeyError(f"the store has no variable {name!r} (declare it in variables())")
-        array = self.group[name]
+        array = zarr_array(self.group, name)
         values = np.asarray(values)
         target = array.shape[1:]
         if values.ndim != len(target) or any(v > t for v, t in zip(values.shape, target,
@@ -207,7 +226,7 @@ class StepWriter:
     def step_provenance(self) -> dict[str, dict[str, object]]:
         """``{step: {label, files, sha256}}`` for every done step."""
         flags = np.asarray(self.done[:], dtype=bool)
-        files, shas = self.files[:], self.sha[:]
+        files, shas = np.asarray(self.files[:]), np.asarray(self.sha[:])
         out: dict[str, dict[str, object]] = {}
         for i, step in enumerate(self.steps):
             if flags[i]:

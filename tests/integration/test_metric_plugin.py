@@ -47,6 +47,10 @@ def test_plugin_metric_is_computed_and_stored_like_a_built_in(run_dir, tmp_path)
     result = run_cli("metrics", store, "--metric", "energy", env=env)
     assert result.returncode == 0, describe(result)
     assert "feature_energy" in result.stdout
+    shown = run_cli("metrics", "--help", env=env)  # the registry is loaded for the help only
+    assert shown.returncode == 0, describe(shown)
+    assert "metric groups: tl, surrogate, gram, dynamics, nc, energy." in " ".join(
+        shown.stdout.split()), shown.stdout
 
     with xr.open_zarr(str(store), consolidated=False) as ds:
         stored = ds["feature_energy"]

@@ -222,15 +222,19 @@ def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows the weight multiplies: the input itself, or im2col patches for a conv."""
     if isinstance(module, nn.Conv3d):
         raise CaptureError("FL residual: Conv3d layers are not supported; exclude them with --layers")
+    if isinstance(module, nn.Conv1d | nn.Conv2d) and isinstance(module.padding, str):
+        raise CaptureError(f"FL residual: padding={module.padding!r} is not supported; "
+                           "give the convolution numeric padding")
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             raise CaptureError("FL residual: grouped convolutions are not supported")
+        padding = tuple(int(p) for p in module.padding)
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation,
-                        padding=module.padding, stride=module.stride)
+                        padding=padding, stride=module.stride)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     if isinstance(module, nn.Conv1d):
         cols = F.unfold(x.unsqueeze(-1), (module.kernel_size[0], 1),
-                        dilation=(module.dilation[0], 1), padding=(module.padding[0], 0),
+                        dilation=(module.dilation[0], 1), padding=(int(module.padding[0]), 0),
                         stride=(module.stride[0], 1))
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
