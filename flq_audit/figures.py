@@ -23,7 +23,7 @@ DPI = 100
 MAX_WIDTH_PX = 2400
 MAX_HEIGHT_PX = 2400
 MAX_COLUMNS = 3
-MAX_LABEL_CHARS = 24
+MAX_LABEL_CHARS = 28
 MAX_SPECTRUM_PANELS = 12
 MAX_LEGEND_LAYERS = 12
 MAX_CELL_NUMBERS = (24, 32)  # at most this many steps × layers get numbers in their cells
@@ -36,19 +36,28 @@ AXIS_LABELS = {
 }
 
 
-def common_prefix(names: list[str]) -> str:
-    """The dotted components shared by every name, keeping at least one component each."""
+def common_prefix(names: list[str], share: float = 0.75) -> str:
+    """The longest dotted prefix that at least ``share`` of the names (two or more) start with,
+    leaving at least one component of each; ``""`` when there is none."""
     if len(names) < 2:
         return ""
     parts = [name.split(".") for name in names]
-    shared = 0
-    for column in zip(*(p[:-1] for p in parts), strict=False):
-        if len(set(column)) != 1:
+    needed = max(2, math.ceil(share * len(names)))
+    best = ""
+    for depth in range(1, max(len(p) for p in parts)):
+        counts: dict[tuple[str, ...], int] = {}
+        for p in parts:
+            if len(p) > depth:
+                counts[tuple(p[:depth])] = counts.get(tuple(p[:depth]), 0) + 1
+        top = max(counts.items(), key=lambda item: item[1], default=None)
+        if top is None or top[1] < needed:
             break
-        shared += 1
-    if any(len(p[:-1]) < shared for p in parts):
-        shared = min(len(p) - 1 for p in parts)
-    return "".join(part + "." for part in parts[0][:shared])
+        best = ".".join(top[0]) + "."
+    return best
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
 
 def elide_middle(text: str, limit: int = MAX_LABEL_CHARS) -> str:
@@ -66,9 +75,9 @@ def short_labels(names: list[str], limit: int = MAX_LABEL_CHARS) -> list[str]:
     if all(len(name) <= limit for name in names):
         return list(names)
     prefix = common_prefix(names)
-    labels = [elide_middle(name[len(prefix):], limit) for name in names]
+    labels = [elide_middle(_strip(name, prefix), limit) for name in names]
     if len(set(labels)) < len(labels):
-        labels = [f"{i}:{elide_middle(name[len(prefix):], limit - len(str(i)) - 1)}"
+        labels = [f"{i}:{elide_middle(_strip(name, prefix), limit - len(str(i)) - 1)}"
                   for i, name in enumerate(names)]
     return labels
 
@@ -182,6 +191,7 @@ def curves_figure(metrics: xr.Dataset, names: list[str], *, title: str) -> Figur
             ax.plot(steps, metrics[name].sel(layer=layer).values, marker=marker, markersize=3,
                     color=colour, label=label, linewidth=1.2)
         _step_axis(ax, steps)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_ylabel(AXIS_LABELS.get(name, name))
         ax.set_title(name)
         ax.grid(alpha=0.3)

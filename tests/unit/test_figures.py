@@ -138,7 +138,10 @@ def test_short_labels_drop_the_shared_prefix_and_stay_unique():
     names = neox_layer_names(48)
     labels = figures.short_labels(names)
     assert labels[47] == "11.mlp.dense_4h_to_h"
-    assert labels[0] == "0.attention.query_key_value"[:11] + "…" + "0.attention.query_key_value"[-12:]
+    assert labels[0] == "0.attention.query_key_value"
+    assert figures.short_labels([*names, "embed_out"])[-2:] == ["11.mlp.dense_4h_to_h", "embed_out"]
+    assert figures.layer_note([*names, "embed_out"]) == "layers: prefix 'gpt_neox.layers.' removed"
+    assert figures.elide_middle("abcdefghij", 5) == "ab…ij"
     assert len(set(labels)) == 48 and max(map(len, labels)) <= figures.MAX_LABEL_CHARS
     assert figures.short_labels(["layers.0", "layers.1"]) == ["layers.0", "layers.1"]
     assert figures.short_labels(["fc"]) == ["fc"]
