@@ -97,23 +97,27 @@ def render_page(
     return "\n".join(parts) + "\n"
 
 
-def _table(header: list[str], rows: list[list[str]], name_columns: int = 1) -> str:
+def _table(header: list[str] | None, rows: list[list[str]], name_columns: int = 1) -> str:
     def cell(tag: str, index: int, value: str) -> str:
         kind = ' class="name"' if index < name_columns else ""
         return f"<{tag}{kind}>{escape(value)}</{tag}>"
 
-    head = "<tr>" + "".join(cell("th", i, h) for i, h in enumerate(header)) + "</tr>"
+    head = ("<thead><tr>" + "".join(cell("th", i, h) for i, h in enumerate(header))
+            + "</tr></thead>") if header else ""
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
                    for row in rows)
-    return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _layer_section(metrics: xr.Dataset) -> list[str]:
     rows = layer_rows(metrics)
     labels = short_labels([row[0] for row in rows])
-    header = [LAYER_COLUMNS[0], "label in figures", *LAYER_COLUMNS[1:]]
-    table = _table(header, [[row[0], label, *row[1:]] for row, label in zip(rows, labels,
-                                                                             strict=True)], 2)
+    if labels == [row[0] for row in rows]:
+        table = _table(list(LAYER_COLUMNS), rows)
+    else:
+        header = [LAYER_COLUMNS[0], "label in figures", *LAYER_COLUMNS[1:]]
+        table = _table(header, [[row[0], label, *row[1:]]
+                                for row, label in zip(rows, labels, strict=True)], 2)
     return ['<h2 id="layers">Per layer</h2>',
             "<p>TL at the first and last done step, t90, and the last values of surrogate, "
             "alignment and NC1 (— where there is none).</p>", table]
@@ -160,7 +164,7 @@ def _provenance_section(store: xr.Dataset) -> list[str]:
         ["probe hash (SHA-256)", str(fingerprint)],
         ["probe samples", str(probe.get("n_samples", "—"))],
     ]
-    parts = ['<h2 id="provenance">Provenance</h2>', _table(["", ""], summary, 2)]
+    parts = ['<h2 id="provenance">Provenance</h2>', _table(None, summary, 1)]
     capture = _json_attr(store, "capture_config")
     if capture:
         parts += ["<h3>Capture options</h3>",
