@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
-
-from flq_audit.figures import gram_spectrum_figure, metric_curves, tl_heatmap
-
-__all__ = ["LAYER_COLUMNS", "gram_spectrum_figure", "layer_rows", "metric_curves",
-           "nonfinite_entries", "nonfinite_lines", "report_groups", "sequential_verdict",
-           "tl_heatmap", "write_report"]
 
 LAYER_COLUMNS = ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
                  "NC1 last")
@@ -34,6 +29,15 @@ def layer_rows(metrics: xr.Dataset) -> list[list[str]]:
 
 def _number(value: float, fmt: str = "{:.3f}") -> str:
     return fmt.format(value) if np.isfinite(value) else "—"
+
+
+def __getattr__(name: str) -> Any:
+    """The figure functions, imported on first use (matplotlib stays out of CLI start-up)."""
+    if name in ("gram_spectrum_figure", "metric_curves", "tl_heatmap"):
+        from flq_audit import figures
+
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sequential_verdict(t90: xr.DataArray, spearman_last: float) -> str:
@@ -75,6 +79,8 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
 
 def write_report(metrics: xr.Dataset, out_dir: str | Path) -> list[Path]:
     """All report figures for a computed metrics Dataset (tl, surrogate, gram groups)."""
+    from flq_audit.figures import gram_spectrum_figure, metric_curves, tl_heatmap
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [tl_heatmap(metrics["target_linearity"], out / "target_linearity.png")]

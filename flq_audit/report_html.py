@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from flq_audit.figures import short_labels
 from flq_audit.report import LAYER_COLUMNS, layer_rows
 
 PAGE_NAME = "index.html"
@@ -110,6 +109,8 @@ def _table(header: list[str] | None, rows: list[list[str]], name_columns: int = 
 
 
 def _layer_section(metrics: xr.Dataset) -> list[str]:
+    from flq_audit.figures import short_labels
+
     rows = layer_rows(metrics)
     labels = short_labels([row[0] for row in rows])
     if labels == [row[0] for row in rows]:

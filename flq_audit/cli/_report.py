@@ -15,7 +15,6 @@ from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import StoreArg
 from flq_audit.metrics import require_complete
 from flq_audit.report import nonfinite_lines, report_groups, sequential_verdict, write_report
-from flq_audit.report_html import write_page
 from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 
 
@@ -52,6 +51,8 @@ def report_command(
     for path in figures:
         _output.stdout.print(f"figure  {path}")
     netcdf = api.export(store, folder / "metrics.nc")
+    from flq_audit.report_html import write_page
+
     page = write_page(folder, metrics=metrics, store=api.open_store(store), verdict=verdict,
                       figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds))
     _output.stdout.print(f"netcdf  {netcdf}")

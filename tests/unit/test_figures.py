@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import matplotlib
 import numpy as np
@@ -156,3 +158,13 @@ def test_figures_leave_pyplot_state_alone():
     ds = metrics_dataset(neox_layer_names(2), log_steps(3))
     figures.heatmap_figure(ds["target_linearity"])
     assert matplotlib.get_backend() == backend
+
+
+def test_cli_start_up_does_not_import_matplotlib():
+    code = ("import sys, flq_audit.cli, flq_audit.report, flq_audit.report_html\n"
+            "from flq_audit.cli import _app, _report\n"
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+    assert callable(__import__("flq_audit.report", fromlist=["tl_heatmap"]).tl_heatmap)
