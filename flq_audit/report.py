@@ -3,118 +3,41 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
-
-def tl_heatmap(tl: xr.DataArray, out: str | Path, *, title: str | None = None) -> Path:
-    """Step × layer heatmap of Target Linearity with labelled axes and a colorbar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    values = np.asarray(tl.transpose("layer", "step").values, dtype=float)
-    steps = [int(s) for s in tl["step"].values]
-    layers = [str(name) for name in tl["layer"].values]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(steps) + 2.5), 1.0 + 0.5 * len(layers)))
-    finite = values[np.isfinite(values)]
-    low = float(np.floor(finite.min() * 20) / 20) if finite.size else 0.0
-    high = float(finite.max()) if finite.size else 1.0
-    image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=low, vmax=max(high, low + 1e-9))
-    ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=45, ha="right")
-    ax.set_yticks(range(len(layers)), layers)
-    ax.set_xlabel("training step (checkpoint)")
-    ax.set_ylabel("layer (input of)")
-    ax.set_title(title or "Target Linearity per layer over training")
-    for (i, j), value in np.ndenumerate(values):
-        if np.isfinite(value) and len(steps) <= 20:
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < (low + high) / 2 else "black")
-    fig.colorbar(image, ax=ax, label="Target Linearity (R², no intercept)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+LAYER_COLUMNS = ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
+                 "NC1 last")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-_SHORT_LABELS = {
-    "target_linearity": "Target Linearity (R², no intercept)",
-    "surrogate": "surrogate tr(Y_cᵀ Z Zᵀ Y_c)",
-    "alignment": "alignment A ∈ [0, 1]",
-}
-
-
-def _log_spaced(steps: np.ndarray) -> bool:
-    positive = steps[steps > 0]
-    return positive.size >= 3 and positive.max() / positive.min() >= 100
+def layer_rows(metrics: xr.Dataset) -> list[list[str]]:
+    """One row per layer (see :data:`LAYER_COLUMNS`); ``—`` where a value is missing."""
+    tl = metrics["target_linearity"].dropna("step", how="all")
+    rows = []
+    for layer in tl["layer"].values:
+        row = [str(layer), _number(tl.sel(layer=layer).values[0]),
+               _number(tl.sel(layer=layer).values[-1]),
+               _number(metrics["t90"].sel(layer=layer).item(), "{:.0f}")]
+        for name in ("surrogate", "alignment", "nc1"):
+            values = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
+            row.append(_number(values[-1], "{:.3g}") if len(values) else "—")
+        rows.append(row)
+    return rows
 
 
-def metric_curves(
-    metrics: xr.Dataset, names: list[str], out: str | Path, *, title: str
-) -> Path:
-    """One panel per metric, one line per layer, over steps (log axis when log-spaced)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.0), squeeze=False)
-    steps = metrics["step"].values.astype(float)
-    log_axis = _log_spaced(steps)
-    colours = plt.cm.viridis(np.linspace(0.0, 0.9, metrics.sizes["layer"]))
-    for ax, name in zip(axes[0], names, strict=True):
-        for colour, layer in zip(colours, metrics["layer"].values, strict=True):
-            values = metrics[name].sel(layer=layer).values
-            x = np.where(steps > 0, steps, np.nan) if log_axis else steps
-            ax.plot(x, values, marker="o", markersize=3, color=colour, label=str(layer))
-        if log_axis:
-            ax.set_xscale("log")
-        ax.set_xlabel("training step" + (" (log scale; step 0 not shown)" if log_axis else ""))
-        ax.set_ylabel(_SHORT_LABELS.get(name, name))
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(title="layer (input of)", fontsize=8, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+def _number(value: float, fmt: str = "{:.3f}") -> str:
+    return fmt.format(value) if np.isfinite(value) else "—"
 
 
-def gram_spectrum_figure(top: xr.DataArray, out: str | Path) -> Path:
-    """Top eigenvalues of WᵀW over steps, one panel per layer."""
-    plt = _pyplot()
-    layers = top["layer"].values
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3.4), squeeze=False,
-                             sharey=True)
-    steps = top["step"].values.astype(float)
-    log_axis = _log_spaced(steps)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        values = top.sel(layer=layer).transpose("step", "eigen").values
-        for k in range(values.shape[1]):
-            x = np.where(steps > 0, steps, np.nan) if log_axis else steps
-            ax.plot(x, values[:, k], color=plt.cm.magma(k / max(1, values.shape[1])),
-                    label=f"λ{k + 1}" if k < 3 else None)
-        if log_axis:
-            ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(str(layer))
-        ax.set_xlabel("training step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("eigenvalue of WᵀW")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("Weight Gram spectrum over training (top eigenvalues)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return Path(out)
+def __getattr__(name: str) -> Any:
+    """The figure functions, imported on first use (matplotlib stays out of CLI start-up)."""
+    if name in ("gram_spectrum_figure", "metric_curves", "tl_heatmap"):
+        from flq_audit import figures
+
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sequential_verdict(t90: xr.DataArray, spearman_last: float) -> str:
@@ -156,6 +79,8 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
 
 def write_report(metrics: xr.Dataset, out_dir: str | Path) -> list[Path]:
     """All report figures for a computed metrics Dataset (tl, surrogate, gram groups)."""
+    from flq_audit.figures import gram_spectrum_figure, metric_curves, tl_heatmap
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [tl_heatmap(metrics["target_linearity"], out / "target_linearity.png")]

@@ -21,9 +21,13 @@ from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 def report_command(
     store: StoreArg,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for the PNG figures. Default: beside the store, <store>-report/")] = None,
+        help="Folder for the figures, index.html and metrics.nc. "
+             "Default: beside the store, <store>-report/")] = None,
 ) -> None:
     """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, figures.
+
+    Also writes DIR/metrics.nc (the NetCDF export) and DIR/index.html, one self-contained page
+    with the verdict, the table, the figures, the provenance and a link to metrics.nc.
 
     Computes (and stores, like `metrics`) every registered metric group that is not stored
     yet; refuses a store holding a group whose computation was interrupted.
@@ -42,9 +46,18 @@ def report_command(
         _output.stdout.print(line)
     last = metrics["depth_spearman"].dropna("step")
     rho = float(last.values[-1]) if last.size else float("nan")
-    _output.stdout.print(sequential_verdict(metrics["t90"], rho))
-    for path in write_report(metrics, folder):
+    verdict = sequential_verdict(metrics["t90"], rho)
+    _output.stdout.print(verdict)
+    figures = write_report(metrics, folder)
+    for path in figures:
         _output.stdout.print(f"figure  {path}")
+    netcdf = api.export(store, folder / "metrics.nc")
+    from flq_audit.report_html import write_page
+
+    page = write_page(folder, metrics=metrics, store=api.open_store(store), verdict=verdict,
+                      figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds))
+    _output.stdout.print(f"netcdf  {netcdf}")
+    _output.stdout.print(f"page    {page}")
     (folder / REPORT_MARKER).touch()
 
 
