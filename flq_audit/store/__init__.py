@@ -10,7 +10,7 @@ import xarray as xr
 import zarr
 
 from flq_audit.errors import StoreError, StoreNotFoundError
-from flq_audit.store._create import create_or_resume, source_paths
+from flq_audit.store._create import create_or_resume, source_paths, store_action
 from flq_audit.store._lock import lock_path, store_lock
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._safety import (
@@ -93,5 +93,6 @@ __all__ = [
     "open_dataset",
     "remove_store",
     "source_paths",
+    "store_action",
     "store_lock",
 ]

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import zarr
 
@@ -59,6 +60,29 @@ def create_or_resume(
     else:
         _create(path, building, layout, version)
     return StepWriter(path, layout)
+
+
+StoreAction = Literal["new", "resume", "replace", "refused"]
+
+
+def store_action(
+    path: str | Path, layout: StoreLayout, *, overwrite: bool = False
+) -> tuple[StoreAction, StoreMismatchError | None]:
+    """What :func:`create_or_resume` will do with ``path``, found by its own checks, read only.
+
+    ``new`` (nothing there), ``replace`` (``overwrite``, or a store that never finished a
+    step), ``resume``, or ``refused`` with the error the real run raises.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return "new", None
+    if overwrite or _never_finished(path):
+        return "replace", None
+    try:
+        _check_resumable(path, layout)
+    except StoreMismatchError as err:
+        return "refused", err
+    return "resume", None
 
 
 def source_paths(layout: StoreLayout) -> list[Path]:
@@ -136,4 +160,4 @@ def _check_resumable(path: Path, layout: StoreLayout) -> None:
         )
 
 
-__all__ = ["create_or_resume", "source_paths"]
+__all__ = ["create_or_resume", "source_paths", "store_action"]
