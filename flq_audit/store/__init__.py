@@ -27,6 +27,8 @@ from flq_audit.store._schema import (
     GRAM,
     TARGETS,
     StoreLayout,
+    fixed_width_strings_allowed,
+    plain_string_coordinates,
 )
 from flq_audit.store._writer import StepWriter
 
@@ -60,7 +62,7 @@ def open_dataset(path: str | Path) -> xr.Dataset:
     if not is_flq_store(path):
         raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
                          hint="Give the folder that `flq-audit SOURCE --out STORE` wrote.")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fixed_width_strings_allowed():
         warnings.simplefilter("ignore", category=UserWarning)
         try:
             ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3)
@@ -68,7 +70,7 @@ def open_dataset(path: str | Path) -> xr.Dataset:
             raise StoreError(f"cannot open store {str(path)!r} ({err})", path=path) from err
     if GRAM not in ds or DONE not in ds:
         raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path)
-    return ds
+    return plain_string_coordinates(ds)
 
 
 __all__ = [
@@ -87,6 +89,7 @@ __all__ = [
     "check_report_folder",
     "consolidate",
     "create_or_resume",
+    "fixed_width_strings_allowed",
     "is_consolidated",
     "is_flq_store",
     "lock_path",

@@ -26,7 +26,14 @@ from flq_audit.store._safety import (
     remove_store,
     root_attributes,
 )
-from flq_audit.store._schema import DONE, StoreLayout, encoding, fingerprint_differences, template
+from flq_audit.store._schema import (
+    DONE,
+    StoreLayout,
+    encoding,
+    fingerprint_differences,
+    fixed_width_strings_allowed,
+    template,
+)
 from flq_audit.store._writer import StepWriter
 
 NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its finished "
@@ -109,10 +116,11 @@ def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> No
     inner = building / path.name
     try:
         (building / CREATING_MARKER).write_text(json.dumps({"store": path.name}))
-        ds.to_zarr(
-            str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
-            encoding=encoding(layout),
-        )
+        with fixed_width_strings_allowed():
+            ds.to_zarr(
+                str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
+                encoding=encoding(layout),
+            )
         fault_point("store-create")  # the template is written, not yet in place
         os.rename(inner, path)
     except (OSError, FlqAuditError):
