@@ -2,23 +2,48 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import typer
 import xarray as xr
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flq_audit.sources import CheckpointRef
 
-stdout = Console(highlight=False, soft_wrap=True)
+#: Line width when the stream is not a terminal: tables are written whole, never cut.
+PIPE_WIDTH = 1_000_000
+
+OutputFormat = Literal["table", "tsv", "csv", "json"]
+FormatOpt = Annotated[OutputFormat, typer.Option(
+    "--format", help="table (for reading), tsv or csv (one header line; full-precision numbers), or json "
+    "(--json is the same).")]
+
+
+class _Sink(Console):
+    """A console that wraps at the terminal's width, and never when writing to a pipe or file."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+stdout = _Sink(highlight=False, soft_wrap=True)
 #: Where the running command is (``step``), for error messages.
 CURRENT: dict[str, int] = {}
-stderr = Console(stderr=True, highlight=False)
+stderr = _Sink(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -26,11 +51,51 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    """``error: message`` on stderr, on one line per line of ``message`` (never wrapped)."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False,
+                 soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {escape(message)}")
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def output_format(fmt: OutputFormat, as_json: bool = False) -> OutputFormat:
+    """The chosen ``--format``; ``--json`` is ``--format json``."""
+    if as_json and fmt not in ("table", "json"):
+        from flq_audit.errors import OptionError
+
+        raise OptionError(f"--json and --format {fmt} disagree: give one of them")
+    return "json" if as_json else fmt
+
+
+def cell(value: Any) -> str:
+    """A value as TSV/CSV text: floats in full precision (``repr``), NaN as ``nan``."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return repr(float(value))
+    return "" if value is None else str(value)
+
+
+def json_value(value: Any) -> Any:
+    """A value for JSON: NaN and infinities as ``null``, NumPy scalars as Python ones."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_rows(header: Sequence[str], rows: Iterable[Sequence[Any]], fmt: OutputFormat) -> None:
+    """One table as TSV or CSV on stdout (read back with Python's ``csv`` module)."""
+    if fmt == "tsv":
+        writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n",
+                            quoting=csv.QUOTE_MINIMAL)
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([cell(v) for v in row] for row in rows)
 
 
 def metric_table(values: xr.DataArray, title: str) -> Table:
