@@ -153,6 +153,9 @@ def audit_command(
             raise typer.Exit(plan.store_refusal.exit_code)
         return
     with _output.RichProgress(quiet=quiet or as_json) as progress:
+        report_downloads = getattr(plan.source, "report_downloads", None)
+        if report_downloads is not None:  # Hub sources: bytes inside the step bar
+            report_downloads(progress.downloaded)
         result = api.run_audit(plan, run, progress)
     if as_json:
         _output.print_json(result.to_dict())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -122,6 +123,19 @@ def _fmt(value: float) -> str:
     return "—" if not np.isfinite(value) else f"{value:.3f}"
 
 
+@contextmanager
+def dask_progress(scheduler: str | None) -> Iterator[None]:
+    """dask's progress bar on stderr while metrics compute: in a terminal, and only for the
+    local schedulers (a ``dask.distributed`` cluster has its own dashboard)."""
+    if not stderr.is_terminal or (scheduler is not None and "://" in scheduler):
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        yield
+
+
 class RichProgress:
     """Bars over steps and batches on stderr; silent when quiet or not a terminal."""
 
@@ -131,8 +145,9 @@ class RichProgress:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=stderr, disable=not self.enabled, transient=True,
         )
-        self._steps = self._batches = None
+        self._steps = self._batches = self._training = None
         self.quiet = quiet
+        self._step_text = ""
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -141,14 +156,37 @@ class RichProgress:
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
 
+    def training(self, step: int, total_steps: int, loss: float) -> None:
+        """A training step is done: a bar in a terminal, else a line every tenth of the run."""
+        if self.quiet:
+            return
+        if self.enabled:
+            if self._training is None:
+                self._training = self._progress.add_task("training", total=total_steps)
+            self._progress.update(self._training, completed=step,
+                                  description=f"training (loss {loss:.4f})")
+            if step == total_steps:
+                self._progress.remove_task(self._training)
+            return
+        every = max(1, total_steps // 10)
+        if step % every == 0 or step == total_steps:
+            stderr.print(f"training  step {step}/{total_steps}  loss {loss:.4f}", soft_wrap=True)
+
     def start(self, total_steps: int, batches_per_step: int) -> None:
         self._steps = self._progress.add_task("steps", total=total_steps)
         self._batches = self._progress.add_task("batches", total=batches_per_step)
 
     def step_started(self, ref: CheckpointRef) -> None:
         CURRENT["step"] = ref.step
-        self._progress.update(self._steps, description=f"step {ref.step} ({ref.label})")
+        self._step_text = f"step {ref.step} ({ref.label})"
+        self._progress.update(self._steps, description=self._step_text)
         self._progress.reset(self._batches)
+
+    def downloaded(self, step: int, done: int, total: int) -> None:
+        """Bytes of the current step's download, shown in the step bar's description."""
+        if self._steps is not None and done:
+            self._progress.update(self._steps, description=(
+                f"{self._step_text} ↓ {done / 2**20:.1f}/{total / 2**20:.1f} MiB"))
 
     def batch_done(self) -> None:
         self._progress.advance(self._batches)

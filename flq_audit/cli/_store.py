@@ -51,11 +51,12 @@ def metrics_command(
     """
     fmt = _output.output_format(output_format, as_json)
     names = [m.strip() for m in metric.split(",") if m.strip()]
-    result = api.compute_metrics(
-        store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-        denominator=denominator,
-        scheduler=scheduler, recompute=recompute,
-    )
+    with _output.dask_progress(scheduler):
+        result = api.compute_metrics(
+            store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+            denominator=denominator,
+            scheduler=scheduler, recompute=recompute,
+        )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
               and not v.endswith(counts) and not v.startswith("tl_chance")]
