@@ -14,7 +14,14 @@ import typer
 import xarray as xr
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from flq_audit.sources import CheckpointRef
@@ -145,8 +152,9 @@ class RichProgress:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=stderr, disable=not self.enabled, transient=True,
         )
-        self._steps = self._batches = self._training = None
+        self._steps = self._batches = None
         self.quiet = quiet
+        self._training: TaskID | None = None
         self._step_text = ""
 
     def __enter__(self) -> RichProgress:
@@ -161,12 +169,13 @@ class RichProgress:
         if self.quiet:
             return
         if self.enabled:
-            if self._training is None:
-                self._training = self._progress.add_task("training", total=total_steps)
-            self._progress.update(self._training, completed=step,
-                                  description=f"training (loss {loss:.4f})")
+            task = self._training
+            if task is None:
+                task = self._training = self._progress.add_task("training", total=total_steps)
+            self._progress.update(task, completed=step, description=f"training (loss {loss:.4f})")
             if step == total_steps:
-                self._progress.remove_task(self._training)
+                self._progress.remove_task(task)
+                self._training = None
             return
         every = max(1, total_steps // 10)
         if step % every == 0 or step == total_steps:
