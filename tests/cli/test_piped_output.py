@@ -18,7 +18,7 @@ import xarray as xr
 from safetensors.torch import save_file
 
 from flq_audit import api
-from tests._helpers.cli import cli_env, describe, run_cli, run_many
+from tests._helpers.cli import cli_env, describe, invoke, run_cli, run_many
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,8 @@ def piped(tmp_path_factory):
     procs |= {name: run_cli(*args, env=env) for name, args in locking.items()}
     with xr.open_zarr(str(store)) as ds:
         stored = {name: ds[name].load() for name in ("big_energy", "target_linearity")}
-    return {"table": first, **procs, "stored": stored, "missing_path": missing}
+    return {"table": first, **procs, "stored": stored, "missing_path": missing, "store": store,
+            "root": root}
 
 
 def test_a_piped_table_holds_every_full_name_and_value_on_one_line(piped):
@@ -191,6 +192,17 @@ def test_report_tsv_gives_the_per_layer_values_and_keeps_stdout_clean(piped):
     for row in rows:
         assert float(row["tl_last"]) == float(tl.sel(layer=row["layer"]).values[-1])
     assert "figure" in proc.stderr and "figure" not in proc.stdout
+
+
+def test_report_json_lists_layers_verdict_and_figures(piped):
+    result = invoke("report", piped["store"], "--format", "json", "--out", piped["root"] / "rj")
+    assert result.exit_code == 0, describe(result)
+    data = json.loads(result.stdout)
+    assert [row["layer"] for row in data["layers"]] == LAYERS
+    tl = piped["stored"]["target_linearity"]
+    assert [row["tl_first"] for row in data["layers"]] == [
+        float(tl.sel(layer=layer).values[0]) for layer in LAYERS]
+    assert data["verdict"] and all(Path(p).is_file() for p in data["figures"])
 
 
 def test_a_piped_error_line_is_never_wrapped(piped):
