@@ -10,7 +10,11 @@ import xarray as xr
 from flq_audit import api
 from flq_audit.audit.runner import AuditResult, Progress
 from flq_audit.recipes import digits_mlp
+from flq_audit.recipes._common import TrainingProgress
 from flq_audit.report import report_groups, tl_heatmap, write_report
+
+#: Optimizer steps of the demo's training run.
+DEFAULT_TRAIN_STEPS = 3000
 
 
 @dataclass
@@ -25,12 +29,19 @@ class DemoResult:
     metrics: xr.Dataset
 
 
-def run_demo(workdir: str | Path = "flq-demo", *, progress: Progress | None = None) -> DemoResult:
-    """Train (if ``workdir/checkpoints`` is absent), audit, compute metrics, export, plot."""
+def run_demo(
+    workdir: str | Path = "flq-demo", *, progress: Progress | None = None,
+    training: TrainingProgress | None = None, train_steps: int = DEFAULT_TRAIN_STEPS,
+) -> DemoResult:
+    """Train (if ``workdir/checkpoints`` is absent), audit, compute metrics, export, plot.
+
+    ``training(step, total_steps, loss)`` is called after each of the ``train_steps``
+    optimizer steps.
+    """
     work = Path(workdir)
     checkpoints = work / "checkpoints"
     if not (checkpoints / "model_spec.json").is_file():
-        digits_mlp.train(checkpoints)
+        digits_mlp.train(checkpoints, total_steps=train_steps, progress=training)
     store = work / "store.zarr"
     result = api.audit(str(checkpoints), out=store, progress=progress)
     assert isinstance(result, AuditResult)

@@ -26,6 +26,7 @@ from flq_audit.errors import (
     ModelNotFoundError,
     ProbeError,
     ProbeNotFoundError,
+    StoreMismatchError,
 )
 from flq_audit.models import BuiltModel, build_model
 from flq_audit.models.hf import build_hf_model
@@ -41,7 +42,7 @@ from flq_audit.options import (
 from flq_audit.probes import Probe, load_probe
 from flq_audit.probes.text import TEXT_SUFFIXES
 from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
-from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout
+from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, store_action
 
 DEFAULT_MODEL_FILE = "model_spec.json"
 DEFAULT_PROBE_FILE = "probe.npz"
@@ -70,6 +71,10 @@ class AuditPlan:
     fl: FLOptions | None = None
     extensions: tuple[StepExtension, ...] = ()
     already_done: tuple[int, ...] = ()
+    #: What the run will do with ``store``: ``new``, ``resume``, ``replace`` or ``refused``.
+    store_status: Literal["new", "resume", "replace", "refused"] = "new"
+    #: Why the run will refuse ``store`` (the error it will raise), when ``refused``.
+    store_refusal: StoreMismatchError | None = None
 
     @property
     def mode(self) -> Literal["module", "hf", "weights"]:
@@ -89,6 +94,9 @@ class AuditPlan:
             "source": self.source.describe(),
             "store": str(self.store),
             "store_exists": self.store.exists(),
+            "store_status": self.store_status,
+            "store_refusal": None if self.store_refusal is None else {
+                "message": str(self.store_refusal), "exit_code": self.store_refusal.exit_code},
             "steps": [r.step for r in self.refs],
             "already_done": list(self.already_done),
             "checkpoints": [
@@ -168,7 +176,14 @@ def plan_audit(
     plan = _with_extensions(plan, list(extensions))
     for ext in plan.extensions:
         ext.preflight(plan)
-    return replace(plan, already_done=() if run.overwrite else _already_done(plan))
+    return _with_store_status(plan, overwrite=run.overwrite)
+
+
+def _with_store_status(plan: AuditPlan, *, overwrite: bool) -> AuditPlan:
+    """The plan with what the real run will do with its store (the same checks, read only)."""
+    status, refusal = store_action(plan.store, plan.layout, overwrite=overwrite)
+    done = _already_done(plan) if status == "resume" else ()
+    return replace(plan, store_status=status, store_refusal=refusal, already_done=done)
 
 
 def _model_plan(

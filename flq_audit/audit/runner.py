@@ -24,7 +24,13 @@ from flq_audit.models import BuiltModel, load_weights
 from flq_audit.models.hf import load_hf_checkpoint
 from flq_audit.options import DEFAULT_RUN, RunOptions
 from flq_audit.sources import CheckpointRef
-from flq_audit.store import StepWriter, consolidate, create_or_resume, store_lock
+from flq_audit.store import (
+    StepWriter,
+    consolidate,
+    create_or_resume,
+    fixed_width_strings_allowed,
+    store_lock,
+)
 from flq_audit.store._writer import StepTransaction
 from flq_audit.weights import file_sha256, load_state_dict
 
@@ -93,7 +99,8 @@ def run_audit(
             writer.close()
         finally:
             writer.abandon()
-        writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
+        with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
+            writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
         consolidate(plan.store)
     return result
 

@@ -34,7 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    add_completion=False,
+    add_completion=True,
 )
 app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
     audit_command)
@@ -64,13 +64,21 @@ app.command("report")(report_command)
 def demo_command(
     workdir: Annotated[Path, typer.Option(help="Where checkpoints, store and outputs go.")] = Path(
         "flq-demo"),
+    train_steps: Annotated[int, typer.Option(
+        min=1, help="Optimizer steps of the training run (when DIR/checkpoints is absent).")
+    ] = 3000,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap."""
+    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap.
+
+    Training shows its steps and loss on stderr (a bar in a terminal, a line every tenth of
+    the run otherwise).
+    """
     from flq_audit.demo import run_demo
 
     with _output.RichProgress(quiet=quiet) as progress:
-        result = run_demo(workdir, progress=progress)
+        result = run_demo(workdir, progress=progress, training=progress.training,
+                          train_steps=train_steps)
     tl = result.metrics["target_linearity"]
     _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
     _output.stdout.print(layer_table(result.metrics))

@@ -148,8 +148,14 @@ def audit_command(
                           out=out, capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)
+        if plan.store_refusal is not None:  # the real run would stop here, with this code
+            _output.error(f"refused: {plan.store_refusal}")
+            raise typer.Exit(plan.store_refusal.exit_code)
         return
     with _output.RichProgress(quiet=quiet or as_json) as progress:
+        report_downloads = getattr(plan.source, "report_downloads", None)
+        if report_downloads is not None:  # Hub sources: bytes inside the step bar
+            report_downloads(progress.downloaded)
         result = api.run_audit(plan, run, progress)
     if as_json:
         _output.print_json(result.to_dict())
@@ -176,7 +182,10 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
 
     out = _output.stdout
     out.print(f"source  {summary['source']}")
-    out.print(f"store   {summary['store']} ({'resume' if summary['store_exists'] else 'new'}; "
+    refusal = summary["store_refusal"]
+    action = (f"refused: {refusal['message'].splitlines()[0]}" if refusal is not None
+              else summary["store_status"])
+    out.print(f"store   {summary['store']} ({action}; "
               f"~{summary['store_bytes_estimate'] / 2**20:.1f} MiB uncompressed)")
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else

@@ -107,7 +107,7 @@ def mapped(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        as_json = bool(kwargs.get("as_json"))
+        as_json = bool(kwargs.get("as_json")) or kwargs.get("output_format") == "json"
         debug = os.environ.get(DEBUG_ENV) == "1"
         previous = _on_sigterm()
         _output.CURRENT.clear()

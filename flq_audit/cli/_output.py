@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import typer
 import xarray as xr
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flq_audit.sources import CheckpointRef
 
-stdout = Console(highlight=False, soft_wrap=True)
+#: Line width when the stream is not a terminal: tables are written whole, never cut.
+PIPE_WIDTH = 1_000_000
+
+OutputFormat = Literal["table", "tsv", "csv", "json"]
+FormatOpt = Annotated[OutputFormat, typer.Option(
+    "--format", help="table (for reading), tsv or csv (one header line; full-precision numbers), or json "
+    "(--json is the same).")]
+
+
+class _Sink(Console):
+    """A console that wraps at the terminal's width, and never when writing to a pipe or file."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+stdout = _Sink(highlight=False, soft_wrap=True)
 #: Where the running command is (``step``), for error messages.
 CURRENT: dict[str, int] = {}
-stderr = Console(stderr=True, highlight=False)
+stderr = _Sink(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -27,11 +53,51 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    """``error: message`` on stderr, on one line per line of ``message`` (never wrapped)."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False,
+                 soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {escape(message)}")
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def output_format(fmt: OutputFormat, as_json: bool = False) -> OutputFormat:
+    """The chosen ``--format``; ``--json`` is ``--format json``."""
+    if as_json and fmt not in ("table", "json"):
+        from flq_audit.errors import OptionError
+
+        raise OptionError(f"--json and --format {fmt} disagree: give one of them")
+    return "json" if as_json else fmt
+
+
+def cell(value: Any) -> str:
+    """A value as TSV/CSV text: floats in full precision (``repr``), NaN as ``nan``."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return repr(float(value))
+    return "" if value is None else str(value)
+
+
+def json_value(value: Any) -> Any:
+    """A value for JSON: NaN and infinities as ``null``, NumPy scalars as Python ones."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_rows(header: Sequence[str], rows: Iterable[Sequence[Any]], fmt: OutputFormat) -> None:
+    """One table as TSV or CSV on stdout (read back with Python's ``csv`` module)."""
+    if fmt == "tsv":
+        writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n",
+                            quoting=csv.QUOTE_MINIMAL)
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([cell(v) for v in row] for row in rows)
 
 
 def metric_table(values: xr.DataArray, title: str) -> Table:
@@ -58,6 +124,19 @@ def _fmt(value: float) -> str:
     return "—" if not np.isfinite(value) else f"{value:.3f}"
 
 
+@contextmanager
+def dask_progress(scheduler: str | None) -> Iterator[None]:
+    """dask's progress bar on stderr while metrics compute: in a terminal, and only for the
+    local schedulers (a ``dask.distributed`` cluster has its own dashboard)."""
+    if not stderr.is_terminal or (scheduler is not None and "://" in scheduler):
+        yield
+        return
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr):
+        yield
+
+
 class RichProgress:
     """Bars over steps and batches on stderr; silent when quiet or not a terminal."""
 
@@ -69,6 +148,8 @@ class RichProgress:
         )
         self._steps = self._batches = TaskID(-1)  # real ids from start()
         self.quiet = quiet
+        self._training: TaskID | None = None
+        self._step_text = ""
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -78,14 +159,38 @@ class RichProgress:
                  traceback: TracebackType | None) -> None:
         self._progress.__exit__(exc_type, exc, traceback)
 
+    def training(self, step: int, total_steps: int, loss: float) -> None:
+        """A training step is done: a bar in a terminal, else a line every tenth of the run."""
+        if self.quiet:
+            return
+        if self.enabled:
+            task = self._training
+            if task is None:
+                task = self._training = self._progress.add_task("training", total=total_steps)
+            self._progress.update(task, completed=step, description=f"training (loss {loss:.4f})")
+            if step == total_steps:
+                self._progress.remove_task(task)
+                self._training = None
+            return
+        every = max(1, total_steps // 10)
+        if step % every == 0 or step == total_steps:
+            stderr.print(f"training  step {step}/{total_steps}  loss {loss:.4f}", soft_wrap=True)
+
     def start(self, total_steps: int, batches_per_step: int) -> None:
         self._steps = self._progress.add_task("steps", total=total_steps)
         self._batches = self._progress.add_task("batches", total=batches_per_step)
 
     def step_started(self, ref: CheckpointRef) -> None:
         CURRENT["step"] = ref.step
-        self._progress.update(self._steps, description=f"step {ref.step} ({ref.label})")
+        self._step_text = f"step {ref.step} ({ref.label})"
+        self._progress.update(self._steps, description=self._step_text)
         self._progress.reset(self._batches)
+
+    def downloaded(self, step: int, done: int, total: int) -> None:
+        """Bytes of the current step's download, shown in the step bar's description."""
+        if self._steps is not None and done:
+            self._progress.update(self._steps, description=(
+                f"{self._step_text} ↓ {done / 2**20:.1f}/{total / 2**20:.1f} MiB"))
 
     def batch_done(self) -> None:
         self._progress.advance(self._batches)

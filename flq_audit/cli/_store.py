@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
+import xarray as xr
 from rich.markup import escape
 from rich.table import Table
 
@@ -37,6 +39,7 @@ def metrics_command(
     recompute: Annotated[bool, typer.Option(
         "--recompute", help="Recompute the groups even if they are stored and current.")] = False,
     as_json: JsonOpt = False,
+    output_format: _output.FormatOpt = "table",
 ) -> None:
     """Compute metrics from a store, persist them in it, print a step × layer table.
 
@@ -45,16 +48,21 @@ def metrics_command(
 
     Example: flq-audit metrics run.zarr --metric tl --pca 256
     """
+    fmt = _output.output_format(output_format, as_json)
     names = [m.strip() for m in metric.split(",") if m.strip()]
-    result = api.compute_metrics(
-        store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-        denominator=denominator,
-        scheduler=scheduler, recompute=recompute,
-    )
+    with _output.dask_progress(scheduler):
+        result = api.compute_metrics(
+            store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+            denominator=denominator,
+            scheduler=scheduler, recompute=recompute,
+        )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
               and not str(v).endswith(counts) and not str(v).startswith("tl_chance")]
-    if as_json:
+    if fmt in ("tsv", "csv"):
+        _output.write_rows(("metric", "step", "layer", "value"), metric_rows(result), fmt)
+        return
+    if fmt == "json":
         _output.print_json({
             name: {
                 "dims": list(var.dims),
@@ -79,6 +87,23 @@ def metrics_command(
         _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
 
 
+def metric_rows(result: xr.Dataset) -> list[tuple[str, object, object, float]]:
+    """One ``(metric, step, layer, value)`` row per value of each step/layer variable (long
+    form: one header for every metric; a per-layer value has an empty step)."""
+    rows: list[tuple[str, object, object, float]] = []
+    for name, var in result.data_vars.items():
+        if not var.dims or not set(var.dims) <= {"step", "layer"}:
+            continue
+        table = var.transpose(*[d for d in ("step", "layer") if d in var.dims])
+        steps = table["step"].values if "step" in table.dims else [None]
+        layers = table["layer"].values if "layer" in table.dims else [None]
+        values = np.asarray(table.values, dtype=float).reshape(len(steps), len(layers))
+        rows.extend((str(name), _plain(s) if s is not None else None,
+                     None if lay is None else str(lay), float(values[i, j]))
+                    for i, s in enumerate(steps) for j, lay in enumerate(layers))
+    return rows
+
+
 def _plain(value: object) -> object:
     if isinstance(value, np.integer):
         return int(value)
@@ -88,8 +113,13 @@ def _plain(value: object) -> object:
 
 
 @mapped
-def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
-    """Summarise a store: steps done and failed, layers, sizes, provenance."""
+def show_command(store: StoreArg, as_json: JsonOpt = False,
+                 output_format: _output.FormatOpt = "table") -> None:
+    """Summarise a store: steps done and failed, layers, sizes, provenance.
+
+    With --format tsv or csv: the steps table, a blank line, then the layers table.
+    """
+    fmt = _output.output_format(output_format, as_json)
     ds = api.open_store(store, dask=False)  # small reads: no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]
@@ -110,8 +140,11 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
         "n_samples": int(ds.sizes.get("sample", 0)), "bytes_on_disk": size,
         "metrics": metric_variables(ds),
     }
-    if as_json:
+    if fmt == "json":
         _output.print_json(summary)
+        return
+    if fmt in ("tsv", "csv"):
+        _write_show_tables(summary, fmt)
         return
     out = _output.stdout
     out.print(f"store   {store} ({size / 2**20:.1f} MiB on disk)")
@@ -138,6 +171,16 @@ def show_command(store: StoreArg, as_json: JsonOpt = False) -> None:
         layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
     out.print(layers)
     out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
+
+
+def _write_show_tables(summary: dict, fmt: _output.OutputFormat) -> None:
+    _output.write_rows(("step", "label", "done", "error"),
+                       [(s["step"], s["label"], s["done"], s["error"]) for s in summary["steps"]],
+                       fmt)
+    sys.stdout.write("\n")
+    _output.write_rows(("layer", "kind", "width", "gram_width"),
+                       [(la["name"], la["kind"], la["width"], la["gram_width"])
+                        for la in summary["layers"]], fmt)
 
 
 @mapped

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+
+#: Called by a recipe after each optimizer step with ``(step, total_steps, loss)``.
+TrainingProgress = Callable[[int, int, float], None]
 
 
 def log_schedule(total_steps: int, per_decade: tuple[int, ...] = (1, 2, 5)) -> list[int]:

@@ -15,6 +15,7 @@ import torch
 
 from flq_audit.models import build_from_spec
 from flq_audit.recipes._common import (
+    TrainingProgress,
     log_schedule,
     save_checkpoint,
     save_probe,
@@ -36,8 +37,12 @@ def train(
     momentum: float = 0.9,
     batch_size: int = 64,
     seed: int = 0,
+    progress: TrainingProgress | None = None,
 ) -> Path:
-    """Train and write checkpoints, the probe and the model spec into ``out_dir``."""
+    """Train and write checkpoints, the probe and the model spec into ``out_dir``.
+
+    ``progress(step, total_steps, loss)`` is called after each optimizer step.
+    """
     from sklearn.datasets import load_digits
 
     out = Path(out_dir)
@@ -58,8 +63,11 @@ def train(
             break
         idx = next(batches)
         optimizer.zero_grad()
-        loss_fn(model(x[idx]), y[idx]).backward()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
         optimizer.step()
+        if progress is not None:
+            progress(step + 1, total_steps, float(loss.detach()))
     save_probe(out / "probe.npz", x.numpy(), data.target.astype(np.int64), 10)
     save_spec(out / "model_spec.json", SPEC)
     return out

@@ -44,6 +44,7 @@ from flq_audit.sources._hub_files import (
     resolve_index,
 )
 from flq_audit.sources._hub_guard import DownloadLedger, announce, cache_entries
+from flq_audit.sources._hub_progress import DownloadListener, StepDownloads, byte_counter
 from flq_audit.sources.revisions import RevisionInfo, assign_steps, compile_revision_pattern, parse_revision
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.{}:-]+")
@@ -97,6 +98,8 @@ class HubSource(CheckpointSource):
         self._cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._offline = offline
         self._ledger = DownloadLedger()
+        self._downloads = StepDownloads()
+        self._counter = byte_counter(self._downloads.add)
 
     # ------------------------------------------------------------------ protocol
     @classmethod
@@ -140,8 +143,13 @@ class HubSource(CheckpointSource):
             refs = self._list_branches()
         return sorted(refs, key=lambda r: r.step)
 
+    def report_downloads(self, listener: DownloadListener | None) -> None:
+        """Call ``listener(step, bytes done, bytes expected)`` as a step's files download."""
+        self._downloads.listener = listener
+
     def fetch(self, ref: CheckpointRef) -> list[Path]:
         """Download (or find in the cache) the ref's weights and its config/tokenizer files."""
+        self._downloads.begin(ref.step, ref.size_bytes)
         repo_dir = hubio.repo_cache_dir(self.cache_dir, ref.location)
         before = cache_entries(repo_dir) if self.cache == "drop" else set()
         paths = [self._download(ref.location, f, ref.commit, step=ref.step) for f in ref.files]
@@ -356,7 +364,8 @@ class HubSource(CheckpointSource):
     def _download(self, repo: str, filename: str, commit: str | None, *, step: int | None = None) -> Path:
         from huggingface_hub import hf_hub_download
 
-        kwargs: dict[str, Any] = {"revision": commit, "cache_dir": self.cache_dir}
+        kwargs: dict[str, Any] = {"revision": commit, "cache_dir": self.cache_dir,
+                                  "tqdm_class": self._counter}
         if self.offline:
             kwargs["local_files_only"] = True
         else:

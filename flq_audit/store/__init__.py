@@ -27,16 +27,19 @@ from flq_audit.store._schema import (
     GRAM,
     TARGETS,
     StoreLayout,
+    fixed_width_strings_allowed,
+    plain_string_coordinates,
 )
 
 if TYPE_CHECKING:
-    from flq_audit.store._create import create_or_resume, source_paths
+    from flq_audit.store._create import create_or_resume, source_paths, store_action
     from flq_audit.store._writer import StepWriter
 
 #: The write side (zarr, numcodecs, fsspec), imported on first use: `--help` needs none of it.
 _WRITE_SIDE = {
     "create_or_resume": "flq_audit.store._create",
     "source_paths": "flq_audit.store._create",
+    "store_action": "flq_audit.store._create",
     "StepWriter": "flq_audit.store._writer",
 }
 
@@ -79,7 +82,7 @@ def open_dataset(path: str | Path, *, dask: bool = True) -> xr.Dataset:
     if not is_flq_store(path):
         raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
                          hint="Give the folder that `flq-audit SOURCE --out STORE` wrote.")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), fixed_width_strings_allowed():
         warnings.simplefilter("ignore", category=UserWarning)
         try:
             ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3,
@@ -88,7 +91,7 @@ def open_dataset(path: str | Path, *, dask: bool = True) -> xr.Dataset:
             raise StoreError(f"cannot open store {str(path)!r} ({err})", path=path) from err
     if GRAM not in ds or DONE not in ds:
         raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path)
-    return ds
+    return plain_string_coordinates(ds)
 
 
 __all__ = [
@@ -107,11 +110,13 @@ __all__ = [
     "check_report_folder",
     "consolidate",
     "create_or_resume",
+    "fixed_width_strings_allowed",
     "is_consolidated",
     "is_flq_store",
     "lock_path",
     "open_dataset",
     "remove_store",
     "source_paths",
+    "store_action",
     "store_lock",
 ]

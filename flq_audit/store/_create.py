@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import zarr
@@ -26,7 +27,14 @@ from flq_audit.store._safety import (
     remove_store,
     root_attributes,
 )
-from flq_audit.store._schema import DONE, StoreLayout, encoding, fingerprint_differences, template
+from flq_audit.store._schema import (
+    DONE,
+    StoreLayout,
+    encoding,
+    fingerprint_differences,
+    fixed_width_strings_allowed,
+    template,
+)
 from flq_audit.store._writer import StepWriter, zarr_array
 
 NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its finished "
@@ -62,6 +70,29 @@ def create_or_resume(
     return StepWriter(path, layout)
 
 
+StoreAction = Literal["new", "resume", "replace", "refused"]
+
+
+def store_action(
+    path: str | Path, layout: StoreLayout, *, overwrite: bool = False
+) -> tuple[StoreAction, StoreMismatchError | None]:
+    """What :func:`create_or_resume` will do with ``path``, found by its own checks, read only.
+
+    ``new`` (nothing there), ``replace`` (``overwrite``, or a store that never finished a
+    step), ``resume``, or ``refused`` with the error the real run raises.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return "new", None
+    if overwrite or _never_finished(path):
+        return "replace", None
+    try:
+        _check_resumable(path, layout)
+    except StoreMismatchError as err:
+        return "refused", err
+    return "resume", None
+
+
 def source_paths(layout: StoreLayout) -> list[Path]:
     """The local checkpoint folder a layout was made from (never deleted), if any."""
     source = Path(layout.source)
@@ -86,10 +117,11 @@ def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> No
     inner = building / path.name
     try:
         (building / CREATING_MARKER).write_text(json.dumps({"store": path.name}))
-        ds.to_zarr(
-            str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
-            encoding=encoding(layout),
-        )
+        with fixed_width_strings_allowed():
+            ds.to_zarr(
+                str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
+                encoding=encoding(layout),
+            )
         fault_point("store-create")  # the template is written, not yet in place
         os.rename(inner, path)
     except (OSError, FlqAuditError):
@@ -138,4 +170,4 @@ def _check_resumable(path: Path, layout: StoreLayout) -> None:
         )
 
 
-__all__ = ["create_or_resume", "source_paths"]
+__all__ = ["create_or_resume", "source_paths", "store_action"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,10 +126,10 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     }
     coords: dict[str, Any] = {
         STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
-        "label": ((STEP,), _strings([safe_text(label) for label in layout.labels])),
-        "commit": ((STEP,), _strings([safe_text(commit) for commit in layout.commits])),
-        LAYER: ((LAYER,), _strings([layer.name for layer in layout.layers])),
-        "layer_kind": ((LAYER,), _strings([layer.kind for layer in layout.layers])),
+        "label": ((STEP,), coordinate_strings([safe_text(label) for label in layout.labels])),
+        "commit": ((STEP,), coordinate_strings([safe_text(commit) for commit in layout.commits])),
+        LAYER: ((LAYER,), coordinate_strings([layer.name for layer in layout.layers])),
+        "layer_kind": ((LAYER,), coordinate_strings([layer.kind for layer in layout.layers])),
         "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64)),
         "width": ((LAYER,), np.asarray([layer.width for layer in layout.layers], dtype=np.int64)),
         "gram_width": (
@@ -258,5 +260,37 @@ def safe_text(text: str) -> str:
 
 
 def _strings(values: Sequence[str]) -> np.ndarray:
-    """Variable-length strings (object dtype): Zarr v3 stores them without warnings."""
+    """Variable-length strings (object dtype): for values written step by step."""
     return np.asarray(list(values), dtype=object)
+
+
+def coordinate_strings(values: Sequence[str]) -> np.ndarray:
+    """Fixed-width strings (``<U``): plain ``xr.open_zarr`` reads them back as ``<U``, so
+    xarray plotting, ``.sel`` and ``.to_pandas()`` work on the store as on the NetCDF export
+    (variable-length strings read back as NumPy ``StringDType``, which they reject).
+
+    Zarr warns that fixed-width strings have no v3 specification yet (a Zarr-Python
+    extension); the store is written under :func:`fixed_width_strings_allowed`.
+    """
+    return np.asarray([str(v) for v in values], dtype=str)
+
+
+@contextmanager
+def fixed_width_strings_allowed() -> Iterator[None]:
+    """Silence Zarr's ``UnstableSpecificationWarning`` for the ``<U`` coordinates only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*FixedLengthUTF32", category=FutureWarning)
+        yield
+
+
+def plain_string_coordinates(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with NumPy ``StringDType`` coordinates (stores written by flq-audit 0.1, whose
+    coordinates are variable-length strings) as fixed-width ``<U`` strings."""
+    old = [name for name, coord in ds.coords.items() if coord.dtype.kind == "T"]
+    if not old:
+        return ds
+    return ds.assign_coords({
+        name: (ds[name].dims, np.asarray(ds[name].values, dtype=object).astype(str),
+               ds[name].attrs)
+        for name in old})

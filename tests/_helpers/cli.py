@@ -43,9 +43,10 @@ def run_cli(
 
 def run_many(
     commands: dict[str, tuple[str | Path, ...]], *, timeout: float = TIMEOUT_S,
+    env: dict[str, str] | None = None,
 ) -> dict[str, subprocess.CompletedProcess[str]]:
     """Run independent CLI commands side by side (start-up dominates: imports overlap)."""
-    procs = {name: popen_cli(*args) for name, args in commands.items()}
+    procs = {name: popen_cli(*args, env=env) for name, args in commands.items()}
     results = {}
     for name, proc in procs.items():
         try:
