@@ -6,7 +6,7 @@ import importlib
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import xarray as xr
 
@@ -44,7 +44,7 @@ _WRITE_SIDE = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _WRITE_SIDE:
         return getattr(importlib.import_module(_WRITE_SIDE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
