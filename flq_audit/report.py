@@ -10,21 +10,33 @@ import xarray as xr
 
 LAYER_COLUMNS = ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
                  "NC1 last")
+#: The same columns as machine-readable names (TSV, CSV and JSON output).
+LAYER_FIELDS = ("layer", "tl_first", "tl_last", "t90", "surrogate_last", "alignment_last",
+                "nc1_last")
+
+
+def layer_values(metrics: xr.Dataset) -> list[tuple[str, float, float, float, float, float, float]]:
+    """One row per layer (see :data:`LAYER_COLUMNS`), unrounded; NaN where a value is missing."""
+    tl = metrics["target_linearity"].dropna("step", how="all")
+
+    def last(name: str, layer: str) -> float:
+        kept = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
+        return float(kept[-1]) if len(kept) else float("nan")
+
+    rows = []
+    for layer in tl["layer"].values:
+        values = tl.sel(layer=layer).values
+        rows.append((str(layer), float(values[0]), float(values[-1]),
+                     float(metrics["t90"].sel(layer=layer).item()), last("surrogate", layer),
+                     last("alignment", layer), last("nc1", layer)))
+    return rows
 
 
 def layer_rows(metrics: xr.Dataset) -> list[list[str]]:
-    """One row per layer (see :data:`LAYER_COLUMNS`); ``—`` where a value is missing."""
-    tl = metrics["target_linearity"].dropna("step", how="all")
-    rows = []
-    for layer in tl["layer"].values:
-        row = [str(layer), _number(tl.sel(layer=layer).values[0]),
-               _number(tl.sel(layer=layer).values[-1]),
-               _number(metrics["t90"].sel(layer=layer).item(), "{:.0f}")]
-        for name in ("surrogate", "alignment", "nc1"):
-            values = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
-            row.append(_number(values[-1], "{:.3g}") if len(values) else "—")
-        rows.append(row)
-    return rows
+    """:func:`layer_values` formatted for people; ``—`` where a value is missing."""
+    formats = ("{:.3f}", "{:.3f}", "{:.0f}", "{:.3g}", "{:.3g}", "{:.3g}")
+    return [[name, *(_number(v, f) for v, f in zip(values, formats, strict=True))]
+            for name, *values in layer_values(metrics)]
 
 
 def _number(value: float, fmt: str = "{:.3f}") -> str:

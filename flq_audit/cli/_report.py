@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
+import xarray as xr
 from rich.table import Table
 
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StoreArg
-from flq_audit.report import nonfinite_lines, report_groups, sequential_verdict, write_report
+from flq_audit.report import (
+    LAYER_COLUMNS,
+    LAYER_FIELDS,
+    layer_rows,
+    layer_values,
+    nonfinite_lines,
+    report_groups,
+    sequential_verdict,
+    write_report,
+)
 from flq_audit.store._safety import REPORT_MARKER, check_report_folder
 
 
@@ -50,7 +59,7 @@ def report_command(
     if fmt == "table":
         _output.stdout.print(layer_table(metrics))
     elif fmt != "json":
-        _output.write_rows(LAYER_COLUMNS, layer_rows(metrics), fmt)
+        _output.write_rows(LAYER_FIELDS, layer_values(metrics), fmt)
     notes = _output.stdout if fmt == "table" else _output.stderr
     for line in nonfinite_lines(ds):
         notes.print(line)
@@ -70,47 +79,17 @@ def report_command(
     notes.print(f"page    {page}")
     (folder / REPORT_MARKER).touch()
     if fmt == "json":
-        _output.print_json({"layers": [dict(zip(LAYER_COLUMNS, (_output.json_value(v) for v in row),
-                                                strict=True)) for row in layer_rows(metrics)],
+        _output.print_json({"layers": [dict(zip(LAYER_FIELDS, (_output.json_value(v) for v in row),
+                                                strict=True)) for row in layer_values(metrics)],
                             "verdict": verdict, "figures": [str(p) for p in figures],
                             "netcdf": str(netcdf), "page": str(page)})
 
 
-def layer_table(metrics) -> Table:
+def layer_table(metrics: xr.Dataset) -> Table:
     """One row per layer: TL at the first and last done step, t90, surrogate, alignment, NC1."""
-    tl = metrics["target_linearity"].dropna("step", how="all")
     table = Table(title="per layer")
-    for column in ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
-                   "NC1 last"):
+    for column in LAYER_COLUMNS:
         table.add_column(column, justify="right" if column != "layer" else "left")
-    for layer in tl["layer"].values:
-        row = [str(layer), _f(tl.sel(layer=layer).values[0]), _f(tl.sel(layer=layer).values[-1]),
-               _f(metrics["t90"].sel(layer=layer).item(), "{:.0f}")]
-        for name in ("surrogate", "alignment", "nc1"):
-            values = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
-            row.append(_f(values[-1], "{:.3g}") if len(values) else "—")
+    for row in layer_rows(metrics):
         table.add_row(*row)
     return table
-
-
-LAYER_COLUMNS = ("layer", "tl_first", "tl_last", "t90", "surrogate_last", "alignment_last",
-                 "nc1_last")
-
-
-def layer_rows(metrics) -> list[tuple]:
-    """The per-layer table's values unrounded (NaN where a metric is missing), one per layer."""
-    tl = metrics["target_linearity"].dropna("step", how="all")
-    rows = []
-    for layer in tl["layer"].values:
-        values = tl.sel(layer=layer).values
-        row = [str(layer), float(values[0]), float(values[-1]),
-               float(metrics["t90"].sel(layer=layer).item())]
-        for name in ("surrogate", "alignment", "nc1"):
-            kept = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
-            row.append(float(kept[-1]) if len(kept) else float("nan"))
-        rows.append(tuple(row))
-    return rows
-
-
-def _f(value: float, fmt: str = "{:.3f}") -> str:
-    return fmt.format(value) if np.isfinite(value) else "—"
