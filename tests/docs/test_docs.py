@@ -45,10 +45,14 @@ def teardown_module() -> None:
 
 
 @pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
-def test_page_runs(path: Path, page_dir: Path, request) -> None:
+def test_page_runs(path: Path, page_dir: Path, request, monkeypatch) -> None:
     reason = NOT_YET_RUN.get(str(path.relative_to(REPO)))
     if reason:
         pytest.skip(reason)
+    from flq_audit.metrics import _spec
+
+    # a page may register a metric in this process (register_metric): keep it to the page
+    monkeypatch.setattr(_spec, "_REGISTRY", dict(_spec._REGISTRY))
     run_page(read_page(path), page_dir, request)
 
 
