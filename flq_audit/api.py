@@ -90,8 +90,10 @@ def run_audit(
     StoreMismatchError, StoreLockedError
         The output store belongs to another audit, or is being written.
     """
+    from flq_audit.audit.plan import warn_left_out
     from flq_audit.audit.runner import run_audit as execute
 
+    warn_left_out(plan)
     return execute(plan, run, progress)
 
 

@@ -222,6 +222,10 @@ class FlqAuditWarning(UserWarning):
     """Something worth knowing that does not stop the audit."""
 
 
+class UnauditedFilesWarning(FlqAuditWarning):
+    """Files in the checkpoint folder that the audit leaves out (one warning lists them all)."""
+
+
 __all__ = [
     "CaptureError",
     "CheckpointNotFoundError",
@@ -245,6 +249,7 @@ __all__ = [
     "StoreMismatchError",
     "StoreNotFoundError",
     "SystemResourceError",
+    "UnauditedFilesWarning",
     "UnsafeCheckpointError",
     "UnsafeDeletionError",
     "WeightsError",

@@ -10,6 +10,7 @@ This module imports neither torch nor transformers.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,16 +79,23 @@ class RunOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class HubOptions:
-    """Options of Hugging Face Hub sources (a local folder takes none)."""
+    """Options of Hugging Face Hub sources, and the two a local folder takes
+    (``name_pattern``, ``step_from_key``)."""
 
     revision_pattern: str | None = None
     subfolders: bool | None = None
     template_steps: tuple[int, ...] = ()
     cache: Literal["keep", "drop"] = "keep"
     offline: bool | None = None
+    name_pattern: str | None = None
+    step_from_key: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("--cache (cache)", self.cache, CACHE_MODES)
+        if self.step_from_key is not None and not re.fullmatch(r"[A-Za-z_][\w.-]*",
+                                                               self.step_from_key):
+            raise OptionError("--step-from-key (step_from_key) must be a key name such as "
+                              f"epoch, step or global_step; got {self.step_from_key!r}")
         try:
             steps = tuple(int(step) for step in self.template_steps)
         except (TypeError, ValueError):
@@ -102,6 +110,7 @@ class HubOptions:
             "revision_pattern": self.revision_pattern, "subfolders": self.subfolders,
             "template_steps": list(self.template_steps) or None,
             "cache": None if self.cache == "keep" else self.cache, "offline": self.offline,
+            "name_pattern": self.name_pattern, "step_from_key": self.step_from_key,
         }
         return {key: value for key, value in given.items() if value is not None}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -169,6 +169,25 @@ def _strip_prefix(state: StateDict, prefix: str = "module.") -> StateDict:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def fit_key_prefix(state: StateDict, model_keys: Collection[str]) -> StateDict:
+    """``state`` without the leading ``name.`` all its keys share, when that makes it fit.
+
+    A PyTorch Lightning checkpoint holds the ``LightningModule``'s state dict, whose keys
+    carry the attribute that holds the network (``model.layers.0.weight``); the network
+    rebuilt for the audit has ``layers.0.weight``. Nothing changes when any key already
+    fits the model, or when the keys do not share one first component.
+    """
+    keys = set(model_keys)
+    if not state or not keys or any(k in keys for k in state):
+        return state
+    heads = {k.split(".", 1)[0] for k in state}
+    if len(heads) != 1 or not all("." in k for k in state):
+        return state
+    cut = len(heads.pop()) + 1
+    stripped = {k[cut:]: v for k, v in state.items()}
+    return stripped if any(k in keys for k in stripped) else state
 
 
 def _upcast(tensor: torch.Tensor) -> torch.Tensor:

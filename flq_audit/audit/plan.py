@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
+from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
     layer_infos,
     output_classes,
@@ -27,6 +29,7 @@ from flq_audit.errors import (
     ProbeError,
     ProbeNotFoundError,
     StoreMismatchError,
+    UnauditedFilesWarning,
 )
 from flq_audit.models import BuiltModel, build_model
 from flq_audit.models.hf import build_hf_model
@@ -41,7 +44,13 @@ from flq_audit.options import (
 )
 from flq_audit.probes import Probe, load_probe
 from flq_audit.probes.text import TEXT_SUFFIXES
-from flq_audit.sources import CheckpointRef, CheckpointSource, open_source, select_steps
+from flq_audit.sources import (
+    CheckpointRef,
+    CheckpointSource,
+    LeftOut,
+    open_source,
+    select_steps,
+)
 from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, store_action
 
 DEFAULT_MODEL_FILE = "model_spec.json"
@@ -75,6 +84,8 @@ class AuditPlan:
     store_status: Literal["new", "resume", "replace", "refused"] = "new"
     #: Why the run will refuse ``store`` (the error it will raise), when ``refused``.
     store_refusal: StoreMismatchError | None = None
+    #: Entries of the source that are not audited, with the reason and the option to use.
+    left_out: tuple[LeftOut, ...] = ()
 
     @property
     def mode(self) -> Literal["module", "hf", "weights"]:
@@ -100,7 +111,8 @@ class AuditPlan:
             "steps": [r.step for r in self.refs],
             "already_done": list(self.already_done),
             "checkpoints": [
-                {"step": r.step, "label": r.label, "format": r.fmt, "bytes": r.size_bytes,
+                {"step": r.step, "label": r.label, "step_from": r.extra.get("step_from", "name"),
+                 "format": r.fmt, "bytes": r.size_bytes,
                  "files": [Path(f).name for f in r.files], "revision": r.revision,
                  "commit": r.commit}
                 for r in self.refs
@@ -116,6 +128,8 @@ class AuditPlan:
                 for li in self.layers
             ],
             "extensions": [ext.name for ext in self.extensions],
+            "not_audited": [{"name": e.name, "reason": e.reason, "include": e.include or None}
+                            for e in self.left_out],
             "store_bytes_estimate": self.layout.estimated_bytes(),
             "sample_chunk": self.layout.sample_chunk,
             "capture_config": self.config,
@@ -173,7 +187,7 @@ def plan_audit(
     else:
         plan = _model_plan(src, refs, all_refs, root, folder, store, model=model, probe=probe,
                            capture=capture, text=text, fl=fl, run=run)
-    plan = _with_extensions(plan, list(extensions))
+    plan = replace(_with_extensions(plan, list(extensions)), left_out=tuple(src.left_out()))
     for ext in plan.extensions:
         ext.preflight(plan)
     return _with_store_status(plan, overwrite=run.overwrite)
@@ -306,10 +320,20 @@ def _classification_outputs(
     return True, None
 
 
-def default_store(root: Path) -> Path:
-    """``./<source name>.zarr`` (a repo template's ``{step}`` dropped)."""
-    name = root.expanduser().resolve().name.replace("{step}", "").strip("-_") or "flq-audit"
-    return Path.cwd() / f"{name}.zarr"
+def left_out_message(plan: AuditPlan) -> str | None:
+    """One line listing every entry of the source the audit leaves out (``None``: none)."""
+    if not plan.left_out:
+        return None
+    lines = [f"{e.name}: {e.reason}" + (f" (include it with {e.include})" if e.include else "")
+             for e in plan.left_out]
+    return f"{len(lines)} file(s) in the source are not audited: " + "; ".join(lines)
+
+
+def warn_left_out(plan: AuditPlan) -> None:
+    """One :class:`UnauditedFilesWarning` that lists what the audit leaves out (if anything)."""
+    message = left_out_message(plan)
+    if message is not None:
+        warnings.warn(message, UnauditedFilesWarning, stacklevel=2)
 
 
 def _duplicates(src: CheckpointSource, refs: Sequence[CheckpointRef]) -> tuple[tuple[int, int], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,7 +12,7 @@ from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
-from flq_audit.errors import OptionError
+from flq_audit.errors import OptionError, UnauditedFilesWarning
 from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
 
 if TYPE_CHECKING:
@@ -72,7 +73,8 @@ def audit_command(
         "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
         "Default: every Linear/Conv layer.")] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Output Zarr store. Default: ./<source name>.zarr")] = None,
+        help="Output Zarr store. Default: ./<source name>.zarr, with the parent folders of a "
+        "generic name (./RUN-checkpoints.zarr for RUN/checkpoints)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
@@ -110,6 +112,12 @@ def audit_command(
     revision_pattern: Annotated[str | None, typer.Option(
         help="Hub: a regex with a named group 'step' that selects and parses branch names.")
     ] = None,
+    name_pattern: Annotated[str | None, typer.Option(
+        help="Local folder: a regex with a named group 'step', matched against whole file or "
+        "folder names (the extension may be left out), e.g. 'run-(?P<step>\\d+)'.")] = None,
+    step_from_key: Annotated[str | None, typer.Option(
+        help="Local folder: read each checkpoint's step from this key inside it (epoch, step, "
+        "global_step; a torch pickle's dict or safetensors metadata).")] = None,
     subfolders: Annotated[bool | None, typer.Option(
         "--subfolders/--no-subfolders",
         help="Hub: read checkpoint-N/ folders of one revision instead of branches.")] = None,
@@ -141,7 +149,8 @@ def audit_command(
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
-                     cache=cache, offline=offline or None)  # type: ignore[arg-type]
+                     cache=cache, offline=offline or None,  # type: ignore[arg-type]
+                     name_pattern=name_pattern, step_from_key=step_from_key)
     text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
                             label_column=label_column, max_length=max_length, top_k=top_k)
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
@@ -152,11 +161,18 @@ def audit_command(
             _output.error(f"refused: {plan.store_refusal}")
             raise typer.Exit(plan.store_refusal.exit_code)
         return
+    from flq_audit.audit.plan import left_out_message
+
+    left_out = left_out_message(plan)
+    if left_out is not None:
+        _output.warning(left_out)
     with _output.RichProgress(quiet=quiet or as_json) as progress:
         report_downloads = getattr(plan.source, "report_downloads", None)
         if report_downloads is not None:  # Hub sources: bytes inside the step bar
             report_downloads(progress.downloaded)
-        result = api.run_audit(plan, run, progress)
+        with warnings.catch_warnings():  # said once above, in the CLI's own words
+            warnings.simplefilter("ignore", UnauditedFilesWarning)
+            result = api.run_audit(plan, run, progress)
     if as_json:
         _output.print_json(result.to_dict())
     elif not quiet:
@@ -191,13 +207,23 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
     table = Table(title="checkpoints")
-    for column in ("step", "label", "format", "MiB", "status"):
-        table.add_column(column)
+    step_from = any(ckpt["step_from"] != "name" for ckpt in summary["checkpoints"])
+    for column in ("step", "label", "step from", "format", "MiB", "status"):
+        if column != "step from" or step_from:
+            table.add_column(column)
     for ckpt in summary["checkpoints"]:
         status = "done" if ckpt["step"] in summary["already_done"] else "to do"
-        table.add_row(str(ckpt["step"]), ckpt["label"], ckpt["format"],
-                      f"{ckpt['bytes'] / 2**20:.2f}", status)
+        cells = [str(ckpt["step"]), ckpt["label"], ckpt["step_from"], ckpt["format"],
+                 f"{ckpt['bytes'] / 2**20:.2f}", status]
+        table.add_row(*(cells if step_from else cells[:2] + cells[3:]))
     out.print(table)
+    if summary["not_audited"]:
+        left = Table(title="not audited")
+        for column in ("file", "reason", "to include it"):
+            left.add_column(column)
+        for entry in summary["not_audited"]:
+            left.add_row(entry["name"], entry["reason"], entry["include"] or "-")
+        out.print(left)
     layers = Table(title="layers")
     for column in ("layer", "kind", "width", "gram width"):
         layers.add_column(column)

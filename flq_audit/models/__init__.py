@@ -12,6 +12,7 @@ from torch import nn
 from flq_audit.errors import FlqAuditWarning, ModelBuildError, ModelNotFoundError
 from flq_audit.models.factory import KeyMapper, build_from_factory
 from flq_audit.models.spec import CNN, MLP, build_from_spec, load_spec
+from flq_audit.weights import fit_key_prefix
 
 # Buffers that optimisers and norm layers add which never change a forward pass.
 _IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
@@ -103,9 +104,10 @@ def _tied_groups(module: nn.Module) -> dict[str, tuple[str, ...]]:
 
 
 def map_keys(built: BuiltModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename checkpoint keys with the factory's ``map_checkpoint_key`` (if any)."""
+    """Rename checkpoint keys with the factory's ``map_checkpoint_key`` (if any), and drop a
+    prefix that every key has and the model's keys lack (Lightning's ``model.``)."""
     if built.key_mapper is None:
-        return state
+        return fit_key_prefix(state, built.module.state_dict().keys())
     mapped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         new_key = built.key_mapper(key)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from flq_audit.errors import CheckpointNotFoundError, SourceError
-from flq_audit.sources._base import CheckpointRef, CheckpointSource
+from flq_audit.sources._base import CheckpointRef, CheckpointSource, LeftOut
 from flq_audit.sources.hub import HubSource
 from flq_audit.sources.local import LocalFolderSource
 from flq_audit.sources.revisions import RevisionInfo, parse_revision
@@ -41,6 +41,12 @@ register_source(LocalFolderSource)
 register_source(HubSource)  # after local: an existing folder named like ORG/NAME stays local
 
 
+_OPTION_HINTS = {
+    ("local", "revision_pattern"): "--revision-pattern matches Hub branch names; for the files "
+    "of a local folder give --name-pattern REGEX (the same syntax, a named group 'step').",
+}
+
+
 def open_source(spec: str, **options: Any) -> CheckpointSource:
     """Turn a CLI ``SOURCE`` into a :class:`CheckpointSource` (first family that claims it).
 
@@ -63,7 +69,8 @@ def open_source(spec: str, **options: Any) -> CheckpointSource:
             if unknown:
                 raise SourceError(
                     f"option(s) {', '.join(unknown)} do not apply to {family.name} source {spec!r}",
-                    path=spec,
+                    path=spec, hint=next((_OPTION_HINTS[family.name, k] for k in unknown
+                                          if (family.name, k) in _OPTION_HINTS), None),
                 )
             return family(spec, **given)
     raise CheckpointNotFoundError(
@@ -95,6 +102,7 @@ __all__ = [
     "CheckpointRef",
     "CheckpointSource",
     "HubSource",
+    "LeftOut",
     "LocalFolderSource",
     "RevisionInfo",
     "looks_local",

@@ -15,7 +15,7 @@ class CheckpointRef:
     Attributes
     ----------
     step : int
-        Training step (or epoch) parsed from the checkpoint's name.
+        Training step (or epoch): parsed from the checkpoint's name, or read from inside it.
     label : str
         The name it came from, e.g. ``"step_100.safetensors"`` or ``"checkpoint-500"``.
     location : str
@@ -33,7 +33,8 @@ class CheckpointRef:
     subfolder : str
         The ``checkpoint-N/`` folder of a revision holding this checkpoint ("" for none).
     extra : dict of str to str
-        Source-specific coordinates (e.g. a Hub revision's ``stage`` or ``tokens``).
+        Source-specific coordinates (e.g. a Hub revision's ``stage`` or ``tokens``; a local
+        checkpoint's ``step_from``: how its step was found).
     """
 
     step: int
@@ -49,6 +50,18 @@ class CheckpointRef:
     aux_files: tuple[str, ...] = field(default=(), compare=False)
     subfolder: str = field(default="", compare=False)
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An entry of a source that is not audited: its name, why, and what would include it.
+
+    ``include`` names the option that would make it a checkpoint ("" when none would).
+    """
+
+    name: str
+    reason: str
+    include: str = ""
 
 
 @runtime_checkable
@@ -85,6 +98,10 @@ class CheckpointSource(Protocol):
     def describe(self) -> str:
         """A short provenance string (path or repo id)."""
         ...
+
+    def left_out(self) -> list[LeftOut]:
+        """Entries the last :meth:`list_refs` saw and did not take as checkpoints (none known)."""
+        return []
 
     def release(self, ref: CheckpointRef) -> bool:
         """Free the ref's local files once its step is written; ``False``: nothing freed."""

@@ -20,7 +20,9 @@ from flq_audit.errors import StepSelectionError, StepSyntaxError
 _INT = re.compile(r"\d+")
 # Keywords that name the number next to them, strongest first.
 _KEYWORDS = ("step", "iter", "iteration", "it", "global_step", "checkpoint", "ckpt", "epoch", "model")
-_KEYED = re.compile(r"(?P<key>[a-z_]+?)[-_]?(?P<num>\d+)", re.IGNORECASE)
+_INIT_WORDS = frozenset({"init", "initial"})
+_FINAL_WORDS = frozenset({"final", "last", "latest"})
+_KEYED = re.compile(r"(?P<key>[a-z_]+?)[-_=]?(?P<num>\d+)", re.IGNORECASE)
 
 
 def parse_step(name: str) -> int | None:
@@ -36,6 +38,8 @@ def parse_step(name: str) -> int | None:
     [100, 3, 100, 1000, 50]
     >>> parse_step("epoch_2_step_300")
     300
+    >>> parse_step("epoch=3-step=1200")  # PyTorch Lightning
+    1200
     >>> parse_step("final") is None
     True
     """
@@ -58,6 +62,33 @@ def parse_step(name: str) -> int | None:
         f"cannot tell which number in {name!r} is the step: it holds {numbers}",
         hint="Rename the checkpoints so that the step follows 'step', 'epoch' or 'ckpt'.",
     )
+
+
+def compile_name_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a ``--name-pattern``; it must have a named group ``step``."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise StepSyntaxError(
+            f"--name-pattern {pattern!r} is not a valid regular expression: {err}") from None
+    if "step" not in compiled.groupindex:
+        raise StepSyntaxError(
+            f"--name-pattern {pattern!r} has no named group 'step'",
+            hint=r"Write the step as (?P<step>\d+), e.g. 'run-(?P<step>\d+)\.pt'.",
+        )
+    return compiled
+
+
+def name_role(stem: str) -> str | None:
+    """``init`` or ``final`` for a name without digits that says so, else ``None``."""
+    if any(c.isdigit() for c in stem):
+        return None
+    words = set(re.split(r"[^a-z]+", stem.lower())) - {""}
+    if words & _INIT_WORDS and not words & _FINAL_WORDS:
+        return "init"
+    if words & _FINAL_WORDS and not words & _INIT_WORDS:
+        return "final"
+    return None
 
 
 def select_steps(available: Sequence[int], spec: str) -> list[int]:

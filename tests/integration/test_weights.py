@@ -52,6 +52,41 @@ def test_training_checkpoint_with_optimizer_state(tmp_path):
     _assert_same(load_state_dict([path]), state)
 
 
+def test_lightning_checkpoint_loads_into_the_plain_network(tmp_path):
+    """Lightning keeps the LightningModule's state dict: keys carry ``model.``."""
+    from flq_audit.models import BuiltModel, load_weights
+    from flq_audit.models.spec import build_from_spec
+    from tests._helpers.runs import SMALL_SPEC
+
+    state = _state()
+    path = tmp_path / "epoch=3-step=1200.ckpt"
+    torch.save({
+        "epoch": 3, "global_step": 1200, "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(8, 6)}},
+                              "param_groups": [{"lr": 0.1, "params": [0]}]}],
+        "lr_schedulers": [], "callbacks": {}, "hyper_parameters": {"lr": 0.1},
+    }, path)
+
+    loaded = load_state_dict([path])
+    assert sorted(loaded) == sorted(f"model.{k}" for k in state)
+    built = BuiltModel(build_from_spec(SMALL_SPEC), origin="spec")
+    _assert_same(load_weights(built, loaded, step=1200), state)
+    _assert_same(dict(built.module.state_dict()), state)
+
+
+def test_shared_prefix_is_kept_when_the_model_has_it():
+    from flq_audit.weights import fit_key_prefix
+
+    state = {"model.layers.0.weight": torch.zeros(1), "model.layers.0.bias": torch.zeros(1)}
+    assert fit_key_prefix(state, {"model.layers.0.weight", "model.layers.0.bias"}) is state
+    assert sorted(fit_key_prefix(state, {"layers.0.weight", "layers.0.bias"})) == [
+        "layers.0.bias", "layers.0.weight"]
+    assert fit_key_prefix(state, {"other.weight"}) is state  # stripping does not make it fit
+    mixed = {"model.w": torch.zeros(1), "loss.w": torch.zeros(1)}
+    assert fit_key_prefix(mixed, {"w"}) is mixed  # no single shared first name
+
+
 def test_module_prefix_is_stripped(tmp_path):
     state = _state()
     path = tmp_path / "step_1.pt"
