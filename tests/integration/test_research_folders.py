@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from flq_audit.errors import StepSelectionError, StepSyntaxError
 from flq_audit.sources.local import LocalFolderSource
-from tests._helpers.cli import cli_env, describe, run_many, squash
+from tests._helpers.cli import assert_says, describe, invoke, run_many, squash
 from tests._helpers.runs import make_run, state_for
 
 FIRST_LAYER = "layers.0"
@@ -192,21 +192,27 @@ def test_default_store_names_of_two_checkpoints_folders_differ(tmp_path, monkeyp
     assert default_store(Path("org/checkpoints")) == tmp_path / "org-checkpoints.zarr"
 
 
-def test_the_api_warns_once_about_files_it_leaves_out(tmp_path):
+def test_the_api_warns_once_and_an_old_default_store_still_resumes(tmp_path, monkeypatch):
     from flq_audit import api
     from flq_audit.errors import UnauditedFilesWarning
 
-    run, seeds = _course_folder(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    run, seeds = _course_folder(tmp_path / "DL" / "checkpoints")
     (run / "notes.txt").write_text("x")
     torch.save(_weights(7), run / "best.pt")
+    old_default = tmp_path / "checkpoints.zarr"  # the name earlier versions chose
 
     with pytest.warns(UnauditedFilesWarning) as caught:
-        api.audit(str(run), out=tmp_path / "S.zarr", steps="4")
+        api.audit(str(run), out=old_default, steps="4")
 
     messages = [str(w.message) for w in caught if w.category is UnauditedFilesWarning]
     assert len(messages) == 1
     assert "best.pt: no step in its name" in messages[0] and "notes.txt" in messages[0]
-    _assert_grams(tmp_path / "S.zarr", {4: seeds[4]})
+    _assert_grams(old_default, {4: seeds[4]})
+    again = api.plan_audit(str(run), out=old_default, steps="4")
+    assert (again.store_status, again.already_done) == ("resume", (4,))
+    fresh = api.plan_audit(str(run))
+    assert (fresh.store, fresh.store_status) == (tmp_path / "DL-checkpoints.zarr", "new")
 
 
 # ------------------------------------------------------------------ the CLI (subprocesses)
@@ -268,14 +274,16 @@ def test_lightning_folder_audits_with_steps_from_global_step(tmp_path):
                         global_step)
     _lightning_ckpt(run / "last.ckpt", 13, 2, 150)
     store = tmp_path / "L.zarr"
-    procs = run_many({"dry": (run, "--dry-run", "--json"), "audit": (run, "--out", store, "-q")})
-    assert procs["dry"].returncode == 0, describe(procs["dry"])
-    plan = json.loads(procs["dry"].stdout)
-    assert plan["steps"] == [50, 100, 150]
-    assert {c["step_from"] for c in plan["checkpoints"]} == {"'global_step' inside"}
-    assert [e["name"] for e in plan["not_audited"]] == ["last.ckpt"]
-    assert procs["audit"].returncode == 0, describe(procs["audit"])
+    (audit,) = run_many({"audit": (run, "--out", store, "--json")}).values()
+    assert audit.returncode == 0, describe(audit)
+    assert json.loads(audit.stdout)["written"] == [50, 100, 150]
+    assert_says(audit.stderr, "1 file(s) in the source are not audited: last.ckpt: holds step "
+                "150 (its 'global_step'), which model-epoch=2-val_acc=0.92.ckpt already gives")
     _assert_grams(store, {gs: seed for (_, gs), seed in written.items()})
+    from flq_audit import api
+
+    labels = api.open_store(store, dask=False)["label"].values.tolist()
+    assert labels == [f"model-epoch={e}-val_acc=0.{90 + e}.ckpt" for e in (0, 1, 2)]
 
 
 def test_step_from_key_and_name_pattern_on_the_command_line(tmp_path):
@@ -287,29 +295,35 @@ def test_step_from_key_and_name_pattern_on_the_command_line(tmp_path):
         torch.save(_weights(epoch), named / f"w_seed1_e{epoch:02d}.pt")
     procs = run_many({
         "key": (keyed, "--step-from-key", "epoch", "--out", tmp_path / "K.zarr", "-q"),
-        "pattern": (named, "--name-pattern", r"w_seed1_e(?P<step>\d+)", "--dry-run", "--json"),
-        "bad_pattern": (named, "--name-pattern", r"w_(\d+)", "--dry-run"),
-        "revision_pattern": (named, "--revision-pattern", r"w_seed1_e(?P<step>\d+)", "--dry-run"),
-        "ambiguous": (named, "--dry-run"),
+        "pattern": (named, "--name-pattern", r"w_seed1_e(?P<step>\d+)", "--out",
+                    tmp_path / "P.zarr", "--json"),
     })
     assert procs["key"].returncode == 0, describe(procs["key"])
     _assert_grams(tmp_path / "K.zarr", {3: 3, 8: 8})
     assert procs["pattern"].returncode == 0, describe(procs["pattern"])
-    assert json.loads(procs["pattern"].stdout)["steps"] == [5, 10]
-    assert procs["bad_pattern"].returncode == 2, describe(procs["bad_pattern"])
-    assert "no named group 'step'" in procs["bad_pattern"].stderr
-    assert procs["revision_pattern"].returncode == 4, describe(procs["revision_pattern"])
-    assert "--name-pattern" in squash(procs["revision_pattern"].stderr)
-    assert procs["ambiguous"].returncode == 4, describe(procs["ambiguous"])
-    for proc in procs.values():
-        assert "Traceback" not in proc.stderr, describe(proc)
+    assert json.loads(procs["pattern"].stdout)["written"] == [5, 10]
+    _assert_grams(tmp_path / "P.zarr", {5: 5, 10: 10})
 
 
-def test_init_ambiguity_on_the_command_line(tmp_path):
+@pytest.mark.parametrize(("setup", "args", "code", "needles"), [
+    ("named", ("--name-pattern", r"w_(\d+)"), 2, ("no named group 'step'",)),
+    ("named", ("--name-pattern", r"w_seed1_e(?P<step>\d+"), 2, ("not a valid regular",)),
+    ("named", ("--revision-pattern", r"w_seed1_e(?P<step>\d+)"), 4,
+     ("revision_pattern do not apply to local", "--name-pattern REGEX")),
+    ("named", (), 4, ("cannot tell which number", "w_seed1_e05")),
+    ("named", ("--step-from-key", "not a key"), 2, ("--step-from-key",)),
+    ("init", (), 4, ("step 0 is ambiguous", "model_init.pt", "model_0.pt")),
+])
+def test_bad_names_and_options_are_clear_errors(tmp_path, setup, args, code, needles):
     run = _folder(tmp_path / "run")
-    torch.save(_weights(0), run / "model_init.pt")
-    torch.save(_weights(1), run / "model_0.pt")
-    (proc,) = run_many({"dry": (run, "--dry-run")}, env=cli_env()).values()
-    assert proc.returncode == 4, describe(proc)
-    assert "model_init.pt" in proc.stderr and "model_0.pt" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    if setup == "named":
+        torch.save(_weights(5), run / "w_seed1_e05.pt")
+    else:
+        torch.save(_weights(0), run / "model_init.pt")
+        torch.save(_weights(1), run / "model_0.pt")
+
+    result = invoke("audit", run, *args, "--dry-run")
+
+    assert result.exit_code == code, describe(result)
+    assert_says(result.stderr, *needles)
+    assert result.exception is None or isinstance(result.exception, SystemExit), describe(result)
