@@ -48,7 +48,7 @@ class _Inert:
         pass
 
 
-class _Dict(dict):  # type: ignore[type-arg]
+class _Dict(dict):
     """An ``OrderedDict`` stand-in that accepts the attributes pickles set on it."""
 
 

@@ -105,8 +105,8 @@ class LocalFolderSource(CheckpointSource):
         return str(self.root)
 
     def left_out(self) -> list[LeftOut]:
-        """Entries the last :meth:`list_refs` did not take, each with its reason."""
-        return list(self._left_out)
+        """Entries the last :meth:`list_refs` did not take, each with its reason, by name."""
+        return sorted(self._left_out, key=lambda e: e.name)
 
     def list_refs(self) -> list[CheckpointRef]:
         self._left_out = []
@@ -241,8 +241,8 @@ class LocalFolderSource(CheckpointSource):
         by_step = {ref.step: ref for ref in refs}
         by_file = {Path(ref.files[0]).resolve(): ref for ref in refs}
         placed: list[CheckpointRef] = []
-        last = max(by_step, default=-1)
-        for final in finals:
+        after_last: list[_Candidate] = []
+        for final in self._one_per_stem(finals):
             same = by_file.get(final.files[0].resolve())
             if same is not None:
                 self._left_out.append(LeftOut(final.label, f"the same file as {same.label}"))
@@ -259,10 +259,16 @@ class LocalFolderSource(CheckpointSource):
             if key is not None:
                 ref = self._ref(final.entry, final.label, final.files, final.fmt, inside[key],
                                 "", key=key)
+            elif after_last:
+                raise StepSelectionError(
+                    f"{after_last[0].label} and {final.label} both name the final checkpoint "
+                    "and neither carries its step", path=final.entry,
+                    hint="Move one of them out of the folder, or give --step-from-key KEY.")
             else:
-                last += 1
-                ref = self._ref(final.entry, final.label, final.files, final.fmt, last,
+                after = max(by_step, default=-1) + 1
+                ref = self._ref(final.entry, final.label, final.files, final.fmt, after,
                                 FROM_AFTER_LAST)
+                after_last.append(final)
             if ref.step in by_step:
                 raise StepSelectionError(
                     f"step {ref.step} is claimed by several checkpoints: "
@@ -271,6 +277,20 @@ class LocalFolderSource(CheckpointSource):
             by_step[ref.step] = ref
             placed.append(ref)
         return sorted(refs + placed, key=lambda r: r.step)
+
+    def _one_per_stem(self, finals: list[_Candidate]) -> list[_Candidate]:
+        """Final checkpoints, one per stem: safetensors when a pickle has the same stem."""
+        kept = []
+        for final in finals:
+            stem = Path(final.label.rstrip("/")).stem
+            twins = [f for f in finals if Path(f.label.rstrip("/")).stem == stem]
+            chosen = next((f for f in twins if f.fmt == "safetensors"), final)
+            if final is chosen:
+                kept.append(final)
+            else:
+                self._left_out.append(LeftOut(final.label, f"the same checkpoint as "
+                                              f"{chosen.label} (safetensors is preferred)"))
+        return kept
 
     def _one_per_step(self, step: int, refs: list[CheckpointRef]) -> CheckpointRef:
         if len(refs) == 1:

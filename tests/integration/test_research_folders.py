@@ -113,6 +113,26 @@ def test_final_file_goes_to_the_step_stored_inside_it(tmp_path):
     assert refs[-1].extra["step_from"] == "'epoch' inside"
 
 
+def test_final_twins_links_and_two_finals(tmp_path):
+    run = _folder(tmp_path / "run")
+    save_file(_weights(1), str(run / "step_10.safetensors"))
+    save_file(_weights(2), str(run / "final.safetensors"))
+    torch.save(_weights(2), run / "final.pt")
+    (run / "latest.safetensors").symlink_to(run / "step_10.safetensors")
+
+    source = LocalFolderSource(run)
+
+    assert [(r.step, r.label) for r in source.list_refs()] == [
+        (10, "step_10.safetensors"), (11, "final.safetensors")]
+    assert [(e.name, e.reason) for e in source.left_out()] == [
+        ("final.pt", "the same checkpoint as final.safetensors (safetensors is preferred)"),
+        ("latest.safetensors", "the same file as step_10.safetensors")]
+    torch.save(_weights(3), run / "last.pth")
+    with pytest.raises(StepSelectionError, match="both name the final checkpoint") as info:
+        LocalFolderSource(run).list_refs()
+    assert "final.safetensors" in str(info.value) and "last.pth" in str(info.value)
+
+
 def test_init_beside_a_step_zero_file_is_an_ambiguity_error(tmp_path):
     run = _folder(tmp_path / "run")
     torch.save(_weights(0), run / "init.pt")
