@@ -75,7 +75,9 @@ def audit_command(
         help="Output Zarr store. Default: ./<source name>.zarr")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
+    activation_dtype: Annotated[str, typer.Option(
+        help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
+             "float64 too).")] = "float32",
     gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     max_samples: Annotated[int | None, typer.Option(
         min=1, help="Use only the first N probe samples.")] = None,
