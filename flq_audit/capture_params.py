@@ -99,7 +99,7 @@ class ParameterUses(TorchFunctionMode):
         found = self._tracked.get(id(value))
         return found if found is not None and found.tensor is value else None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
@@ -289,15 +289,25 @@ def discover_parameter_layers(
 def in_model_order(
     module: nn.Module, modules: dict[str, nn.Module], params: dict[str, ParameterLayer],
 ) -> dict[str, nn.Module | ParameterLayer]:
-    """Weight modules and parameter layers together, in registration order."""
+    """Weight modules in registration order; a module's own parameter layers come after its
+    submodules (``blocks.*`` before a top-level unembedding ``W_U``)."""
     ordered: dict[str, nn.Module | ParameterLayer] = {}
-    for prefix, sub in module.named_modules():
+    seen: set[int] = set()
+
+    def walk(prefix: str, sub: nn.Module) -> None:
+        if id(sub) in seen:
+            return
+        seen.add(id(sub))
         if prefix in modules:
             ordered[prefix] = modules[prefix]
+        for child, inner in sub.named_children():
+            walk(f"{prefix}.{child}" if prefix else child, inner)
         for local, _ in sub.named_parameters(recurse=False):
             name = f"{prefix}.{local}" if prefix else local
             if name in params:
                 ordered[name] = params[name]
+
+    walk("", module)
     return ordered
 
 
