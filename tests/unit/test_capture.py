@@ -410,7 +410,7 @@ def test_parameters_that_are_not_layers_are_refused_with_the_reason():
     text = str(info.value)
     assert "twice: its ops contract different dimensions (Parameter(in=0), Parameter(in=1))" in text
     assert "no_rows: the operand it multiplies has 6 rows for a batch of 3 samples" in text
-    with pytest.raises(LayerNotFoundError, match="'twice' matches no weight layer.*twice: its ops"):
+    with pytest.raises(LayerNotFoundError, match=r"'twice' matches no weight layer.*twice: its ops"):
         select_layers(model, ["twice"], probe=x)
 
 
