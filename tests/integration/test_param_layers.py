@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from flq_audit import api
 from flq_audit.options import CaptureOptions
-from tests._helpers.cli import run_cli
+from tests._helpers.cli import invoke, run_cli
 
 D_IN, D_H, CLASSES, N = 10, 16, 5, 60
 PAIRS = {"W_in": "fc_in", "W_hid": "fc_hid", "W_out": "fc_out"}
@@ -128,8 +128,7 @@ def test_bare_parameter_model_equals_its_linear_form_in_float64(runs, tmp_path):
                     "--probe", runs["root"] / "probe.npz", "--out", bare_store,
                     "--activation-dtype", "float64")
     assert audit.returncode == 0, audit.stderr
-    metrics = run_cli("metrics", bare_store, "--metric", "tl,surrogate")
-    assert metrics.returncode == 0, metrics.stderr
+    api.compute_metrics(bare_store, metrics=("tl", "surrogate"))
     bare = xr.open_zarr(bare_store)
     linear_store = tmp_path / "linear.zarr"
     _audit_linear(runs, linear_store, "float64")
@@ -179,11 +178,22 @@ def test_layers_take_parameter_names_and_globs(runs, tmp_path):
 
 def test_a_model_with_nothing_capturable_names_its_parameters(runs, tmp_path):
     root = runs["root"]
-    result = run_cli(runs["bare"], "--model", f"{root / 'models.py'}:nothing",
-                     "--probe", root / "probe.npz", "--out", tmp_path / "s.zarr")
-    assert result.returncode == 4, result.stderr
-    text = " ".join(result.stderr.split())
+    result = invoke("audit", runs["bare"], "--model", f"{root / 'models.py'}:nothing",
+                    "--probe", root / "probe.npz", "--out", tmp_path / "s.zarr")
+    assert result.exit_code == 4, result.output
+    text = " ".join(result.output.split())
     assert "no Linear or Conv layers" in text
     assert "W_gate: not multiplied into the input by matmul, F.linear or einsum" in text
     assert "--layers W_in" in text and "x @ W.T" in text
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_the_fl_residual_refuses_parameter_layers_before_any_checkpoint_is_read(runs, tmp_path):
+    from flq_audit.errors import CaptureError
+    from flq_audit.options import FLOptions
+
+    root = runs["root"]
+    with pytest.raises(CaptureError, match=r"not the parameter layers \['W_in', 'W_hid', 'W_out'\]"):
+        api.plan_audit(str(runs["bare"]), model=f"{root / 'models.py'}:bare",
+                       probe=str(root / "probe.npz"), out=tmp_path / "s.zarr",
+                       fl=FLOptions.from_files("ce", "0.1", "full"))
