@@ -430,3 +430,37 @@ def test_float64_replay_converts_the_model_and_casts_the_inputs():
     for name, want in expected.items():
         assert rows[name].dtype == np.float64
         np.testing.assert_allclose(rows[name], want.numpy(), rtol=1e-13, atol=1e-14)
+
+
+class _PerToken(nn.Module):
+    """A weight W (h × d) applied to every token of x (batch, tokens, d), written one way."""
+
+    def __init__(self, apply) -> None:
+        super().__init__()
+        self.apply_weight = apply
+        self.W = nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x.reshape(len(x), 4, 3), self.W)
+
+
+@pytest.mark.parametrize("apply", [
+    lambda x, w: x @ w.T,
+    lambda x, w: F.linear(x, w),
+    lambda x, w: torch.matmul(x, w.transpose(0, 1)),
+    lambda x, w: x @ w.t().contiguous(),
+    lambda x, w: torch.einsum("btd,hd->bth", x, w),
+    lambda x, w: torch.einsum("hd,btd->bth", w, x),
+    lambda x, w: torch.einsum("btd,hd", x, [w][0]),
+    lambda x, w: torch.einsum("...d,dh->...h", x, w.T),
+    lambda x, w: (w @ x.transpose(1, 2)).transpose(1, 2),
+], ids=["matmul-T", "linear", "matmul-transpose", "t-contiguous", "einsum", "einsum-w-first",
+        "einsum-implicit", "einsum-ellipsis", "w-at-x"])
+def test_every_way_of_writing_a_per_token_layer_reads_the_same_input_space(apply):
+    x = _inputs(6, 12)
+    model = _PerToken(apply)
+    layers = select_layers(model, None, probe=x)
+    (info,) = layer_infos(model, layers, x)
+    assert (info.name, info.kind, info.width, info.gram_width) == ("W", "Parameter(in=1)", 12, 3)
+    _, rows = _collect(model, layers, x, batch_size=4)
+    np.testing.assert_array_equal(rows["W"], x)
