@@ -69,8 +69,8 @@ def audit_command(
         help="Builtin probe (digits, swissroll), a .npz/.safetensors/.pt file, or a text "
         "probe (.jsonl/.csv) for transformers models. Default: SOURCE/probe.npz.")] = None,
     layers: Annotated[list[str] | None, typer.Option(
-        "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
-        "Default: every Linear/Conv layer.")] = None,
+        "--layers", help="Glob pattern(s) over module and parameter names (W_in); repeat or "
+        "comma-separate. Default: every Linear/Conv layer and parameter layer.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output Zarr store. Default: ./<source name>.zarr")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
