@@ -142,7 +142,13 @@ def parameter_layers(
     except FlqAuditError:
         raise
     except Exception as err:
-        raise _probe_error(first, err) from err
+        try:
+            forward()  # without the function mode: does the probe fit the model at all?
+        except Exception as plain:
+            raise _probe_error(first, plain) from plain
+        warnings.warn(f"parameters were not checked for use as layers: the forward pass under "
+                      f"a torch function mode raised {err!r}", FlqAuditWarning, stacklevel=3)
+        return {}, {}
 
 
 def as_matrix(weight: torch.Tensor, *, conv1d: bool) -> torch.Tensor:

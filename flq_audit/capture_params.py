@@ -257,6 +257,8 @@ def discover_parameter_layers(
     Returns ``({name: layer}, {name: why it is not a layer})``.
     """
     watched = watched_parameters(model, exclude)
+    if not watched:
+        return {}, {}
     uses: dict[str, list[tuple[tuple[int, ...], int, str]]] = {}
 
     def record(name: str, dims: tuple[int, ...], other: torch.Tensor, op: str) -> None:

@@ -17,7 +17,7 @@ from flq_audit.capture import (
     select_layers,
     weight_matrix,
 )
-from flq_audit.errors import CaptureError, LayerNotFoundError, ProbeError
+from flq_audit.errors import CaptureError, FlqAuditWarning, LayerNotFoundError, ProbeError
 from flq_audit.models import build_from_spec
 
 MLP_SPEC = {"type": "mlp", "in_features": 6, "widths": [8, 7], "out_features": 3,
@@ -464,3 +464,29 @@ def test_every_way_of_writing_a_per_token_layer_reads_the_same_input_space(apply
     assert (info.name, info.kind, info.width, info.gram_width) == ("W", "Parameter(in=1)", 12, 3)
     _, rows = _collect(model, layers, x, batch_size=4)
     np.testing.assert_array_equal(rows["W"], x)
+
+
+class _ModeHostile(nn.Module):
+    """A forward that fails under any torch function mode (and only there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.table = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.overrides._is_torch_function_mode_enabled():
+            raise RuntimeError("custom kernel: no function modes")
+        return self.fc(x) + self.table.sum()
+
+
+def test_a_forward_that_refuses_function_modes_keeps_its_module_layers():
+    with pytest.warns(FlqAuditWarning, match="parameters were not checked for use as layers"):
+        layers = select_layers(_ModeHostile(), None, probe=_inputs(4, 4))
+    assert list(layers) == ["fc"]
+
+
+def test_a_probe_that_does_not_fit_fails_discovery_as_a_probe_error():
+    model = _Ops()
+    with pytest.raises(ProbeError, match=r"probe inputs of shape \(5,\) per sample do not fit"):
+        select_layers(model, None, probe=_inputs(4, 5))
