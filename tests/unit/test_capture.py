@@ -289,4 +289,3 @@ def test_resolve_device():
 def test_resolve_device_cuda_without_gpu():
     with pytest.raises(CaptureError, match="asked for CUDA, but no CUDA device is available"):
         resolve_device("cuda:0")
-
