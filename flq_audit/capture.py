@@ -117,7 +117,7 @@ def select_layers(
                 "'layers.*'." + (f" {_PARAMETER_HINT}" if why else ""),
             )
         for name in hits:
-            chosen[name] = available.get(name) or named[name]
+            chosen[name] = available[name] if name in available else named[name]
     return {n: chosen[n] for n in available if n in chosen} | {
         n: m for n, m in chosen.items() if n not in available
     }
