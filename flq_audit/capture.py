@@ -26,6 +26,7 @@ from flq_audit.capture_params import (
     discover_parameter_layers,
     in_model_order,
     refusals,
+    unchecked,
 )
 from flq_audit.errors import (
     CaptureError,
@@ -100,7 +101,8 @@ def select_layers(
         if not available:
             raise LayerNotFoundError(
                 "the model has no Linear or Conv layers to capture"
-                + refusals(refused or candidate_parameters(module, modules)), hint=_PARAMETER_HINT)
+                + (refusals(refused) if refused else unchecked(candidate_parameters(module, modules))),
+                hint=_PARAMETER_HINT)
         return available
     named = dict(module.named_modules())
     chosen: dict[str, Layer] = {}

@@ -316,7 +316,7 @@ def in_model_order(
 def candidate_parameters(module: nn.Module, modules: dict[str, nn.Module]) -> dict[str, str]:
     """Parameters with 2 or more dimensions outside ``modules``, with their shapes."""
     own = {id(m.weight) for m in modules.values() if isinstance(m.weight, torch.Tensor)}
-    return {name: f"shape {tuple(p.shape)}" for name, p in module.named_parameters()
+    return {name: str(tuple(p.shape)) for name, p in module.named_parameters()
             if p.dim() >= 2 and id(p) not in own}
 
 
@@ -326,7 +326,15 @@ def refusals(why: Mapping[str, str]) -> str:
         return ""
     shown = "; ".join(f"{name}: {reason}" for name, reason in list(why.items())[:12])
     more = f"; and {len(why) - 12} more" if len(why) > 12 else ""
-    return f"; parameters that could be layers: {shown}{more}"
+    return f"; parameters that could be layers, and why they are not: {shown}{more}"
+
+
+def unchecked(shapes: Mapping[str, str]) -> str:
+    """Parameters (``{name: shape}``) that no forward pass checked, as an error's tail."""
+    if not shapes:
+        return ""
+    shown = ", ".join(f"{name} {shape}" for name, shape in list(shapes.items())[:12])
+    return f"; parameters that could be layers: {shown}"
 
 
 def layers_of(
@@ -353,5 +361,5 @@ def weight_key(name: str, layer: nn.Module | ParameterLayer) -> str:
 __all__ = [
     "NOT_USED", "ParameterLayer", "ParameterUses", "candidate_parameters",
     "discover_parameter_layers", "in_model_order", "layers_of", "oriented", "parse_einsum",
-    "refusals", "watched_parameters", "weight_key",
+    "refusals", "unchecked", "watched_parameters", "weight_key",
 ]

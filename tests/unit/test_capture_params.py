@@ -145,7 +145,8 @@ def test_parameters_that_are_not_layers_are_refused_with_the_reason():
 
 
 def test_without_a_probe_the_candidates_are_listed_by_shape():
-    with pytest.raises(LayerNotFoundError, match=r"could be layers: twice: shape \(4, 4\)") as info:
+    expected = r"could be layers: twice \(4, 4\), no_rows \(4, 4\)"
+    with pytest.raises(LayerNotFoundError, match=expected) as info:
         select_layers(_Unusable(), None)
     assert "--layers W_in" in info.value.hint
 
