@@ -20,7 +20,7 @@ import numpy as np
 
 from flq_audit.errors import CaptureError, OptionError, ProbeError, ProbeNotFoundError
 
-ACTIVATION_DTYPES = ("float32", "float16")
+ACTIVATION_DTYPES = ("float32", "float16", "float64")
 GRAM_DTYPES = ("float32", "float64")
 TEXT_TASKS = ("sequence", "token", "next-token")
 POOLINGS = ("cls", "last", "mean")
@@ -46,7 +46,7 @@ class CaptureOptions:
     """What is captured: layers, storage dtypes, probe size, the residual stream."""
 
     layers: tuple[str, ...] = ()
-    activation_dtype: Literal["float32", "float16"] = "float32"
+    activation_dtype: Literal["float32", "float16", "float64"] = "float32"
     gram_dtype: Literal["float32", "float64"] = "float32"
     max_samples: int | None = None
     hidden_states: bool = False
@@ -57,6 +57,8 @@ class CaptureOptions:
         object.__setattr__(self, "layers", tuple(str(pattern) for pattern in self.layers))
         _one_of("--activation-dtype (activation_dtype)", self.activation_dtype, ACTIVATION_DTYPES)
         _one_of("--gram-dtype (gram_dtype)", self.gram_dtype, GRAM_DTYPES)
+        if self.activation_dtype == "float64":  # a float64 replay keeps float64 Grams too
+            object.__setattr__(self, "gram_dtype", "float64")
         _positive_int("--max-samples (max_samples)", self.max_samples, allow_none=True)
 
 

@@ -222,7 +222,7 @@ def _model_plan(
         loaded = load_probe(probe_spec)
     if capture.max_samples is not None:
         loaded = loaded.head(capture.max_samples)
-    chosen = select_layers(built.module, capture.layers)
+    chosen = select_layers(built.module, capture.layers, probe=loaded)
     hidden = capture.hidden_states
     if hidden:
         require_transformers(built)

@@ -19,6 +19,7 @@ from flq_audit._faults import fault_point
 from flq_audit.audit.extensions.base import StepContext
 from flq_audit.audit.plan import AuditPlan, checkpoint_folder
 from flq_audit.capture import as_matrix, gram_of_matrix, replay, resolve_device, weight_matrix
+from flq_audit.capture_params import layers_of, weight_key
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.models import BuiltModel, load_weights
 from flq_audit.models.hf import load_hf_checkpoint
@@ -164,11 +165,12 @@ def _replayed(
     plan: AuditPlan, ref: CheckpointRef, index: int, next_ref: CheckpointRef | None,
     run: RunOptions, device: str, paths: list[Path], step: StepTransaction, progress: Progress,
 ) -> StepContext:
+    if plan.capture.activation_dtype == "float64" and plan.mode == "module":
+        plan.built.module.double()  # type: ignore[union-attr]  # before loading: float64 checkpoints load unrounded
     built, state = _load_model(plan, ref, run, paths)
-    modules = dict(built.module.named_modules())
-    layers = {li.name: modules[li.name] for li in plan.layers if li.name in modules}
-    weights = {name: weight_matrix(module, state.get(f"{name}.weight"))
-               for name, module in layers.items()}
+    layers = layers_of(built.module, plan.layers)
+    weights = {name: weight_matrix(layer, state.get(weight_key(name, layer)))
+               for name, layer in layers.items()}
     ctx = StepContext(plan=plan, ref=ref, index=index, next_ref=next_ref, run=run, built=built,
                       layers=layers, weights=weights, state=state)
     outputs = frozenset().union(*(ext.replay_outputs for ext in plan.extensions))

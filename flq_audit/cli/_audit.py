@@ -70,14 +70,16 @@ def audit_command(
         help="Builtin probe (digits, swissroll), a .npz/.safetensors/.pt file, or a text "
         "probe (.jsonl/.csv) for transformers models. Default: SOURCE/probe.npz.")] = None,
     layers: Annotated[list[str] | None, typer.Option(
-        "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
-        "Default: every Linear/Conv layer.")] = None,
+        "--layers", help="Glob pattern(s) over module and parameter names (W_in); repeat or "
+        "comma-separate. Default: every Linear/Conv layer and parameter layer.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output Zarr store. Default: ./<source name>.zarr, with the parent folders of a "
         "generic name (./RUN-checkpoints.zarr for RUN/checkpoints)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
+    activation_dtype: Annotated[str, typer.Option(
+        help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
+             "float64 too).")] = "float32",
     gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     max_samples: Annotated[int | None, typer.Option(
         min=1, help="Use only the first N probe samples.")] = None,

@@ -51,7 +51,9 @@ def array_batches(inputs: np.ndarray, batch_size: int) -> Iterator[ProbeBatch]:
     """Batches of an array probe (one row per input sample)."""
     for start in range(0, inputs.shape[0], batch_size):
         stop = min(start + batch_size, inputs.shape[0])
-        x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop])).to(torch.float32)
+        x = torch.from_numpy(np.ascontiguousarray(inputs[start:stop]))
+        if x.dtype != torch.float64:  # float64 stays: the replay casts to the model's dtype
+            x = x.to(torch.float32)
         yield ProbeBatch(start, stop, x)
 
 

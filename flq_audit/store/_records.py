@@ -11,12 +11,34 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A captured layer: its module name, kind, activation width and Gram width."""
+    """A captured layer: its module or parameter name, kind, activation width and Gram width.
+
+    ``kind`` is the module class (``Linear``, ``Conv2d``, ``Conv1D``), ``HiddenState`` for the
+    residual stream, ``weight2d``… in weights-only audits, or ``Parameter(in=1)`` for a bare
+    parameter read by a tensor op: ``in`` lists the parameter dimensions the op contracts
+    with its input (``x @ W.T`` and ``F.linear(x, W)``: ``in=1``; ``x @ W``: ``in=0``).
+    """
 
     name: str
     kind: str
     width: int
     gram_width: int
+
+
+PARAMETER_KIND = "Parameter"
+
+
+def parameter_kind(input_dims: tuple[int, ...]) -> str:
+    """The ``kind`` of a parameter layer whose input space is ``input_dims`` of the parameter."""
+    return f"{PARAMETER_KIND}(in={','.join(str(d) for d in input_dims)})"
+
+
+def parameter_input_dims(kind: str) -> tuple[int, ...] | None:
+    """The input dimensions a parameter layer's ``kind`` names (``None``: not a parameter)."""
+    prefix = f"{PARAMETER_KIND}(in="
+    if not (kind.startswith(prefix) and kind.endswith(")")):
+        return None
+    return tuple(int(d) for d in kind[len(prefix):-1].split(","))
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,4 +93,5 @@ class VariableSpec:
             raise ValueError(f"variable {self.name!r}: dims must start with 'step', got {self.dims}")
 
 
-__all__ = ["LayerInfo", "ProbeSummary", "VariableSpec"]
+__all__ = ["PARAMETER_KIND", "LayerInfo", "ProbeSummary", "VariableSpec", "parameter_input_dims",
+           "parameter_kind"]

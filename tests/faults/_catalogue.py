@@ -121,7 +121,7 @@ CASES: list[Case] = [
     Case("max-length-0", (*AUDIT, "--max-length", "0"), 2, "Usage:"),
     Case("top-k-0", (*AUDIT, "--top-k", "0"), 2, "Usage:"),
     Case("activation-dtype", (*AUDIT, "--activation-dtype", "float8"), 2,
-         "--activation-dtype (activation_dtype) must be one of float32, float16"),
+         "--activation-dtype (activation_dtype) must be one of float32, float16, float64"),
     Case("gram-dtype", (*AUDIT, "--gram-dtype", "int8"), 2,
          "--gram-dtype (gram_dtype) must be one of float32, float64"),
     Case("task", (*AUDIT, "--task", "poetry"), 2,

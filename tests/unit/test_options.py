@@ -19,8 +19,9 @@ from flq_audit.options import (
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: CaptureOptions(activation_dtype="float64"),
-     r"--activation-dtype \(activation_dtype\) must be one of float32, float16; got 'float64'"),
+    (lambda: CaptureOptions(activation_dtype="bfloat16"),
+     r"--activation-dtype \(activation_dtype\) must be one of float32, float16, float64; "
+     r"got 'bfloat16'"),
     (lambda: CaptureOptions(gram_dtype="float16"), r"one of float32, float64; got 'float16'"),
     (lambda: CaptureOptions(max_samples=0), r"--max-samples \(max_samples\) must be an integer >= 1"),
     (lambda: RunOptions(batch_size=0), r"--batch-size \(batch_size\) must be an integer >= 1"),
@@ -83,7 +84,7 @@ def test_options_import_no_torch():
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--max-samples", "0"), "--max-samples"),
-    (("--activation-dtype", "float64"), "must be one of float32, float16; got 'float64'"),
+    (("--activation-dtype", "float8"), "must be one of float32, float16, float64; got 'float8'"),
     (("--pooling", "max"), "must be one of cls, last, mean; got 'max'"),
     (("--cache", "forget"), "must be one of keep, drop; got 'forget'"),
 ])

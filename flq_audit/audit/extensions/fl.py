@@ -31,7 +31,7 @@ from flq_audit.constants import GRAM_I, GRAM_J, LAYER, STEP
 from flq_audit.errors import CaptureError, ModelBuildError, ProbeError
 from flq_audit.options import FLOptions
 from flq_audit.probes import Probe
-from flq_audit.store._records import VariableSpec
+from flq_audit.store._records import VariableSpec, parameter_input_dims
 
 if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
@@ -77,6 +77,11 @@ class FeatureLearningResidual(Extension):
             raise ProbeError("the FL residual needs an array probe (inputs, targets)")
         if self.options.loss == "ce" and probe.kind != "classes":
             raise ProbeError("--fl-loss ce needs a class probe; this probe has continuous targets")
+        params = [li.name for li in plan.layers if parameter_input_dims(li.kind) is not None]
+        if params:
+            raise CaptureError(f"the FL residual covers Linear and Conv layers, not the "
+                               f"parameter layers {params}",
+                               hint="Leave them out with --layers, or drop the --fl-* options.")
         for ref in plan.refs[:-1]:
             self.options.lr_at(ref.step)
             self.options.batch_at(ref.step, probe.n_samples)
