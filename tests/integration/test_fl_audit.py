@@ -210,3 +210,20 @@ def test_fl_probe_that_does_not_fit_the_model(tmp_path):
                     "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
     assert result.exit_code == 4, describe(result)
     assert_says(result.output, "--fl-probe 'wide.npz'", "(9,)", "do not fit the model")
+
+
+def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
+    from flq_audit.report import fl_step_lines
+
+    said = {}
+    for momentum in (0.0, 0.9):
+        run = _sgd_run(tmp_path / f"run{momentum}", momentum=momentum)
+        store = tmp_path / f"m{momentum}.zarr"
+        api.audit(str(run), out=store,
+                  fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
+        said[momentum] = fl_step_lines(api.open_store(store))
+    assert said[0.0][0].startswith("FL: median fl_r_step = ")
+    assert "are plain SGD steps" in said[0.0][0] and len(said[0.0]) == 1
+    assert said[0.9][0].startswith("FL: the checkpoints are not plain SGD steps")
+    assert "measure the optimizer, not Theorem 1" in said[0.9][0]
+    assert "signature of momentum" in said[0.9][1]
