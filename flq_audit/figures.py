@@ -160,8 +160,8 @@ def heatmap_figure(tl: xr.DataArray, *, title: str | None = None) -> Figure:
     ax.set_xticks(list(xs), [str(steps[i]) for i in xs], rotation=45, ha="right")
     ys = range(0, len(names), _stride(len(names)))
     ax.set_yticks(list(ys), [labels[i] for i in ys], fontsize=9 if len(names) <= 30 else 7)
-    axis = "training step (one column per checkpoint"
-    axis += "; log-spaced steps)" if step_scale(np.asarray(steps)) is not None else ")"
+    axis = "training step (checkpoint"
+    axis += ", log-spaced)" if step_scale(np.asarray(steps)) is not None else ")"
     ax.set_xlabel(axis)
     ax.set_ylabel("layer (input of)")
     note = layer_note(names)
