@@ -290,7 +290,10 @@ def parse_probe_keys(keys: str | Sequence[str] | None) -> tuple[str, str] | None
 def _load_training_probe(path: str, keys: tuple[str, str] | None) -> Any:
     from flq_audit.probes import load_probe
 
-    return load_probe(path, keys)
+    try:
+        return load_probe(path, keys)
+    except ProbeError as err:
+        raise type(err)(f"--fl-probe: {err.message}", path=err.path, hint=err.hint) from err
 
 
 def _step_key(key: object, where: str) -> int:

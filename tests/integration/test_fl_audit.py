@@ -227,3 +227,13 @@ def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
     assert said[0.9][0].startswith("FL: the checkpoints are not plain SGD steps")
     assert "measure the optimizer, not Theorem 1" in said[0.9][0]
     assert "signature of momentum" in said[0.9][1]
+
+
+def test_missing_fl_probe_is_exit_3_naming_the_option(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = _sgd_run(tmp_path / "run")
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--fl-probe", tmp_path / "no.npz",
+                    "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.output, "--fl-probe: probe", "no.npz")
