@@ -95,13 +95,17 @@ R_STEP_SGD_LIMIT = 0.05
 #: A TL rank is cut-off dependent when the smallest kept and the largest dropped singular
 #: values lie within this factor of each other (no clear gap at the cut-off).
 CUTOFF_GAP = 10.0
+#: TL differences below this count as ties in the depth order (float32 activations give TL
+#: to about 2e-7).
+ORDER_TOLERANCE = 1e-6
 #: At most this many steps or (step, layer) entries are named in one sentence.
 MAX_NAMED = 8
 
 
 def depth_order_holds(tl: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     """(steps, holds): the steps with at least two finite layers and whether TL is
-    non-decreasing with depth at each (every deeper layer at least as linear)."""
+    non-decreasing with depth at each (every deeper layer at least as linear, up to
+    :data:`ORDER_TOLERANCE`)."""
     values = np.asarray(tl.transpose("step", "layer").values, dtype=float)
     steps = np.asarray(tl["step"].values)
     kept, holds = [], []
@@ -109,7 +113,7 @@ def depth_order_holds(tl: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
         finite = row[np.isfinite(row)]
         if finite.size >= 2:
             kept.append(int(step))
-            holds.append(bool(np.all(np.diff(finite) >= 0)))
+            holds.append(bool(np.all(np.diff(finite) >= -ORDER_TOLERANCE)))
     return np.asarray(kept, dtype=np.int64), np.asarray(holds, dtype=bool)
 
 

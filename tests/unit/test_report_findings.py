@@ -41,6 +41,13 @@ def test_depth_order_from_a_step_on_with_one_exception():
                         "steps)")
 
 
+def test_rounding_level_differences_are_ties():
+    tl = _tl(np.ones(3, dtype=bool)).copy()
+    tl[1] = [0.5, 0.5 - 2e-7, 0.6, 0.6]  # float32-level noise between equal layers
+    tl[2] = [0.5, 0.4, 0.6, 0.7]  # a real inversion
+    assert depth_order_sentence(tl).endswith(f"({STEPS[2]}); it holds at 2 of 3 steps")
+
+
 def test_two_failing_steps_in_a_row_end_the_tail():
     holds = np.ones(251, dtype=bool)
     holds[[100, 101]] = False
