@@ -137,8 +137,9 @@ class FeatureLearningResidual(Extension):
 def _check_fits(model: nn.Module, probe: Probe) -> None:
     """One forward pass of two FL-probe samples, or a ProbeError saying why it fails."""
     was_training = model.training
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    sample = torch.from_numpy(np.ascontiguousarray(probe.inputs[:2])).to(dtype)
+    first = next(model.parameters(), None)
+    sample = torch.from_numpy(np.ascontiguousarray(probe.inputs[:2]))
+    sample = sample.float() if first is None else sample.to(first.device, first.dtype)
     try:
         with torch.no_grad():
             model.eval()(sample)
