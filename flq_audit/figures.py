@@ -160,11 +160,13 @@ def heatmap_figure(tl: xr.DataArray, *, title: str | None = None) -> Figure:
     ax.set_xticks(list(xs), [str(steps[i]) for i in xs], rotation=45, ha="right")
     ys = range(0, len(names), _stride(len(names)))
     ax.set_yticks(list(ys), [labels[i] for i in ys], fontsize=9 if len(names) <= 30 else 7)
-    ax.set_xlabel("training step (checkpoint)")
+    axis = "training step (checkpoint"
+    axis += ", log-spaced)" if step_scale(np.asarray(steps)) is not None else ")"
+    ax.set_xlabel(axis)
     ax.set_ylabel("layer (input of)")
     note = layer_note(names)
     if note:
-        ax.set_xlabel(f"training step (checkpoint); {note}")
+        ax.set_xlabel(f"{axis}; {note}")
     if len(steps) <= MAX_CELL_NUMBERS[0] and len(names) <= MAX_CELL_NUMBERS[1]:
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
@@ -232,8 +234,23 @@ def spectrum_layers(count: int, most: int = MAX_SPECTRUM_PANELS) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, count - 1, most)})
 
 
-def spectrum_figure(top: xr.DataArray) -> Figure:
-    """Top eigenvalues of WᵀW over steps, one panel per layer (at most 12, wrapped)."""
+def below_floor(top: xr.DataArray, eps: float, width: xr.DataArray) -> xr.DataArray:
+    """Where an eigenvalue lies below the Gram's numerical floor λ_max · ε · width (rounding
+    noise of a Gram stored with machine precision ε, not a property of the weights)."""
+    lam_max = top.max("eigen")
+    return top < lam_max * eps * width.astype(float)
+
+
+def spectrum_figure(top: xr.DataArray, *, eps: float | None = None,
+                    width: xr.DataArray | None = None) -> Figure:
+    """Top eigenvalues of WᵀW over steps, one panel per layer (at most 12, wrapped).
+
+    With ``eps`` (the stored Gram's machine precision) and ``width`` (per layer), eigenvalues
+    below the numerical floor :func:`below_floor` are not drawn, and the title says so."""
+    floored = False
+    if eps is not None and width is not None:
+        top = top.where(~below_floor(top, eps, width.sel(layer=top["layer"])))
+        floored = True
     names = [str(name) for name in top["layer"].values]
     labels = short_labels(names)
     shown = spectrum_layers(len(names))
@@ -264,6 +281,9 @@ def spectrum_figure(top: xr.DataArray) -> Figure:
     heading = "Weight Gram spectrum over training (top eigenvalues)"
     if len(shown) < len(names):
         heading += f"; {len(shown)} of {len(names)} layers, evenly spaced by depth"
+    if floored:
+        heading += (f"; eigenvalues below λ_max·ε·width (ε = {eps:.2g}, the stored Gram's "
+                    "numerical floor) are not drawn")
     note = layer_note(names)
     fig.suptitle(_wrapped(heading + (f"; {note}" if note else ""), fig, 12), fontsize=12)
     return fig
@@ -279,6 +299,7 @@ def metric_curves(metrics: xr.Dataset, names: list[str], out: str | Path, *, tit
     return _save(curves_figure(metrics, names, title=title), out)
 
 
-def gram_spectrum_figure(top: xr.DataArray, out: str | Path) -> Path:
+def gram_spectrum_figure(top: xr.DataArray, out: str | Path, *, eps: float | None = None,
+                         width: xr.DataArray | None = None) -> Path:
     """Write :func:`spectrum_figure` to ``out`` (PNG)."""
-    return _save(spectrum_figure(top), out)
+    return _save(spectrum_figure(top, eps=eps, width=width), out)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,9 +72,11 @@ class RunOptions:
     overwrite: bool = False
     trust_pickle: bool = False
     trust_remote_code: bool = False
+    probe_keys: tuple[str, str] | None = None  # (inputs, targets) array names in probe files
 
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
+        object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(
                 f"--device (device) must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")
@@ -140,15 +143,21 @@ class TextProbeOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class FLOptions:
-    """Training provenance the FL residual needs: loss, learning rate(s) and batches.
+    """Training provenance the FL residual needs: loss, learning rate(s), batches, data.
 
     ``lr`` is one rate or ``{step: rate}``; ``batches`` is ``"full"`` (the whole probe was
-    each step's batch) or ``{step: probe indices}``.
+    each step's batch), ``{step: probe indices}`` or a list of index lists, one per update in
+    the order of the source's steps. ``probe`` is the training set the indices point into
+    (``--fl-probe``; default: the audit's probe), ``batches_file`` names the file the
+    batches came from in messages.
     """
 
     loss: Literal["ce", "mse"]
     lr: float | Mapping[int, float]
-    batches: Literal["full"] | Mapping[int, tuple[int, ...]] = "full"
+    batches: Literal["full"] | Mapping[int, tuple[int, ...]] | tuple[tuple[int, ...], ...] = "full"
+    probe: str | None = None
+    probe_keys: tuple[str, str] | None = None
+    batches_file: str | None = None
 
     def __post_init__(self) -> None:
         _one_of("--fl-loss (loss)", self.loss, FL_LOSSES)
@@ -163,31 +172,50 @@ class FLOptions:
             values = [float(self.lr)]
         if not all(math.isfinite(v) and v > 0 for v in values):
             raise OptionError(f"--fl-lr (lr) must be positive and finite; got {self.lr!r}")
+        object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
+        if self.probe is not None:
+            object.__setattr__(self, "probe", str(self.probe))
         if isinstance(self.batches, str):
             _one_of("--fl-batches (batches)", self.batches, ("full", "a {step: [indices]} map"))
-        elif isinstance(self.batches, Mapping):
+            return
+        where = self.batches_file or "fl batches"
+        if isinstance(self.batches, Mapping):
             object.__setattr__(self, "batches", {
-                int(k): tuple(int(i) for i in v) for k, v in self.batches.items()})
+                _step_key(k, where): _indices(v, f"step {k}", where)
+                for k, v in self.batches.items()})
+        elif isinstance(self.batches, list | tuple):
+            object.__setattr__(self, "batches", tuple(
+                _indices(v, f"batch {i}", where) for i, v in enumerate(self.batches)))
         else:
             raise OptionError(
-                f"--fl-batches (batches) must be 'full' or {{step: [indices]}}; got {self.batches!r}")
+                f"--fl-batches (batches) must be 'full', {{step: [indices]}} or a list of index "
+                f"lists; got {type(self.batches).__name__}")
 
     @classmethod
-    def from_files(cls, loss: str, lr: str | float, batches: str) -> FLOptions:
+    def from_files(cls, loss: str, lr: str | float, batches: str, *, probe: str | None = None,
+                   probe_keys: tuple[str, str] | str | None = None) -> FLOptions:
         """From the CLI's strings: ``lr`` a number or a JSON file ``{step: lr}``; ``batches``
-        ``full`` or a JSON file ``{step: [indices]}`` (optionally nested under ``"batches"``,
-        as the ``sgd_every_step`` recipe writes it)."""
+        ``full`` or a JSON file ``{step: [indices]}`` or ``{"batches": [[indices], ...]}``
+        (a list in step order, or the map nested under ``"batches"``, as the
+        ``sgd_every_step`` recipe writes it)."""
         rate: float | dict[int, float]
         try:
             rate = float(lr)
         except ValueError:
-            rate = {int(k): float(v) for k, v in _read_json(str(lr), "--fl-lr").items()}
+            rates = _read_json(str(lr), "--fl-lr")
+            rate = {_step_key(k, str(lr)): _rate(v, k, str(lr)) for k, v in rates.items()}
+        keys = parse_probe_keys(probe_keys)
         if batches == "full":
-            return cls(loss=loss, lr=rate, batches="full")  # type: ignore[arg-type]
-        data = _read_json(batches, "--fl-batches")
+            return cls(loss=loss, lr=rate, batches="full",  # type: ignore[arg-type]
+                       probe=probe, probe_keys=keys)
+        data: Any = _read_json(batches, "--fl-batches")
         data = data.get("batches", data)
-        return cls(loss=loss, lr=rate,  # type: ignore[arg-type]
-                   batches={int(k): tuple(int(i) for i in v) for k, v in data.items()})
+        if not isinstance(data, dict | list):
+            raise ProbeError(
+                f"--fl-batches file {batches!r}: \"batches\" must be {{step: [indices]}} or a "
+                f"list of index lists in step order; got {type(data).__name__}", path=batches)
+        return cls(loss=loss, lr=rate, batches=data,  # type: ignore[arg-type]
+                   probe=probe, probe_keys=keys, batches_file=batches)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of the update that starts at ``step``."""
@@ -198,30 +226,115 @@ class FLOptions:
             return self.lr[step]
         return self.lr
 
+    def for_steps(self, steps: Sequence[int]) -> FLOptions:
+        """These options with a batch list mapped onto ``steps`` (the source's steps in order:
+        one batch per update, so ``len(steps) - 1`` batches, or one more for the last step)."""
+        if not isinstance(self.batches, tuple):
+            return self
+        count, where = len(self.batches), self.batches_file or "fl batches"
+        if count not in (len(steps) - 1, len(steps)):
+            raise ProbeError(
+                f"--fl-batches file {where!r}: {count} batches for {len(steps)} steps; expected "
+                f"{len(steps) - 1} (one per update, steps {steps[0]}…{steps[-1]} in order) or "
+                f"{len(steps)}", path=self.batches_file)
+        return replace(self, batches=dict(zip(steps, self.batches, strict=False)))
+
     def batch_at(self, step: int, n_samples: int) -> np.ndarray:
         """Probe indices of the batch the update from ``step`` trained on."""
-        if not isinstance(self.batches, Mapping):
+        if not isinstance(self.batches, Mapping | tuple):
             return np.arange(n_samples)
+        if isinstance(self.batches, tuple):
+            raise CaptureError("FL residual: a batch list needs the source's steps (for_steps)")
         if step not in self.batches:
             raise CaptureError(
                 f"FL residual: no batch recorded for step {step} (the update from step {step} "
-                "to the next checkpoint)", step=step,
+                "to the next checkpoint)", step=step, path=self.batches_file,
                 hint="The batches file must list the probe indices of every selected step.",
             )
         batch = np.asarray(self.batches[step], dtype=np.int64)
         if batch.size == 0 or batch.min() < 0 or batch.max() >= n_samples:
+            where = f" in {self.batches_file!r}" if self.batches_file else ""
+            found = "no index" if batch.size == 0 else f"[{batch.min()}, {batch.max()}]"
             raise ProbeError(
-                f"FL residual: batch of step {step} holds indices outside [0, {n_samples})",
-                step=step,
+                f"FL residual: the batch of step {step}{where} holds indices outside "
+                f"[0, {n_samples}) (found {found}); the indices must point into the FL probe "
+                f"of {n_samples} samples", step=step, path=self.batches_file,
+                hint="Give the training set the indices refer to with --fl-probe.",
             )
         return batch
 
+    def training_probe(self) -> Any:
+        """The ``--fl-probe`` probe (loaded once per file), or None: use the audit's probe."""
+        if self.probe is None:
+            return None
+        return _load_training_probe(self.probe, self.probe_keys)
+
     def to_json_dict(self) -> dict[str, object]:
-        """The FL part of the store fingerprint (batch sizes, not the indices)."""
-        return {"loss": self.loss, "lr": self.lr if not isinstance(self.lr, Mapping) else
-                {str(k): v for k, v in self.lr.items()},
-                "batches": "full" if not isinstance(self.batches, Mapping) else
-                {str(k): len(v) for k, v in self.batches.items()}}
+        """The FL part of the store fingerprint (batch sizes, not the indices; the FL probe's
+        hash)."""
+        batches: object = "full"
+        if isinstance(self.batches, Mapping):
+            batches = {str(k): len(v) for k, v in self.batches.items()}
+        elif isinstance(self.batches, tuple):
+            batches = [len(v) for v in self.batches]
+        out: dict[str, object] = {
+            "loss": self.loss, "lr": self.lr if not isinstance(self.lr, Mapping) else
+            {str(k): v for k, v in self.lr.items()}, "batches": batches}
+        probe = self.training_probe()
+        if probe is not None:
+            out["probe"] = {"name": probe.name, "n_samples": probe.n_samples,
+                            "fingerprint": probe.fingerprint}
+        return out
+
+
+def parse_probe_keys(keys: str | Sequence[str] | None) -> tuple[str, str] | None:
+    """``"INPUTS,TARGETS"`` or a pair of names as ``(inputs, targets)``."""
+    if keys is None:
+        return None
+    parts = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)
+    if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
+        raise OptionError(f"--probe-keys must name two arrays, INPUTS,TARGETS; got {keys!r}")
+    return parts[0], parts[1]
+
+
+@lru_cache(maxsize=2)
+def _load_training_probe(path: str, keys: tuple[str, str] | None) -> Any:
+    from flq_audit.probes import load_probe
+
+    try:
+        return load_probe(path, keys)
+    except ProbeError as err:
+        raise type(err)(f"--fl-probe: {err.message}", path=err.path, hint=err.hint) from err
+
+
+def _step_key(key: object, where: str) -> int:
+    try:
+        return int(str(key))
+    except ValueError:
+        raise ProbeError(f"{where!r}: {key!r} is not a step number (expected {{step: ...}})",
+                         path=where) from None
+
+
+def _rate(value: object, step: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProbeError(f"--fl-lr file {where!r}: the rate of step {step} must be a number; "
+                         f"got {value!r}", path=where)
+    return float(value)
+
+
+def _indices(value: object, what: str, where: str) -> tuple[int, ...]:
+    """A list of non-negative integer probe indices, or a ProbeError naming the file."""
+    if isinstance(value, list | tuple | np.ndarray) and all(
+            isinstance(i, int | np.integer) and not isinstance(i, bool) for i in value):
+        return tuple(int(i) for i in value)
+    raise ProbeError(
+        f"--fl-batches file {where!r}: {what} must be a list of integer probe indices; "
+        f"got {_short(value)}", path=where)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 #: The defaults, shared (the objects are frozen).
@@ -243,4 +356,5 @@ __all__ = [
     "HubOptions",
     "RunOptions",
     "TextProbeOptions",
+    "parse_probe_keys",
 ]

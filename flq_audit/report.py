@@ -89,8 +89,187 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
                                                  for s, layer in entries]
 
 
-def write_report(metrics: xr.Dataset, out_dir: str | Path) -> list[Path]:
-    """All report figures for a computed metrics Dataset (tl, surrogate, gram groups)."""
+#: fl_r_step is 0 for a plain SGD step (up to the rounding of the stored weights); a median
+#: above this says the checkpoints are not plain SGD steps on the recorded batches.
+R_STEP_SGD_LIMIT = 0.05
+#: A TL rank is cut-off dependent when the smallest kept and the largest dropped singular
+#: values lie within this factor of each other (no clear gap at the cut-off).
+CUTOFF_GAP = 10.0
+#: TL differences below this count as ties in the depth order (float32 activations give TL
+#: to about 2e-7).
+ORDER_TOLERANCE = 1e-6
+#: At most this many steps or (step, layer) entries are named in one sentence.
+MAX_NAMED = 8
+
+
+def depth_order_holds(tl: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, holds): the steps with at least two finite layers and whether TL is
+    non-decreasing with depth at each (every deeper layer at least as linear, up to
+    :data:`ORDER_TOLERANCE`)."""
+    values = np.asarray(tl.transpose("step", "layer").values, dtype=float)
+    steps = np.asarray(tl["step"].values)
+    kept, holds = [], []
+    for step, row in zip(steps, values, strict=True):
+        finite = row[np.isfinite(row)]
+        if finite.size >= 2:
+            kept.append(int(step))
+            holds.append(bool(np.all(np.diff(finite) >= -ORDER_TOLERANCE)))
+    return np.asarray(kept, dtype=np.int64), np.asarray(holds, dtype=bool)
+
+
+def holding_tail(holds: np.ndarray) -> tuple[int, list[int]] | None:
+    """(start, exceptions) of the longest tail over which a per-step property holds, as
+    positions: it starts and ends where the property holds, its exceptions are single steps
+    (never two in a row) and at most a tenth of the tail (at least one allowed); None when the
+    property fails at the last step."""
+    n = holds.size
+    if n == 0 or not holds[-1]:
+        return None
+    for start in range(n):
+        if not holds[start]:
+            continue
+        tail = holds[start:]
+        misses = np.flatnonzero(~tail)
+        isolated = not np.any(np.diff(misses) == 1)
+        if isolated and misses.size <= max(1, tail.size // 10):
+            return start, [start + int(i) for i in misses]
+    raise AssertionError("unreachable: the last step holds")
+
+
+def _step_list(steps: list[int]) -> str:
+    named = [str(s) for s in steps[:MAX_NAMED]]
+    more = f" and {len(steps) - MAX_NAMED} more" if len(steps) > MAX_NAMED else ""
+    if len(named) == 1 and not more:
+        return f"step {named[0]}"
+    if more:
+        return f"steps {', '.join(named)}{more}"
+    return f"steps {', '.join(named[:-1])} and {named[-1]}"
+
+
+def depth_order_sentence(tl: xr.DataArray) -> str | None:
+    """Over which steps TL is non-decreasing with depth ("from step 86 on, except step
+    169"); None with fewer than two layers."""
+    steps, holds = depth_order_holds(tl)
+    if steps.size == 0:
+        return None
+    what = "the depth order of TL (non-decreasing with depth)"
+    span = holding_tail(holds)
+    if span is None:
+        return (f"{what} does not hold at the last step ({steps[-1]}); it holds at "
+                f"{int(holds.sum())} of {steps.size} steps")
+    start, misses = span
+    if start == 0 and not misses:
+        return f"{what} holds at every step ({steps[0]} to {steps[-1]})"
+    text = f"{what} holds from step {steps[start]} on"
+    if misses:
+        text += f", except {_step_list([int(steps[i]) for i in misses])}"
+    return text + f" ({steps.size - start - len(misses)} of {steps.size} steps)"
+
+
+def crossing_lines(metrics: xr.Dataset) -> list[str]:
+    """When each layer's TL first reached 50 % and 90 % of its maximum (t50, t90)."""
+    names = [n for n in ("t50", "t90") if n in metrics]
+    if not names:
+        return []
+    parts = []
+    for layer in metrics[names[0]]["layer"].values:
+        times = [float(metrics[n].sel(layer=layer).item()) for n in names]
+        parts.append(f"{layer} " + "/".join(f"{t:.0f}" if np.isfinite(t) else "—"
+                                              for t in times))
+    return [f"{'/'.join(names)} (first step with TL ≥ "
+            f"{'/'.join(n[1:] + ' %' for n in names)} of the layer's maximum): "
+            + ", ".join(parts)]
+
+
+def fl_step_lines(ds: xr.Dataset) -> list[str]:
+    """Whether the FL replay saw plain SGD steps (fl_r_step ≈ 0) and what that means."""
+    if "fl_r_step" not in ds:
+        return []
+    r_step = np.asarray(ds["fl_r_step"].transpose("step", "layer").values, dtype=float)
+    finite = r_step[np.isfinite(r_step)]
+    if finite.size == 0:
+        return []
+    median = float(np.median(finite))
+    if median <= R_STEP_SGD_LIMIT:
+        return [f"FL: median fl_r_step = {median:.2g} (plain SGD gives 0 up to the rounding of "
+                "the stored weights): the checkpoints are plain SGD steps on the recorded "
+                "batches, so fl_residual tests Theorem 1"]
+    lines = [f"FL: the checkpoints are not plain SGD steps on the recorded batches: median "
+             f"fl_r_step = {median:.2g} (range {finite.min():.2g} to {finite.max():.2g}; plain "
+             f"SGD gives 0 up to the rounding of the stored weights, flagged above "
+             f"{R_STEP_SGD_LIMIT:g}). The update was not η·∇_W L on that batch (momentum, "
+             "Adam, weight decay, clipping, another lr or batch, or checkpoints several steps "
+             "apart), so fl_r_vcs and fl_residual measure the optimizer, not Theorem 1; "
+             "fl_gram_change and gram_drift remain meaningful"]
+    rows = [row[np.isfinite(row)] for row in r_step]
+    rows = [row for row in rows if row.size]
+    if len(rows) >= 3 and np.median(rows[0]) <= R_STEP_SGD_LIMIT and all(
+            np.median(row) > R_STEP_SGD_LIMIT for row in rows[1:]):
+        lines.append("FL: the first update is plain SGD and the later ones are not: the "
+                     "signature of momentum, whose buffer starts empty")
+    return lines
+
+
+def cutoff_lines(ds: xr.Dataset) -> list[str]:
+    """(step, layer) entries whose TL depends on the rank cut-off: the smallest kept and the
+    largest dropped singular values (relative to the largest) lie within :data:`CUTOFF_GAP`."""
+    if "tl_cond_kept" not in ds or "tl_cond_dropped" not in ds:
+        return []
+    kept = ds["tl_cond_kept"].transpose("step", "layer")
+    dropped = np.asarray(ds["tl_cond_dropped"].transpose("step", "layer").values, dtype=float)
+    kept_values = np.asarray(kept.values, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        close = (dropped > 0) & (kept_values / dropped < CUTOFF_GAP)
+    entries = list(zip(*np.nonzero(close), strict=True))
+    if not entries:
+        return []
+    steps, layers = kept["step"].values, kept["layer"].values
+    rank = (np.asarray(ds["tl_rank"].transpose("step", "layer").values)
+            if "tl_rank" in ds else None)
+    lines = [f"TL depends on the rank cut-off at {len(entries)} (step, layer) entries: the "
+             f"smallest kept and the largest dropped singular values are within a factor "
+             f"{CUTOFF_GAP:g} (no clear gap), so a slightly different cut-off changes the rank"]
+    for i, j in entries[:MAX_NAMED]:
+        rank_text = "" if rank is None else f"rank {int(rank[i, j])}, "
+        lines.append(f"  step {int(steps[i])}, layer {layers[j]}: {rank_text}kept "
+                     f"{kept_values[i, j]:.2g}, dropped {dropped[i, j]:.2g} (× σ_max)")
+    if len(entries) > MAX_NAMED:
+        lines.append(f"  … and {len(entries) - MAX_NAMED} more")
+    return lines
+
+
+def findings(metrics: xr.Dataset, store: xr.Dataset | None = None) -> list[str]:
+    """What the data says, one sentence a line: depth order over steps, t50/t90 per layer,
+    whether the FL steps were plain SGD, and TL values that depend on the rank cut-off."""
+    lines = []
+    order = depth_order_sentence(metrics["target_linearity"])
+    if order is not None:
+        lines.append(order)
+    lines += crossing_lines(metrics)
+    sources = [metrics] if store is None else [metrics, store]
+    for reader in (fl_step_lines, cutoff_lines):
+        for ds in sources:
+            found = reader(ds)
+            if found:
+                lines += found
+                break
+    return lines
+
+
+def spectrum_floor(store: xr.Dataset | None) -> tuple[float, xr.DataArray | None]:
+    """(ε of the stored Gram's dtype, Gram width per layer) for the spectrum's numerical
+    floor λ_max · ε · width; (float32's ε, None) without a store."""
+    if store is None or "gram" not in store:
+        return float(np.finfo(np.float32).eps), None
+    eps = float(np.finfo(store["gram"].dtype).eps)
+    width = store.get("gram_width", None)
+    return eps, width
+
+
+def write_report(metrics: xr.Dataset, out_dir: str | Path,
+                 store: xr.Dataset | None = None) -> list[Path]:
+    """All report figures for a computed metrics Dataset (tl, surrogate, gram groups);
+    ``store`` gives the Gram dtype and widths that bound the drawn spectrum."""
     from flq_audit.figures import gram_spectrum_figure, metric_curves, tl_heatmap
 
     out = Path(out_dir)
@@ -100,6 +279,7 @@ def write_report(metrics: xr.Dataset, out_dir: str | Path) -> list[Path]:
     paths.append(metric_curves(metrics, names, out / "curves.png",
                                title="Target Linearity, surrogate and alignment per layer"))
     if "gram_top_eigenvalues" in metrics:
+        eps, width = spectrum_floor(store)
         paths.append(gram_spectrum_figure(metrics["gram_top_eigenvalues"],
-                                          out / "gram_spectrum.png"))
+                                          out / "gram_spectrum.png", eps=eps, width=width))
     return paths

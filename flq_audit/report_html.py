@@ -35,7 +35,10 @@ font-size:.85rem} .notes li{color:#8a1c1c} code{font-size:.9em}
 _CAPTIONS = {
     "target_linearity.png": "Target Linearity of each layer's input at every audited step.",
     "curves.png": "Target Linearity, surrogate and alignment per layer over training.",
-    "gram_spectrum.png": "Top eigenvalues of each layer's weight Gram matrix WᵀW over training.",
+    "gram_spectrum.png": "Top eigenvalues of each layer's weight Gram matrix WᵀW over training; "
+                         "eigenvalues below λ_max · ε · width (the numerical floor of the stored "
+                         "Gram, ε its dtype's machine precision) are rounding noise and are not "
+                         "drawn.",
 }
 
 
@@ -48,11 +51,13 @@ def write_page(
     figures: list[Path],
     netcdf: Path | None = None,
     notes: list[str] | None = None,
+    findings: list[str] | None = None,
 ) -> Path:
     """Write ``folder/index.html`` (atomically) and return its path."""
     page = Path(folder) / PAGE_NAME
     html = render_page(metrics=metrics, store=store, verdict=verdict, figures=figures,
-                       netcdf=netcdf, notes=notes or [], folder=Path(folder))
+                       netcdf=netcdf, notes=notes or [], folder=Path(folder),
+                       findings=findings or [])
     partial = page.with_name(f".{page.name}.partial")
     partial.write_text(html, encoding="utf-8")
     os.replace(partial, page)
@@ -68,6 +73,7 @@ def render_page(
     netcdf: Path | None,
     notes: list[str],
     folder: Path,
+    findings: list[str] | None = None,
 ) -> str:
     """The page's HTML: verdict, per-layer table, figures, data link and provenance."""
     from flq_audit import __version__
@@ -88,6 +94,10 @@ def render_page(
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{escape(n.strip())}</li>"
                                                     for n in notes) + "</ul>")
+    if findings:
+        parts += ['<h2 id="findings">What the data says</h2>',
+                  '<ul class="findings">' + "".join(f"<li>{escape(line.strip())}</li>"
+                                                    for line in findings) + "</ul>"]
     parts += _layer_section(metrics)
     parts += _figure_section(figures)
     parts += _data_section(netcdf, folder)
@@ -165,6 +175,11 @@ def _provenance_section(store: xr.Dataset) -> list[str]:
         ["probe hash (SHA-256)", str(fingerprint)],
         ["probe samples", str(probe.get("n_samples", "—"))],
     ]
+    fl_probe = _json_attr(store, "fl_probe")
+    if isinstance(fl_probe, dict):
+        summary.append(["FL probe (training set)", f"{fl_probe.get('name', '—')}, "
+                        f"{fl_probe.get('n_samples', '—')} samples, SHA-256 "
+                        f"{fl_probe.get('fingerprint', '—')}"])
     parts = ['<h2 id="provenance">Provenance</h2>', _table(None, summary, 1)]
     capture = _json_attr(store, "capture_config")
     if capture:

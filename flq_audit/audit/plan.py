@@ -219,7 +219,7 @@ def _model_plan(
         loaded = _text_probe(probe_spec, folder, text)
     else:
         text = None
-        loaded = load_probe(probe_spec)
+        loaded = load_probe(probe_spec, run.probe_keys)
     if capture.max_samples is not None:
         loaded = loaded.head(capture.max_samples)
     chosen = select_layers(built.module, capture.layers, probe=loaded)

@@ -42,15 +42,20 @@ def _steps_list(text: str | None) -> list[int] | None:
         ) from None
 
 
-def _fl_options(loss: str | None, lr: str | None, batches: str | None) -> FLOptions | None:
+def _fl_options(loss: str | None, lr: str | None, batches: str | None,
+                fl_probe: str | None = None, probe_keys: str | None = None) -> FLOptions | None:
     """All three FL flags or none: the residual needs the whole training provenance."""
     given = [loss, lr, batches]
     if all(value is None for value in given):
+        if fl_probe is not None:
+            raise OptionError("--fl-probe needs --fl-loss, --fl-lr and --fl-batches "
+                              "(the training provenance)")
         return None
     if any(value is None for value in given):
         raise OptionError("the FL residual needs all of --fl-loss, --fl-lr and --fl-batches "
                           "(the training provenance)")
-    return FLOptions.from_files(loss, lr, batches)  # type: ignore[arg-type]
+    return FLOptions.from_files(loss, lr, batches,  # type: ignore[arg-type]
+                                probe=fl_probe, probe_keys=probe_keys)
 
 
 def _layers(values: list[str] | None) -> list[str]:
@@ -96,8 +101,15 @@ def audit_command(
     fl_lr: Annotated[str | None, typer.Option(
         help="FL residual: the learning rate, a number or a JSON file {step: lr}.")] = None,
     fl_batches: Annotated[str | None, typer.Option(
-        help="FL residual: 'full' or a JSON file {step: [probe indices]} of each step's batch.")
+        help="FL residual: 'full' or a JSON file of each step's batch: {step: [indices]} or "
+        "{\"batches\": [[indices], ...]} in step order.")
     ] = None,
+    fl_probe: Annotated[str | None, typer.Option(
+        help="FL residual: the training set the batch indices point into (a probe file); "
+        "default: --probe.")] = None,
+    probe_keys: Annotated[str | None, typer.Option(
+        help="Array names in the --probe and --fl-probe files, INPUTS,TARGETS; otherwise the "
+        "first pair a file holds of inputs,targets, x,y, X,y, X,Y and data,labels.")] = None,
     task: Annotated[str, typer.Option(
         help="Text probes: sequence (one row per text), token (one per word) or next-token.")
     ] = "sequence",
@@ -141,14 +153,15 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
-    fl = _fl_options(fl_loss, fl_lr, fl_batches)
+    fl = _fl_options(fl_loss, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
         gram_dtype=gram_dtype, max_samples=max_samples,  # type: ignore[arg-type]
         hidden_states=hidden_states,
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
-                     trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
+                     trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
+                     probe_keys=probe_keys)  # type: ignore[arg-type]
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
                      cache=cache, offline=offline or None,  # type: ignore[arg-type]

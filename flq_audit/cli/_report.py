@@ -16,6 +16,7 @@ from flq_audit.cli._options import JsonOpt, StoreArg
 from flq_audit.report import (
     LAYER_COLUMNS,
     LAYER_FIELDS,
+    findings,
     layer_rows,
     layer_values,
     nonfinite_lines,
@@ -35,7 +36,9 @@ def report_command(
     output_format: _output.FormatOpt = "table",
     as_json: JsonOpt = False,
 ) -> None:
-    """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, figures.
+    """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, what the
+    data says (over which steps the depth order holds, t50/t90 per layer, whether the FL
+    checkpoints were plain SGD steps, TL values that depend on the rank cut-off), figures.
 
     Also writes DIR/metrics.nc (the NetCDF export) and DIR/index.html, one self-contained page
     with the verdict, the table, the figures, the provenance and a link to metrics.nc.
@@ -67,21 +70,26 @@ def report_command(
     rho = float(last.values[-1]) if last.size else float("nan")
     verdict = sequential_verdict(metrics["t90"], rho)
     notes.print(verdict)
-    figures = write_report(metrics, folder)
+    said = findings(metrics, ds)
+    for line in said:
+        notes.print(line)
+    figures = write_report(metrics, folder, ds)
     for path in figures:
         notes.print(f"figure  {path}")
     netcdf = api.export(store, folder / "metrics.nc")
     from flq_audit.report_html import write_page
 
     page = write_page(folder, metrics=metrics, store=api.open_store(store), verdict=verdict,
-                      figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds))
+                      figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds),
+                      findings=said)
     notes.print(f"netcdf  {netcdf}")
     notes.print(f"page    {page}")
     (folder / REPORT_MARKER).touch()
     if fmt == "json":
         _output.print_json({"layers": [dict(zip(LAYER_FIELDS, (_output.json_value(v) for v in row),
                                                 strict=True)) for row in layer_values(metrics)],
-                            "verdict": verdict, "figures": [str(p) for p in figures],
+                            "verdict": verdict, "findings": said,
+                            "figures": [str(p) for p in figures],
                             "netcdf": str(netcdf), "page": str(page)})
 
 

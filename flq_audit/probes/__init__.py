@@ -2,7 +2,8 @@
 
 Builtins: ``digits`` (scikit-learn 8×8 digits, 1797 samples, 10 classes, pixels scaled to
 [0, 1]) and ``swissroll`` (1000 points, continuous target). Files: ``.npz``,
-``.safetensors`` or ``.pt`` holding ``inputs``, ``targets`` and optionally ``num_classes``.
+``.safetensors`` or ``.pt`` holding inputs and targets under one of the names of
+:data:`PROBE_KEY_PAIRS` (or named by the caller) and optionally ``num_classes``.
 """
 
 from __future__ import annotations
@@ -60,10 +61,17 @@ class Probe:
 
 
 BUILTIN_PROBES = ("digits", "swissroll")
+#: (inputs, targets) array names a probe file may use, tried in this order.
+PROBE_KEY_PAIRS = (("inputs", "targets"), ("x", "y"), ("X", "y"), ("X", "Y"),
+                   ("data", "labels"))
 
 
-def load_probe(spec: str | Path) -> Probe:
-    """Load a builtin probe by name or a probe file, validated; raises :class:`ProbeError`."""
+def load_probe(spec: str | Path, keys: tuple[str, str] | None = None) -> Probe:
+    """Load a builtin probe by name or a probe file, validated; raises :class:`ProbeError`.
+
+    ``keys`` names the (inputs, targets) arrays of a file; otherwise (or when the file lacks
+    them) the first pair of :data:`PROBE_KEY_PAIRS` the file holds is used.
+    """
     text = str(spec)
     if text in BUILTIN_PROBES:
         return _builtin(text)
@@ -74,14 +82,27 @@ def load_probe(spec: str | Path) -> Probe:
             "file", path=text,
         )
     arrays = _read_file(path)
-    if "inputs" not in arrays or "targets" not in arrays:
-        raise ProbeError(
-            f"probe file {text!r} must hold arrays 'inputs' and 'targets'; it holds "
-            f"{sorted(arrays)}", path=path,
-        )
+    inputs_key, targets_key = probe_keys(arrays, text, keys)
     num_classes = arrays.get("num_classes")
     classes = None if num_classes is None else int(np.asarray(num_classes).reshape(-1)[0])
-    return make_probe(path.name, arrays["inputs"], arrays["targets"], num_classes=classes)
+    return make_probe(path.name, arrays[inputs_key], arrays[targets_key], num_classes=classes)
+
+
+def probe_keys(
+    arrays: dict[str, np.ndarray], text: str, keys: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """The (inputs, targets) names to read from a probe file's ``arrays``: ``keys`` when the
+    file holds both, else the first pair of :data:`PROBE_KEY_PAIRS` it holds."""
+    for pair in (keys, *PROBE_KEY_PAIRS) if keys is not None else PROBE_KEY_PAIRS:
+        if all(key in arrays for key in pair):
+            return pair
+    pairs = ", ".join("/".join(pair) for pair in PROBE_KEY_PAIRS)
+    wanted = (f"arrays 'inputs' and 'targets' (or {pairs.split(', ', 1)[1]})" if keys is None
+              else f"arrays {keys[0]!r} and {keys[1]!r} (--probe-keys) or one of {pairs}")
+    raise ProbeError(
+        f"probe file {text!r} must hold {wanted}; it holds {sorted(arrays)}", path=text,
+        hint="Name the arrays with --probe-keys INPUTS,TARGETS.",
+    )
 
 
 def make_probe(
@@ -182,4 +203,4 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     )
 
 
-__all__ = ["BUILTIN_PROBES", "Probe", "load_probe", "make_probe"]
+__all__ = ["BUILTIN_PROBES", "PROBE_KEY_PAIRS", "Probe", "load_probe", "make_probe", "probe_keys"]

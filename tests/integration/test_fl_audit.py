@@ -106,3 +106,134 @@ def test_fl_cli_needs_all_three_flags(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "needs all of --fl-loss, --fl-lr and --fl-batches" in done.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def _batch_log(run: Path) -> dict:
+    return json.loads((run / "fl_batches.json").read_text())
+
+
+def test_batch_list_in_step_order_gives_the_same_store(tmp_path):
+    run = _sgd_run(tmp_path / "run")
+    log = _batch_log(run)
+    listed = [log["batches"][str(t)] for t in range(5)]
+    (run / "list.json").write_text(json.dumps({"batches": listed}))
+    (run / "list_short.json").write_text(json.dumps({"batches": listed[:-1]}))  # one per update
+    (run / "bare.json").write_text(json.dumps(log["batches"]))  # {step: [...]} at the top
+    stores = {}
+    for name in ("fl_batches", "list", "list_short", "bare"):
+        api.audit(str(run), out=tmp_path / f"{name}.zarr",
+                  fl=FLOptions.from_files("ce", "0.1", str(run / f"{name}.json")))
+        stores[name] = xr.open_zarr(tmp_path / f"{name}.zarr").fl_residual.values
+    assert np.all(stores["fl_batches"][:-1] < 1e-11)
+    for name in ("list", "list_short", "bare"):
+        np.testing.assert_array_equal(stores[name], stores["fl_batches"])
+
+
+BAD_BATCH_FILES = {
+    "batches_string": ({"batches": "0,1,2"}, ["'batches' must be {step: [indices]}", "str"]),
+    "list_too_long": ({"batches": [[0, 1]] * 7}, ["7 batches for 5 steps", "expected 4"]),
+    "list_too_short": ({"batches": [[0, 1]] * 3}, ["3 batches for 5 steps"]),
+    "index_out_of_range": ({"batches": [[0, 64]] * 5},
+                           ["batch of step 0", "outside [0, 64)", "found [0, 64]", "--fl-probe"]),
+    "float_index": ({"batches": [[0.5, 1]] * 5}, ["batch 0 must be a list of integer"]),
+    "not_a_list": ({"0": 3, "1": [1]}, ["step 0 must be a list of integer", "got 3"]),
+    "step_not_a_number": ({"first": [1, 2]}, ["'first' is not a step number"]),
+    "top_level_list": ([[0, 1]] * 5, ["must be a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BATCH_FILES))
+def test_bad_batch_files_are_exit_4_naming_the_file(tmp_path, case):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = _sgd_run(tmp_path / "run")
+    content, needles = BAD_BATCH_FILES[case]
+    bad = run / f"{case}.json"
+    bad.write_text(json.dumps(content))
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--fl-loss", "ce", "--fl-lr", "0.1",
+                    "--fl-batches", bad)
+    assert result.exit_code == 4, describe(result)
+    assert isinstance(result.exception, SystemExit), describe(result)
+    assert_says(result.output, str(bad), *[n.replace("'", '"') if n.startswith("'batches'")
+                                           else n for n in needles])
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_fl_probe_is_the_training_set_and_probe_keys_name_arrays(tmp_path):
+    """One audit: TL on an analysis probe, FL on the training set (files with other names)."""
+    from flq_audit.probes import make_probe
+    from tests._helpers.cli import describe, run_cli
+
+    run = _sgd_run(tmp_path / "run")
+    with np.load(run / "probe.npz") as data:
+        x, y = data["inputs"], data["targets"]
+    (run / "probe.npz").unlink()
+    np.savez(tmp_path / "train.npz", x=x, y=y, num_classes=np.int64(3))
+    rng = np.random.default_rng(7)
+    analysis_x = rng.normal(size=(40, 6)).astype(np.float32)
+    analysis_y = rng.integers(0, 3, 40)
+    torch.save({"feats": torch.from_numpy(analysis_x), "cls": torch.from_numpy(analysis_y),
+                "num_classes": torch.tensor(3)}, tmp_path / "analysis.pt")
+    done = run_cli(run, "--out", tmp_path / "s.zarr", "--probe", tmp_path / "analysis.pt",
+                   "--probe-keys", "feats,cls", "--fl-probe", tmp_path / "train.npz",
+                   "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
+    assert done.returncode == 0, describe(done)
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert ds.sizes["sample"] == 40  # activations of the analysis probe
+    assert np.all(ds.fl_residual.values[:-1] < 1e-11)  # batches index the training set
+    assert np.all(ds.fl_r_step.values[:-1] < 1e-11)
+    training = make_probe("train.npz", x, y, num_classes=3)
+    fl_config = json.loads(ds.attrs["capture_config"])["fl"]
+    assert fl_config["probe"]["fingerprint"] == training.fingerprint
+    assert json.loads(ds.attrs["fl_probe"])["fingerprint"] == training.fingerprint
+
+
+def test_batches_beyond_the_analysis_probe_point_to_fl_probe(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = _sgd_run(tmp_path / "run")
+    np.savez(tmp_path / "small.npz", inputs=np.zeros((10, 6)), targets=np.zeros(10, np.int64),
+             num_classes=np.int64(3))
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--probe", tmp_path / "small.npz",
+                    "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
+    assert result.exit_code == 4, describe(result)
+    assert_says(result.output, "outside [0, 10)", "--fl-probe")
+
+
+def test_fl_probe_that_does_not_fit_the_model(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = _sgd_run(tmp_path / "run")
+    np.savez(tmp_path / "wide.npz", x=np.zeros((64, 9)), y=np.zeros(64, np.int64),
+             num_classes=np.int64(3))
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--fl-probe", tmp_path / "wide.npz",
+                    "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
+    assert result.exit_code == 4, describe(result)
+    assert_says(result.output, "--fl-probe 'wide.npz'", "(9,)", "do not fit the model")
+
+
+def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
+    from flq_audit.report import fl_step_lines
+
+    said = {}
+    for momentum in (0.0, 0.9):
+        run = _sgd_run(tmp_path / f"run{momentum}", momentum=momentum)
+        store = tmp_path / f"m{momentum}.zarr"
+        api.audit(str(run), out=store,
+                  fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
+        said[momentum] = fl_step_lines(api.open_store(store))
+    assert said[0.0][0].startswith("FL: median fl_r_step = ")
+    assert "are plain SGD steps" in said[0.0][0] and len(said[0.0]) == 1
+    assert said[0.9][0].startswith("FL: the checkpoints are not plain SGD steps")
+    assert "measure the optimizer, not Theorem 1" in said[0.9][0]
+    assert "signature of momentum" in said[0.9][1]
+
+
+def test_missing_fl_probe_is_exit_3_naming_the_option(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = _sgd_run(tmp_path / "run")
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--fl-probe", tmp_path / "no.npz",
+                    "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.output, "--fl-probe: probe", "no.npz")

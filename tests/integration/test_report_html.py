@@ -128,3 +128,17 @@ def test_page_renders_in_a_headless_browser(report):
     assert all(done and width > 0 and height > 0 for done, width, height in state["images"])
     assert state["rows"] >= 3 + len(STEPS)
     assert errors == []
+
+
+def test_page_and_stdout_say_what_the_data_says(report):
+    _, store, folder = report
+    html = unescape((folder / "index.html").read_text(encoding="utf-8"))
+    assert '<h2 id="findings">What the data says</h2>' in html
+    tl = api.open_store(store)["target_linearity"].transpose("step", "layer").values
+    holding = [step for step, row in zip(STEPS, tl, strict=True) if (row[1:] >= row[:-1]).all()]
+    if holding == list(STEPS):
+        assert f"holds at every step ({STEPS[0]} to {STEPS[-1]})" in html
+    else:
+        assert "the depth order of TL" in html
+    assert "t50/t90 (first step with TL ≥ 50 %/90 % of the layer's maximum)" in html
+    assert "numerical floor of the stored Gram" in html  # the spectrum's caption

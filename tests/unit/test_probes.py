@@ -103,10 +103,56 @@ def test_continuous_targets_from_file(tmp_path):
 def test_file_without_targets(tmp_path):
     path = tmp_path / "probe.npz"
     np.savez(path, inputs=np.zeros((3, 2)), labels=np.zeros(3))
-    with pytest.raises(
-        ProbeError, match=r"must hold arrays 'inputs' and 'targets'; it holds \['inputs', 'labels'\]"
-    ):
+    with pytest.raises(ProbeError, match=r"must hold arrays 'inputs' and 'targets' \(or x/y, "
+                       r"X/y, X/Y, data/labels\); it holds \['inputs', 'labels'\]"):
         load_probe(path)
+
+
+def _write_probe(path, inputs_key: str, targets_key: str, x, y) -> None:
+    """A probe file in the format its suffix names, with the given array names."""
+    if path.suffix == ".npz":
+        np.savez(path, **{inputs_key: x, targets_key: y}, num_classes=np.int64(4))
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file({inputs_key: x, targets_key: y, "num_classes": np.array([4])}, str(path))
+    else:
+        torch.save({inputs_key: torch.from_numpy(x), targets_key: torch.from_numpy(y),
+                    "num_classes": torch.tensor(4)}, path)
+
+
+@pytest.mark.parametrize(("name", "inputs_key", "targets_key"), [
+    ("p.npz", "x", "y"), ("p.safetensors", "X", "y"), ("p.pt", "data", "labels"),
+    ("q.npz", "X", "Y"), ("q.safetensors", "inputs", "targets"),
+])
+def test_probe_array_names(tmp_path, name, inputs_key, targets_key):
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(12, 3)).astype(np.float32), rng.integers(0, 4, 12)
+    _write_probe(tmp_path / name, inputs_key, targets_key, x, y)
+    probe = load_probe(tmp_path / name)
+    np.testing.assert_array_equal(probe.inputs, x)
+    np.testing.assert_array_equal(probe.labels, y)
+    assert probe.targets.shape == (12, 4)
+
+
+def test_probe_keys_name_the_arrays_and_win_over_known_names(tmp_path):
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(6, 2)).astype(np.float32), rng.integers(0, 4, 6)
+    path = tmp_path / "p.npz"
+    np.savez(path, feats=x, cls=y, x=np.zeros((6, 5)), y=np.zeros(6, np.int64),
+             num_classes=np.int64(4))
+    np.testing.assert_array_equal(load_probe(path, ("feats", "cls")).inputs, x)
+    assert load_probe(path).inputs.shape == (6, 5)  # x/y without --probe-keys
+
+
+def test_unknown_probe_layout_lists_the_arrays_found(tmp_path):
+    path = tmp_path / "p.npz"
+    np.savez(path, images=np.zeros((3, 2)), classes=np.zeros(3))
+    with pytest.raises(ProbeError, match=r"'a' and 'b' \(--probe-keys\) or one of "
+                       r"inputs/targets, x/y, X/y, X/Y, data/labels; it holds "
+                       r"\['classes', 'images'\]") as err:
+        load_probe(path, ("a", "b"))
+    assert "--probe-keys INPUTS,TARGETS" in str(err.value)
 
 
 def test_pt_file_that_is_not_a_dict(tmp_path):

@@ -16,6 +16,7 @@ Adam): ``r_step`` says whether the step really was plain SGD on that batch at th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -60,6 +61,23 @@ class FeatureLearningResidual(Extension):
 
     def __init__(self, options: FLOptions) -> None:
         self.options = options
+        self.training: Probe | None = options.training_probe()  # --fl-probe, if given
+
+    def store_attrs(self) -> Mapping[str, str]:
+        """``fl_probe``: name, size and hash of the data the FL replay indexes."""
+        if self.training is None:
+            return {}
+        return {"fl_probe": json.dumps({
+            "name": self.training.name, "n_samples": self.training.n_samples,
+            "fingerprint": self.training.fingerprint})}
+
+    def _probe(self, plan: AuditPlan) -> Probe:
+        """The data the batch indices point into: the FL probe, else the audit's probe."""
+        probe = self.training if self.training is not None else plan.probe
+        if not isinstance(probe, Probe):
+            raise ProbeError("the FL residual needs an array probe (inputs, targets)",
+                             hint="Give the training set with --fl-probe FILE.")
+        return probe
 
     def variables(self, layout: StoreLayout) -> Sequence[VariableSpec]:
         matrices = [VariableSpec(name, (STEP, LAYER, GRAM_I, GRAM_J),
@@ -72,16 +90,18 @@ class FeatureLearningResidual(Extension):
 
     def preflight(self, plan: AuditPlan) -> None:
         """Refuse missing provenance before any checkpoint is read."""
-        probe = plan.probe
-        if not isinstance(probe, Probe):
-            raise ProbeError("the FL residual needs an array probe (inputs, targets)")
+        probe = self._probe(plan)
         if self.options.loss == "ce" and probe.kind != "classes":
-            raise ProbeError("--fl-loss ce needs a class probe; this probe has continuous targets")
+            raise ProbeError(f"--fl-loss ce needs a class probe; {probe.name!r} has continuous "
+                             "targets")
         params = [li.name for li in plan.layers if parameter_input_dims(li.kind) is not None]
         if params:
             raise CaptureError(f"the FL residual covers Linear and Conv layers, not the "
                                f"parameter layers {params}",
                                hint="Leave them out with --layers, or drop the --fl-* options.")
+        if self.training is not None and plan.built is not None:
+            _check_fits(plan.built.module, self.training)
+        self.options = self.options.for_steps(plan.all_steps)
         for ref in plan.refs[:-1]:
             self.options.lr_at(ref.step)
             self.options.batch_at(ref.step, probe.n_samples)
@@ -93,8 +113,7 @@ class FeatureLearningResidual(Extension):
         from flq_audit.weights import load_state_dict
 
         plan, following = ctx.plan, ctx.next_ref
-        probe = plan.probe
-        assert isinstance(probe, Probe)
+        probe = self._probe(plan)
         next_state = map_keys(ctx.built, load_state_dict(
             plan.source.fetch(following), trust_pickle=ctx.run.trust_pickle,
             step=following.step))
@@ -118,6 +137,23 @@ class FeatureLearningResidual(Extension):
             out[f"fl_{name}"] = np.asarray([np.nan if r is None else getattr(r, name)
                                             for r in per_layer])
         return out
+
+
+def _check_fits(model: nn.Module, probe: Probe) -> None:
+    """One forward pass of two FL-probe samples, or a ProbeError saying why it fails."""
+    was_training = model.training
+    first = next(model.parameters(), None)
+    sample = torch.from_numpy(np.ascontiguousarray(probe.inputs[:2]))
+    sample = sample.float() if first is None else sample.to(first.device, first.dtype)
+    try:
+        with torch.no_grad():
+            model.eval()(sample)
+    except Exception as err:  # any failure of a user model: report, do not crash
+        raise ProbeError(
+            f"--fl-probe {probe.name!r}: its inputs {tuple(probe.inputs.shape[1:])} do not fit "
+            f"the model ({type(err).__name__}: {err})") from err
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
