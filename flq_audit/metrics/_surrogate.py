@@ -7,6 +7,7 @@ import xarray as xr
 
 from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.surrogate import _surrogate_compute
+from flq_audit.metrics._lazy import LayerMoments
 from flq_audit.metrics._spec import Block, MetricSpec, Output
 
 REFERENCE = "docs/concepts.md#surrogate-norm-and-alignment"
@@ -36,7 +37,7 @@ SPEC = MetricSpec(
 )
 
 
-def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
+def surrogate_dataset(ds: xr.Dataset, *, moments: LayerMoments | None = None) -> xr.Dataset:
     """Lazy ``surrogate`` (paper scale), ``surrogate_per_class`` (reference ÷ C), ``norm`` and
     ``alignment`` ∈ [0, 1]."""
     return group_dataset(SPEC, GroupContext(ds, None, shared_moments=moments))
