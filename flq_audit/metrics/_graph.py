@@ -13,7 +13,7 @@ from flq_audit.metrics._lazy import (
     MOMENT_I,
     MOMENT_J,
     LayerMoments,
-    coarse_steps,
+    layer_grams,
     layer_moments,
 )
 from flq_audit.metrics._spec import Block, MetricSpec
@@ -64,6 +64,7 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
     gram_widths = [int(w) for w in np.asarray(
         (ds["gram_width"] if "gram_width" in ds else ds["width"]).values)]
     targets = np.asarray(ds["targets"].values, dtype=np.float64) if with_moments else None
+    grams = layer_grams(ds) if with_gram else []
     per_layer = []
     for j, (width, g_width) in enumerate(zip(widths, gram_widths, strict=True)):
         inputs: list[xr.DataArray] = []
@@ -75,8 +76,7 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
             core.append([MOMENT_I, MOMENT_J])
             dual = moments.is_dual(j)
         if with_gram:
-            gram = ds["gram"].isel(layer=j, gram_i=slice(0, g_width), gram_j=slice(0, g_width))
-            inputs.append(coarse_steps(gram.drop_vars("layer", errors="ignore")))
+            inputs.append(grams[j])
             core.append(["gram_i", "gram_j"])
         if not inputs:  # a kernel of neither: still one call per step
             inputs.append(ds["step"])

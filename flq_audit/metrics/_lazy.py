@@ -34,6 +34,15 @@ def coarse_steps(array: xr.DataArray) -> xr.DataArray:
     return array.chunk({"step": steps, **{d: -1 for d in array.dims if d != "step"}})
 
 
+def layer_grams(ds: xr.Dataset) -> list[xr.DataArray]:
+    """Each layer's Grams ``(step, gram_i, gram_j)`` sliced to its ``gram_width``, in blocks
+    of steps: padding chunks are never read."""
+    widths = ds["gram_width"] if "gram_width" in ds else ds["width"]
+    return [coarse_steps(ds["gram"].isel(layer=j, gram_i=slice(0, int(w)),
+                                         gram_j=slice(0, int(w))).drop_vars("layer"))
+            for j, w in enumerate(np.asarray(widths.values))]
+
+
 @dataclass(frozen=True)
 class LayerMoments:
     """Lazy statistics of every layer, each at its own size: the augmented moments
