@@ -24,7 +24,7 @@ OUTPUTS = {name: Output(text, None if name == "nc_n_classes" else "1", reference
 
 
 def collapse_kernel(block: Block, options: None) -> tuple[float, ...]:
-    assert block.moments is not None
+    assert isinstance(block.moments, Moments)  # primal only
     r = _collapse_compute(block.moments)
     n_classes = float(r.n_classes) if r.n_classes else np.nan  # 0: targets not one-hot
     return r.nc1, r.nc2_equinorm, r.nc2_equiangularity, r.nc2_etf_error, n_classes

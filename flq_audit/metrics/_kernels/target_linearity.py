@@ -178,8 +178,7 @@ def target_linearity(
     projected = pca is not None and h.shape[1] > pca_threshold
     dual = form == "dual" or (form == "auto" and not projected
                               and use_dual(h.shape[0], h.shape[1], y.shape[1]))
-    options = {"ridge": ridge, "pca": pca, "pca_threshold": pca_threshold}
-    if dual:
-        return fit_target_linearity(DualMoments(kernel_update(h), y, h.shape[1]), **options).tl
-    m = Moments.from_matrix(_moments_update(h, y), h.shape[1], y.shape[1])
-    return fit_target_linearity(m, **options).tl
+    m: Moments | DualMoments = (
+        DualMoments(kernel_update(h), y, h.shape[1]) if dual
+        else Moments.from_matrix(_moments_update(h, y), h.shape[1], y.shape[1]))
+    return fit_target_linearity(m, ridge=ridge, pca=pca, pca_threshold=pca_threshold).tl
