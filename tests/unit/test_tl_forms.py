@@ -133,3 +133,20 @@ def test_store_path_uses_the_dual_form_for_layers_wider_than_the_probe():
     tester = MetricTester(get_spec("tl"), _tl_records_reference, n=12, widths=(5, 3, 30),
                           rtol=1e-6, atol=1e-10)
     tester.check_store_path()
+
+
+def test_each_layer_is_computed_at_its_own_size():
+    from flq_audit.metrics import layer_moments
+    from tests._helpers.metric_tester import store_like
+
+    store = store_like(np.random.default_rng(1), n=12, widths=(5, 3, 30))
+    k = store.y.shape[1]
+    primal = layer_moments(store.ds)
+    assert [m.shape[1:] for m in primal] == [(w + k + 1, w + k + 1) for w in (5, 3, 30)]
+    mixed = layer_moments(store.ds, dual=True)
+    assert [m.shape[1:] for m in mixed] == [(10, 10), (8, 8), (12, 12)]
+    assert [mixed.is_dual(j) for j in range(3)] == [False, False, True]
+    h = store.acts[0, 2, :, :30]
+    np.testing.assert_allclose(mixed.per_layer[2][0].values, h @ h.T, rtol=1e-12)
+    np.testing.assert_allclose(primal.sel(layer="layer0")[0].values,
+                               _moments_update(store.acts[0, 0, :, :5], store.y), rtol=1e-12)
