@@ -56,7 +56,8 @@ def metrics_command(
             denominator=denominator,
             scheduler=scheduler, recompute=recompute,
         )
-    counts = ("_n_samples", "_n_features", "_rank", "_chance_floor")  # shown via --json
+    counts = ("_n_samples", "_n_features", "_rank", "_chance_floor",  # shown via --json
+              "_cutoff", "_kept_ratio", "_dropped_ratio", "_dual")
     tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
               and not str(v).endswith(counts) and not str(v).startswith("tl_chance")]
     if fmt in ("tsv", "csv"):

@@ -24,7 +24,7 @@ from flq_audit.metrics._spec import (
 from flq_audit.metrics._stamp import incomplete_groups
 from flq_audit.metrics._streaming import StreamingMetric, Surrogate, TargetLinearity
 from flq_audit.metrics._surrogate import surrogate_dataset
-from flq_audit.metrics._target_linearity import target_linearity_dataset
+from flq_audit.metrics._target_linearity import cutoff_sensitive, target_linearity_dataset
 
 
 def __getattr__(name: str) -> object:
@@ -44,6 +44,7 @@ __all__ = [
     "TLOptions",
     "TargetLinearity",
     "collapse_dataset",
+    "cutoff_sensitive",
     "dynamics_dataset",
     "gram_cosine",
     "gram_dataset",

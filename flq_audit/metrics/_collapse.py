@@ -8,7 +8,7 @@ import xarray as xr
 from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.collapse import _collapse_compute
 from flq_audit.metrics._kernels.moments import Moments
-from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, layer_moments
+from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, LayerMoments, layer_moments
 from flq_audit.metrics._spec import Block, MetricSpec, Output
 
 REFERENCE = "Papyan, Han & Donoho 2020 (PNAS 117:24652); docs/concepts.md#neural-collapse-nc"
@@ -24,7 +24,7 @@ OUTPUTS = {name: Output(text, None if name == "nc_n_classes" else "1", reference
 
 
 def collapse_kernel(block: Block, options: None) -> tuple[float, ...]:
-    assert block.moments is not None
+    assert isinstance(block.moments, Moments)  # primal only
     r = _collapse_compute(block.moments)
     n_classes = float(r.n_classes) if r.n_classes else np.nan  # 0: targets not one-hot
     return r.nc1, r.nc2_equinorm, r.nc2_equiangularity, r.nc2_etf_error, n_classes
@@ -58,7 +58,7 @@ SPEC = MetricSpec(
 )
 
 
-def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
+def collapse_dataset(ds: xr.Dataset, *, moments: LayerMoments | None = None) -> xr.Dataset:
     """Lazy ``nc1``, ``nc2_equinorm``, ``nc2_equiangularity``, ``nc2_etf_error`` and
     ``nc_n_classes`` per (step, layer), from the streamed moments of a class probe.
 
@@ -73,7 +73,7 @@ def collapse_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> 
 
 
 def classifier_collapse_dataset(
-    ds: xr.Dataset, *, moments: xr.DataArray | None = None
+    ds: xr.Dataset, *, moments: LayerMoments | None = None
 ) -> xr.Dataset:
     """Lazy ``nc3`` (self-duality) and ``nc4`` (NCC disagreement) per step, for the layer
     whose weight is the classifier (the store's ``classifier`` attribute). Empty when the

@@ -175,8 +175,10 @@ def _compute_fresh(
 ) -> dict[str, xr.Dataset]:
     """Groups that need only the store in one pass (shared moments), then the others."""
     first = [g for g in todo if not (specs[g].needs - INPUTS)]
-    moments = (layer_moments(ds) if any("moments" in specs[g].needs for g in first)
-               else None)
+    readers = [g for g in first if "moments" in specs[g].needs]
+    # the dual (n × n) form for layers wider than the probe, unless a group needs the primal
+    dual = all(specs[g].accepts_dual(plans[g].options) for g in readers)
+    moments = layer_moments(ds, dual=dual) if readers else None
     lazy = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
         ds, plans[g].options, shared_moments=moments)), ds) for g in first}
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))

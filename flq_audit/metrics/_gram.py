@@ -9,7 +9,7 @@ import xarray as xr
 
 from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.gram import gram_cosine, gram_drift, gram_spectrum
-from flq_audit.metrics._lazy import coarse_steps
+from flq_audit.metrics._lazy import layer_grams
 from flq_audit.metrics._spec import Block, MetricSpec, Output
 
 TOP_K = 8
@@ -28,9 +28,7 @@ def spectrum_kernel(block: Block, options: None) -> tuple[np.ndarray, float, flo
 
 
 def _pairwise(func: Callable[[np.ndarray, np.ndarray], float]):
-    def kernel(a: np.ndarray, b: np.ndarray, width: np.ndarray) -> float:
-        w = int(width)
-        a, b = a[:w, :w], b[:w, :w]
+    def kernel(a: np.ndarray, b: np.ndarray) -> float:
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             return np.nan
         return func(a, b)
@@ -38,22 +36,26 @@ def _pairwise(func: Callable[[np.ndarray, np.ndarray], float]):
 
 
 def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
+    """Per layer, on its Grams sliced to ``gram_width``; stacked on the layer axis."""
     ds, out = context.ds, context.blocks
     assert out is not None
-    gram = coarse_steps(ds["gram"])
-    core = [["gram_i", "gram_j"], ["gram_i", "gram_j"], []]
-    pairs = {
-        "gram_drift": (gram.shift(step=1), gram, gram_drift,
-                       "‖G_t − G_prev‖_F / ‖G_prev‖_F (previous stored step)"),
-        "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), gram_cosine,
-                                 "⟨G_t, G_final⟩_F / (‖G_t‖_F ‖G_final‖_F)"),
-    }
+    core = [["gram_i", "gram_j"], ["gram_i", "gram_j"]]
+    texts = {"gram_drift": "‖G_t − G_prev‖_F / ‖G_prev‖_F (previous stored step)",
+             "gram_cosine_to_final": "⟨G_t, G_final⟩_F / (‖G_t‖_F ‖G_final‖_F)"}
+    values: dict[str, list[xr.DataArray]] = {name: [] for name in texts}
+    for gram in layer_grams(ds):
+        pairs = {"gram_drift": (gram.shift(step=1), gram, gram_drift),
+                 "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), gram_cosine)}
+        for name, (a, b, func) in pairs.items():
+            values[name].append(xr.apply_ufunc(
+                _pairwise(func), a, b, input_core_dims=core, vectorize=True,
+                dask="parallelized", keep_attrs=False, output_dtypes=[np.float64]))
     out = out.copy()
-    for name, (a, b, func, text) in pairs.items():
-        out[name] = xr.apply_ufunc(
-            _pairwise(func), a, b, ds["gram_width"], input_core_dims=core, vectorize=True,
-            dask="parallelized", keep_attrs=False, output_dtypes=[np.float64],
-        ).where(context.done).assign_attrs(long_name=text, reference=REFERENCE)
+    for name, text in texts.items():
+        out[name] = xr.concat(values[name], dim=ds["layer"], coords="minimal",
+                              compat="override", join="override").transpose("step", "layer")
+        out[name] = out[name].where(context.done).assign_attrs(long_name=text,
+                                                               reference=REFERENCE)
     return out
 
 

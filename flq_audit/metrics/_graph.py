@@ -8,8 +8,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from flq_audit.metrics._kernels.moments import Moments
-from flq_audit.metrics._lazy import MOMENT_I, MOMENT_J, coarse_steps, layer_moments
+from flq_audit.metrics._kernels.moments import DualMoments, Moments
+from flq_audit.metrics._lazy import (
+    MOMENT_I,
+    MOMENT_J,
+    LayerMoments,
+    layer_grams,
+    layer_moments,
+)
 from flq_audit.metrics._spec import Block, MetricSpec
 
 NONFINITE = "nonfinite"
@@ -23,10 +29,10 @@ class GroupContext:
     options: Any
     blocks: xr.Dataset | None = None
     groups: dict[str, xr.Dataset] = field(default_factory=dict)
-    shared_moments: xr.DataArray | None = None
+    shared_moments: LayerMoments | None = None
 
     @property
-    def moments(self) -> xr.DataArray:
+    def moments(self) -> LayerMoments:
         if self.shared_moments is None:
             self.shared_moments = layer_moments(self.ds)
         return self.shared_moments
@@ -43,40 +49,80 @@ def _nan_like(spec: MetricSpec) -> tuple[Any, ...]:
 
 def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
     """Lazy outputs of ``spec.kernel`` per (step, layer), NaN where a step is not done or an
-    input is not finite, with each output's attributes."""
+    input is not finite, with each output's attributes.
+
+    Each layer is its own graph at its own width: moments (or the dual kernel) of its width,
+    its Gram sliced to ``gram_width`` (padding chunks are never read); the per-layer results
+    are stacked on the ``layer`` axis.
+    """
     assert spec.kernel is not None
-    ds, options, kernel = context.ds, context.options, spec.kernel
+    ds = context.ds
     with_moments, with_gram = "moments" in spec.needs, "gram" in spec.needs
-    k = int(context.moments.attrs["n_targets"]) if with_moments else 0
-    inputs: list[xr.DataArray] = []
-    core: list[list[str]] = []
-    if with_moments:
-        inputs.append(context.moments)
-        core.append([MOMENT_I, MOMENT_J])
-    if with_gram:
-        inputs.append(coarse_steps(ds["gram"]))
-        core.append(["gram_i", "gram_j"])
-    inputs.append(ds["width"])
-    core.append([])
-    gram_width = ds["gram_width"] if "gram_width" in ds else ds["width"]
-    inputs.append(gram_width)
-    core.append([])
+    if with_moments and context.shared_moments is None and spec.accepts_dual(context.options):
+        context.shared_moments = layer_moments(ds, dual=True)
+    widths = [int(w) for w in np.asarray(ds["width"].values)]
+    gram_widths = [int(w) for w in np.asarray(
+        (ds["gram_width"] if "gram_width" in ds else ds["width"]).values)]
+    targets = np.asarray(ds["targets"].values, dtype=np.float64) if with_moments else None
+    grams = layer_grams(ds) if with_gram else []
+    per_layer = []
+    for j, (width, g_width) in enumerate(zip(widths, gram_widths, strict=True)):
+        inputs: list[xr.DataArray] = []
+        core: list[list[str]] = []
+        dual = False
+        if with_moments:
+            moments = context.moments
+            inputs.append(moments.per_layer[j])
+            core.append([MOMENT_I, MOMENT_J])
+            dual = moments.is_dual(j)
+        if with_gram:
+            inputs.append(grams[j])
+            core.append(["gram_i", "gram_j"])
+        if not inputs:  # a kernel of neither: still one call per step
+            inputs.append(ds["step"])
+            core.append([])
+        per_layer.append(_layer_outputs(spec, context.options, inputs, core,
+                                        width, g_width, dual, targets))
+    done = context.done
+    layer = ds["layer"]
+    return xr.Dataset({
+        name: xr.concat([values[i] for values in per_layer], dim=layer, coords="minimal",
+                        compat="override", join="override").transpose("step", "layer", ...)
+        .where(done).assign_attrs(output.attrs())
+        for i, (name, output) in enumerate(spec.outputs.items())
+    })
+
+
+def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
+                   core: list[list[str]], width: int, g_width: int, dual: bool,
+                   targets: np.ndarray | None) -> tuple[xr.DataArray, ...]:
+    """One layer's outputs over steps: the kernel applied per step."""
+    assert spec.kernel is not None
+    kernel = spec.kernel
+    with_moments, with_gram = "moments" in spec.needs, "gram" in spec.needs
+    k = 0 if targets is None else targets.shape[1]
     nan = _nan_like(spec)
     single = len(spec.outputs) == 1
     if single:
         nan = nan[0]
 
     def per_block(*arrays: np.ndarray) -> tuple[Any, ...]:
-        width, g_width = int(arrays[-2]), int(arrays[-1])
         position = 0
-        moments = gram = None
+        moments: Moments | DualMoments | None = None
+        gram = None
         if with_moments:
-            moments = Moments.from_matrix(arrays[0], width, k)
+            if dual:
+                assert targets is not None
+                moments = DualMoments(arrays[0], targets, width)
+                finite = np.isfinite(arrays[0]).all()
+            else:
+                moments = Moments.from_matrix(arrays[0], width, k)
+                finite = np.isfinite(moments.hh).all()
             position = 1
-            if not np.isfinite(moments.hh).all():
+            if not finite:
                 return nan
         if with_gram:
-            gram = np.asarray(arrays[position][:g_width, :g_width], dtype=np.float64)
+            gram = np.asarray(arrays[position], dtype=np.float64)
             if not np.isfinite(gram).all():
                 return nan
         values = tuple(kernel(Block(moments, gram, width, g_width), options))
@@ -90,13 +136,7 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
         output_dtypes=[np.float64] * len(spec.outputs),
         dask_gufunc_kwargs={"output_sizes": sizes} if sizes else None,
     )
-    if len(spec.outputs) == 1:
-        results = (results,)
-    done = context.done
-    return xr.Dataset({
-        name: value.where(done).assign_attrs(output.attrs())
-        for (name, output), value in zip(spec.outputs.items(), results, strict=True)
-    })
+    return (results,) if single else tuple(results)
 
 
 def group_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:

@@ -1,14 +1,25 @@
-"""Lazy per-(step, layer) moments from a store Dataset, streamed over sample chunks."""
+"""Lazy per-(step, layer) moments from a store Dataset, streamed over sample chunks.
+
+Each layer is read, and its moments built, at its own width: ``activations[..., :width]``
+touches only the feature chunks that hold the layer's values, never the padding chunks of
+narrower layers (docs/store.md#layout).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 
-from flq_audit.metrics._kernels.moments import _moments_update
+from flq_audit.metrics._kernels.moments import _moments_update, kernel_update, use_dual
 
 MOMENT_I, MOMENT_J = "moment_i", "moment_j"
+#: Feature columns turned into float64 at once while building a dual kernel.
+KERNEL_COLUMNS = 1024
 
 
 BLOCK_BYTES = 64 * 2**20
@@ -23,44 +34,102 @@ def coarse_steps(array: xr.DataArray) -> xr.DataArray:
     return array.chunk({"step": steps, **{d: -1 for d in array.dims if d != "step"}})
 
 
-def layer_moments(ds: xr.Dataset) -> xr.DataArray:
-    """Augmented moments ``[H|Y|1]ᵀ[H|Y|1]`` per (step, layer), as a lazy dask array.
+def layer_grams(ds: xr.Dataset) -> list[xr.DataArray]:
+    """Each layer's Grams ``(step, gram_i, gram_j)`` sliced to its ``gram_width``, in blocks
+    of steps: padding chunks are never read."""
+    widths = ds["gram_width"] if "gram_width" in ds else ds["width"]
+    return [coarse_steps(ds["gram"].isel(layer=j, gram_i=slice(0, int(w)),
+                                         gram_j=slice(0, int(w))).drop_vars("layer"))
+            for j, w in enumerate(np.asarray(widths.values))]
 
-    One task per stored chunk (one step, one layer, one block of samples) computes the block's
-    moments; blocks are summed over samples by dask's tree reduction, so memory holds a few
-    chunks and O(d²) per (step, layer), whatever the number of samples or steps.
+
+@dataclass(frozen=True)
+class LayerMoments:
+    """Lazy statistics of every layer, each at its own size: the augmented moments
+    ``[H|Y|1]ᵀ[H|Y|1]`` (``(d+k+1)²``, primal) or, for layers wider than the probe when the
+    dual form is allowed, the kernel ``HHᵀ`` (``n²``, dual). One DataArray
+    ``(step, moment_i, moment_j)`` per layer; its ``dual`` attribute says which."""
+
+    per_layer: tuple[xr.DataArray, ...]
+    names: tuple[str, ...]
+    attrs: dict[str, Any]
+
+    def __iter__(self) -> Iterator[xr.DataArray]:
+        return iter(self.per_layer)
+
+    def sel(self, *, layer: str, drop: bool = True) -> xr.DataArray:
+        """One layer's statistics by name, ``(step, moment_i, moment_j)``."""
+        return self.per_layer[self.names.index(str(layer))]
+
+    def is_dual(self, index: int) -> bool:
+        return bool(self.per_layer[index].attrs["dual"])
+
+
+def layer_moments(ds: xr.Dataset, *, dual: bool = False) -> LayerMoments:
+    """Per-layer statistics as lazy dask arrays (see :class:`LayerMoments`).
+
+    Primal: one task per stored chunk (one step, one block of samples) computes the block's
+    moments at the layer's width; blocks are summed over samples by dask's tree reduction, so
+    memory holds a few chunks and O(d²) per (step, layer), whatever the number of samples or
+    steps. Dual (``dual=True`` and ``n < d + k + 1``): one task per step builds ``HHᵀ`` from
+    column blocks of the layer, O(n²) memory.
     """
     acts = ds["activations"].data
     if not isinstance(acts, da.Array):
         acts = da.from_array(acts, chunks=(1, 1, acts.shape[2], acts.shape[3]))
     targets = np.asarray(ds["targets"].values, dtype=np.float64)
-    widths = np.asarray(ds["width"].values, dtype=np.int64)
-    size = acts.shape[3]
-    k = targets.shape[1]
-    side = size + k + 1
+    widths = [int(w) for w in np.asarray(ds["width"].values)]
+    n, k = targets.shape
+    names = tuple(str(name) for name in ds["layer"].values)
+    per_layer = []
+    for j, width in enumerate(widths):
+        h = acts[:, j, :, :width]
+        form = dual and use_dual(n, width, k)
+        total = _dual_kernel(h) if form else _primal_moments(h, targets)
+        side = total.shape[1]
+        steps_per_block = max(1, BLOCK_BYTES // (side * side * 8))
+        total = total.rechunk({0: steps_per_block, 1: -1, 2: -1})
+        per_layer.append(xr.DataArray(
+            total, dims=("step", MOMENT_I, MOMENT_J), coords={"step": ds["step"]},
+            attrs={"width": width, "n_targets": k, "dual": int(form)}))
+    return LayerMoments(tuple(per_layer), names, {"n_targets": k, "n_samples": n})
 
-    def block(h: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-        out = np.empty((h.shape[0], h.shape[1], 1, side, side))
-        for i in range(h.shape[0]):
-            for j in range(h.shape[1]):  # a chunk may hold several layers
-                out[i, j, 0] = _moments_update(h[i, j, :, : int(w[j])], y, size=size)
+
+def _primal_moments(h: da.Array, targets: np.ndarray) -> da.Array:
+    """``(step, d+k+1, d+k+1)`` moments of ``h`` (step, sample, feature)."""
+    k = targets.shape[1]
+    width = h.shape[2]
+    side = width + k + 1
+
+    def block(hb: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.empty((hb.shape[0], 1, side, side))
+        for i in range(hb.shape[0]):
+            out[i, 0] = _moments_update(hb[i], y)
         return out
 
-    # targets and widths enter as dask inputs aligned with the sample and layer chunks, so a
-    # distributed scheduler ships each block its own rows instead of the whole target array
-    y = da.from_array(targets, chunks=(acts.chunks[2], (k,)))
-    w = da.from_array(widths, chunks=(acts.chunks[1],))
+    # targets enter as a dask input aligned with the sample chunks, so a distributed
+    # scheduler ships each block its own rows instead of the whole target array
+    y = da.from_array(targets, chunks=(h.chunks[1], (k,)))
     per_block = da.blockwise(
-        block, "slbij", acts.rechunk({3: size}), "slbf", y, "bt", w, "l",
+        block, "sbij", h.rechunk({2: width}), "sbf", y, "bt",
         new_axes={"i": side, "j": side}, adjust_chunks={"b": 1}, concatenate=True,
         dtype=np.float64,
     )
-    total = per_block.sum(axis=2)
-    # later kernels are cheap per (step, layer): group many into one task (≤ ~64 MiB blocks)
-    steps_per_block = max(1, BLOCK_BYTES // max(1, acts.shape[1] * side * side * 8))
-    total = total.rechunk({0: steps_per_block, 1: -1})
-    return xr.DataArray(
-        total, dims=("step", "layer", MOMENT_I, MOMENT_J),
-        coords={"step": ds["step"], "layer": ds["layer"]},
-        attrs={"n_features_max": size, "n_targets": k},
+    return per_block.sum(axis=1)
+
+
+def _dual_kernel(h: da.Array) -> da.Array:
+    """``(step, n, n)`` kernels ``HHᵀ`` of ``h`` (step, sample, feature)."""
+    n = h.shape[1]
+
+    def block(hb: np.ndarray) -> np.ndarray:
+        out = np.zeros((hb.shape[0], n, n))
+        for i in range(hb.shape[0]):
+            for begin in range(0, hb.shape[2], KERNEL_COLUMNS):
+                out[i] += kernel_update(hb[i, :, begin : begin + KERNEL_COLUMNS])
+        return out
+
+    return da.blockwise(
+        block, "sij", h.rechunk({0: 1, 1: -1, 2: -1}), "sbf",
+        new_axes={"i": n, "j": n}, concatenate=True, dtype=np.float64,
     )

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flq_audit.errors import FlqAuditWarning, OptionError
-from flq_audit.metrics._kernels.moments import Moments
+from flq_audit.metrics._kernels.moments import DualMoments, Moments
 
 ENTRY_POINT_GROUP = "flq_audit.metrics"
 #: What a spec may need from the store or from other groups.
@@ -39,9 +39,10 @@ class Output:
 
 @dataclass(frozen=True)
 class Block:
-    """What a kernel sees for one (step, layer): float64 moments and Gram, sliced to width."""
+    """What a kernel sees for one (step, layer): float64 moments and Gram, sliced to width.
+    ``moments`` is a :class:`DualMoments` only for specs that declare ``dual``."""
 
-    moments: Moments | None
+    moments: Moments | DualMoments | None
     gram: npt.NDArray[np.float64] | None
     width: int
     gram_width: int
@@ -67,6 +68,10 @@ class MetricSpec:
     options: type | None = None
     description: str = ""
     build: Callable[..., Any] | None = None
+    #: ``dual(options)``: whether the kernel also accepts the dual form
+    #: (:class:`~flq_audit.metrics._kernels.moments.DualMoments`) for layers wider than the
+    #: probe; ``None``: it always needs the primal moments.
+    dual: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         if not self.group.isidentifier():
@@ -74,6 +79,10 @@ class MetricSpec:
         if self.kernel is None and self.build is None:
             raise OptionError(f"metric {self.group!r} needs a kernel or a build function")
         object.__setattr__(self, "needs", frozenset(self.needs))
+
+    def accepts_dual(self, options: object) -> bool:
+        """Whether this group, with these options, can read the dual form."""
+        return self.dual is not None and bool(self.dual(options))
 
     def make_options(self, given: Mapping[str, object]) -> object | None:
         """This group's options object from the parameters given (the defaults otherwise)."""

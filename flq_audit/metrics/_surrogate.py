@@ -6,7 +6,9 @@ import numpy as np
 import xarray as xr
 
 from flq_audit.metrics._graph import GroupContext, group_dataset
+from flq_audit.metrics._kernels.moments import Moments
 from flq_audit.metrics._kernels.surrogate import _surrogate_compute
+from flq_audit.metrics._lazy import LayerMoments
 from flq_audit.metrics._spec import Block, MetricSpec, Output
 
 REFERENCE = "docs/concepts.md#surrogate-norm-and-alignment"
@@ -23,7 +25,7 @@ OUTPUTS = {
 def surrogate_kernel(block: Block, options: None) -> tuple[float, float, float, float]:
     """Layers whose Gram does not live in the captured feature space (convolutions: patch
     space, ``gram_width != width``) are NaN."""
-    assert block.moments is not None and block.gram is not None
+    assert isinstance(block.moments, Moments) and block.gram is not None  # primal only
     if block.width != block.gram_width:
         return np.nan, np.nan, np.nan, np.nan
     r = _surrogate_compute(block.moments, block.gram)
@@ -36,7 +38,7 @@ SPEC = MetricSpec(
 )
 
 
-def surrogate_dataset(ds: xr.Dataset, *, moments: xr.DataArray | None = None) -> xr.Dataset:
+def surrogate_dataset(ds: xr.Dataset, *, moments: LayerMoments | None = None) -> xr.Dataset:
     """Lazy ``surrogate`` (paper scale), ``surrogate_per_class`` (reference ÷ C), ``norm`` and
     ``alignment`` ∈ [0, 1]."""
     return group_dataset(SPEC, GroupContext(ds, None, shared_moments=moments))

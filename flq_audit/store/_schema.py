@@ -34,6 +34,10 @@ ERROR = "error"
 SHA256 = "sha256"
 FILES = "files"
 
+#: Feature columns (and Gram rows/columns) per chunk: layers of a model share few widths,
+#: often multiples of 512, so narrower layers leave whole chunks unwritten.
+FEATURE_BLOCK = 512
+
 #: Attributes that must agree between a store and a rerun that resumes it.
 FINGERPRINT_KEYS = ("source", "probe_fingerprint", "layers", "capture_config")
 
@@ -65,13 +69,34 @@ class StoreLayout:
         return max(layer.gram_width for layer in self.layers)
 
     @property
+    def feature_chunk(self) -> int:
+        """Feature columns per activation chunk: narrow layers' padding lies in whole chunks
+        that are never written (zarr stores no chunk equal to the NaN fill) nor read."""
+        return min(self.feature_max, FEATURE_BLOCK)
+
+    @property
+    def gram_chunk(self) -> int:
+        """Rows and columns per Gram chunk (``gram_chunk² · itemsize`` bytes: 1 MiB in
+        float32), so a narrow layer's Gram fills only the chunks that hold its values."""
+        return min(self.gram_max, FEATURE_BLOCK)
+
+    @property
     def sample_chunk(self) -> int:
-        """Rows per activation chunk: about ``chunk_bytes`` per (step, layer) block."""
+        """Rows per activation chunk: about ``chunk_bytes`` per chunk of ``feature_chunk``
+        columns (one step, one layer)."""
         if self.probe is None:
             return 0
         itemsize = np.dtype(self.activation_dtype).itemsize
-        rows = max(1, self.chunk_bytes // (self.feature_max * itemsize))
+        rows = max(1, self.chunk_bytes // (self.feature_chunk * itemsize))
         return int(min(rows, self.probe.n_samples))
+
+    def feature_extent(self, width: int) -> int:
+        """Columns written for a layer of ``width`` features: whole chunks, never beyond."""
+        return _whole_chunks(width, self.feature_chunk, self.feature_max)
+
+    def gram_extent(self, width: int) -> int:
+        """Rows (and columns) written for a Gram of ``width``: whole chunks."""
+        return _whole_chunks(width, self.gram_chunk, self.gram_max)
 
     def fingerprint(self) -> dict[str, str]:
         """The attributes compared on resume, as JSON strings.
@@ -87,13 +112,18 @@ class StoreLayout:
         }
 
     def estimated_bytes(self) -> int:
-        """Uncompressed size of activations and Grams as NaN-padded arrays."""
+        """Uncompressed size of the activation and Gram chunks written (padding chunks of
+        narrow layers are not stored)."""
         n = 0 if self.probe is None else self.probe.n_samples
-        act = len(self.steps) * len(self.layers) * n * self.feature_max
-        grams = len(self.steps) * len(self.layers) * self.gram_max**2
+        act = len(self.steps) * n * sum(self.feature_extent(la.width) for la in self.layers)
+        grams = len(self.steps) * sum(self.gram_extent(la.gram_width) ** 2 for la in self.layers)
         return act * np.dtype(self.activation_dtype).itemsize + grams * np.dtype(
             self.gram_dtype
         ).itemsize
+
+
+def _whole_chunks(width: int, chunk: int, size: int) -> int:
+    return min(size, -(-width // chunk) * chunk)
 
 
 def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
@@ -101,7 +131,7 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     import dask.array as da  # only to build a template: keeps the read path light
 
     n_steps, n_layers = len(layout.steps), len(layout.layers)
-    gram_chunks = (1, 1, layout.gram_max, layout.gram_max)
+    gram_chunks = (1, 1, layout.gram_chunk, layout.gram_chunk)
     grams = da.full(
         (n_steps, n_layers, layout.gram_max, layout.gram_max), np.nan,
         dtype=layout.gram_dtype, chunks=gram_chunks,
@@ -165,7 +195,7 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
     n_steps, n_layers, n = len(layout.steps), len(layout.layers), probe.n_samples
     acts = da.full(
         (n_steps, n_layers, n, layout.feature_max), np.nan,
-        dtype=layout.activation_dtype, chunks=(1, 1, layout.sample_chunk, layout.feature_max),
+        dtype=layout.activation_dtype, chunks=(1, 1, layout.sample_chunk, layout.feature_chunk),
     )
     data_vars[ACTIVATIONS] = ((STEP, LAYER, SAMPLE, FEATURE), acts, {
         "long_name": "input features of each weight layer", "units": "1",
@@ -186,13 +216,14 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
 
 
 def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
-    """Chunk encoding aligned with writes: one step, one layer, a block of samples."""
+    """Chunk encoding aligned with writes: one step, one layer, a block of samples and
+    of features (activations); square blocks of a Gram."""
     acts = {ACTIVATIONS: {
-        "chunks": (1, 1, layout.sample_chunk, layout.feature_max), "_FillValue": np.nan,
+        "chunks": (1, 1, layout.sample_chunk, layout.feature_chunk), "_FillValue": np.nan,
         "compressors": [_fast_codec()],
     }} if layout.probe is not None else {}
     return {**extension_encoding(layout), **acts,
-        GRAM: {"chunks": (1, 1, layout.gram_max, layout.gram_max), "_FillValue": np.nan},
+        GRAM: {"chunks": (1, 1, layout.gram_chunk, layout.gram_chunk), "_FillValue": np.nan},
         STEP: {"chunks": (max(1, len(layout.steps)),)},
     }
 

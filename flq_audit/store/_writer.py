@@ -121,8 +121,9 @@ class StepWriter:
     def write_batch(self, step_index: int, layer_index: int, start: int, block: np.ndarray) -> None:
         """Add rows ``start:start+len(block)`` of one layer; flush each completed chunk."""
         buffer = self._buffers.get(layer_index)
-        if buffer is None:
-            buffer = np.full((self._rows, self._width), np.nan, dtype=self.layout.activation_dtype)
+        if buffer is None:  # whole feature chunks up to the layer's width, no padding chunks
+            columns = self.layout.feature_extent(block.shape[1])
+            buffer = np.full((self._rows, columns), np.nan, dtype=self.layout.activation_dtype)
             self._buffers[layer_index] = buffer
             self._filled[layer_index] = 0
             self._chunk_start[layer_index] = start
@@ -145,7 +146,8 @@ class StepWriter:
             return
         begin = self._chunk_start[layer_index]
         buffer = self._buffers[layer_index]
-        region = (step_index, layer_index, slice(begin, begin + rows), slice(None))
+        region = (step_index, layer_index, slice(begin, begin + rows),
+                  slice(0, buffer.shape[1]))
         if self.acts is None:
             raise StoreError("this store holds no activations (audited without a probe)",
                              path=self.path)
@@ -183,11 +185,11 @@ class StepWriter:
             self._pool.shutdown(wait=True)
 
     def write_gram(self, step_index: int, layer_index: int, gram: np.ndarray) -> None:
-        padded = np.full(
-            (self.layout.gram_max, self.layout.gram_max), np.nan, dtype=self.layout.gram_dtype
-        )
+        side = self.layout.gram_extent(max(gram.shape))  # whole chunks, no padding chunks
+        padded = np.full((side, side), np.nan, dtype=self.layout.gram_dtype)
         padded[: gram.shape[0], : gram.shape[1]] = gram
-        self._submit(self.grams, (step_index, layer_index), padded)
+        self._submit(self.grams, (step_index, layer_index, slice(0, side), slice(0, side)),
+                     padded)
 
     def copy_step(self, source_index: int, target_index: int) -> None:
         """Copy a done step's data arrays into another step (byte-identical checkpoints)."""

@@ -83,10 +83,12 @@ class MetricTester:
     rtol: float = 1e-9
     atol: float = 1e-10
     seed: int = 0
+    n: int = 36
+    widths: tuple[int, ...] = (5, 3, 8)
     store: StoreLike = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = store_like(np.random.default_rng(self.seed))
+        self.store = store_like(np.random.default_rng(self.seed), n=self.n, widths=self.widths)
         if self.options is None:
             self.options = self.spec.make_options({})
 

@@ -72,3 +72,29 @@ class Moments:
         hy_c = self.hy - np.outer(self.h_sum, self.y_sum) / self.n
         total = float(np.trace(self.yy) - self.y_sum @ self.y_sum / self.n)
         return hy_c, total
+
+
+@dataclass(frozen=True)
+class DualMoments:
+    """The dual (kernel) form of a layer wider than the probe: ``K = HHᵀ`` (n × n) and the
+    targets ``Y`` (n × k). Every quantity Target Linearity needs is a function of ``K`` and
+    ``Y``; ``K`` costs ``n²d`` to build and ``n³`` to factor instead of ``nd²`` and ``d³``."""
+
+    kernel: F64  # HHᵀ (n × n)
+    y: F64  # Y (n × k)
+    width: int  # d, the layer's width
+
+    @property
+    def n(self) -> float:
+        return float(self.kernel.shape[0])
+
+
+def use_dual(n_samples: int, width: int, n_targets: int) -> bool:
+    """Whether the dual (n × n) form is smaller than the primal moment matrix (d+k+1)²."""
+    return n_samples < width + n_targets + 1
+
+
+def kernel_update(h: npt.ArrayLike) -> F64:
+    """``HHᵀ`` of one block of feature columns (all samples): sums over feature blocks."""
+    h = np.asarray(h, dtype=np.float64)
+    return h @ h.T
