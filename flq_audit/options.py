@@ -68,9 +68,14 @@ class RunOptions:
     overwrite: bool = False
     trust_pickle: bool = False
     trust_remote_code: bool = False
+    #: torch intra-op threads (``--threads``); ``None`` keeps torch's default.
+    threads: int | None = None
+    #: Fetch and load step k+1 on a background thread while step k replays.
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
+        _positive_int("--threads (threads)", self.threads, allow_none=True)
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(
                 f"--device (device) must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")

@@ -75,6 +75,13 @@ def audit_command(
         help="Output Zarr store. Default: ./<source name>.zarr")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch intra-op threads (default: torch's own; 1 on a busy small machine).")
+    ] = None,
+    prefetch: Annotated[bool, typer.Option(
+        "--prefetch/--no-prefetch",
+        help="Fetch and load the next checkpoint while this one replays (at most two in memory).")
+    ] = True,
     activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
     gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     max_samples: Annotated[int | None, typer.Option(
@@ -138,7 +145,8 @@ def audit_command(
         hidden_states=hidden_states,
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
-                     trust_pickle=trust_pickle, trust_remote_code=trust_remote_code)
+                     trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
+                     threads=threads, prefetch=prefetch)
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
                      cache=cache, offline=offline or None)  # type: ignore[arg-type]
