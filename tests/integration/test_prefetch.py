@@ -141,3 +141,20 @@ def test_transformers_models_run_without_a_kv_cache(tmp_path):
     with torch.no_grad():
         output = built.module(input_ids=torch.tensor([[1, 2, 3]]))
     assert output.past_key_values is None
+
+
+def test_cli_threads_and_no_prefetch(run, tmp_path):
+    from tests._helpers.cli import invoke
+
+    refused = invoke("audit", run, "--threads", "0", "--out", tmp_path / "x.zarr")
+    assert refused.exit_code == 2
+    store = tmp_path / "cli.zarr"
+    before = torch.get_num_threads()
+    try:
+        done = invoke("audit", run, "--threads", "1", "--no-prefetch", "--device", "cpu",
+                      "--out", store, "-q")
+        assert done.exit_code == 0, done.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert _arrays(store)["done"].all()
