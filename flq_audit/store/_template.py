@@ -61,7 +61,7 @@ def fill_only_arrays(layout: StoreLayout) -> list[FillOnlyArray]:
             }, codecs[ACTIVATIONS]["compressors"]))
     for spec, shape, chunks in extension_fill_arrays(layout):
         arrays.append(FillOnlyArray(spec.name, tuple(spec.dims), shape, chunks,
-                                    np.dtype(spec.dtype), spec.fill, dict(spec.attrs)))  # type: ignore[arg-type]
+                                    np.dtype(spec.dtype), spec.fill, dict(spec.attrs)))
     return arrays
 
 
@@ -90,7 +90,7 @@ def write_template(target: Any, layout: StoreLayout, *, version: str) -> None:
 
 def _coordinates(ds: xr.Dataset, dims: tuple[str, ...]) -> str:
     """The CF ``coordinates`` attribute xarray writes: non-index coordinates on ``dims``."""
-    return " ".join(sorted(name for name, coord in ds.coords.items()
+    return " ".join(sorted(str(name) for name, coord in ds.coords.items()
                            if name not in ds.dims and set(coord.dims) <= set(dims)))
 
 
