@@ -72,7 +72,7 @@ def write_template(target: Any, layout: StoreLayout, *, version: str) -> None:
     ds = template(layout, version=version)
     small = {name: enc for name, enc in encoding(layout).items() if name in ds.variables}
     with fixed_width_strings_allowed():
-        ds.to_zarr(target, mode="w-", compute=False, zarr_format=3, consolidated=False,
+        ds.to_zarr(target, mode="w-", zarr_format=3, consolidated=False,
                    encoding=small)
     group = zarr.open_group(target, mode="r+", zarr_format=3)
     for array in fill_only_arrays(layout):
