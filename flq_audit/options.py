@@ -73,9 +73,14 @@ class RunOptions:
     trust_pickle: bool = False
     trust_remote_code: bool = False
     probe_keys: tuple[str, str] | None = None  # (inputs, targets) array names in probe files
+    #: torch intra-op threads (``--threads``); ``None`` keeps torch's default.
+    threads: int | None = None
+    #: Fetch and load step k+1 on a background thread while step k replays.
+    prefetch: bool = True
 
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
+        _positive_int("--threads (threads)", self.threads, allow_none=True)
         object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(

@@ -18,7 +18,8 @@ from flq_audit import __version__
 from flq_audit._faults import fault_point
 from flq_audit.audit.extensions.base import StepContext
 from flq_audit.audit.plan import AuditPlan, checkpoint_folder
-from flq_audit.capture import as_matrix, gram_of_matrix, replay, resolve_device, weight_matrix
+from flq_audit.audit.prefetch import Fetched, Prefetcher, checksums, checksums_in_background
+from flq_audit.capture import as_matrix, replay, resolve_device, weight_matrix
 from flq_audit.capture_params import layers_of, weight_key
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.models import BuiltModel, load_weights
@@ -33,7 +34,7 @@ from flq_audit.store import (
     store_lock,
 )
 from flq_audit.store._writer import StepTransaction
-from flq_audit.weights import file_sha256, load_state_dict
+from flq_audit.weights import load_state_dict
 
 #: Errors that fail one step (recorded in ``error(step)``) without stopping the audit.
 STEP_ERRORS = (WeightsError, ModelBuildError, CaptureError)
@@ -85,20 +86,30 @@ def run_audit(
         result.skipped = [r.step for r in plan.refs if r.step in done]
         n_batches = -(-plan.probe.n_samples // run.batch_size) if plan.probe is not None else 0
         progress.start(len(todo), n_batches)
+        set_threads(run.threads)
+        prefetcher = (Prefetcher(todo, lambda ref: _prefetched(plan, ref, run, done))
+                      if run.prefetch else None)
         try:
             for ref in todo:
                 progress.step_started(ref)
+                fetched = prefetcher.next() if prefetcher is not None else None
                 try:
-                    _one_step(plan, writer, ref, run, device, progress)
+                    _one_step(plan, writer, ref, run, device, progress, fetched)
                 except STEP_ERRORS as err:
                     result.failed[ref.step] = str(err)
                     progress.step_finished(ref, str(err))
                     continue
+                finally:
+                    del fetched  # this step's weights go before the next one loads
+                    if prefetcher is not None:
+                        prefetcher.release()
                 result.written.append(ref.step)
                 progress.step_finished(ref, None)
                 plan.source.release(ref)  # --cache drop: the step is written, its files can go
             writer.close()
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             writer.abandon()
         with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
             writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
@@ -106,10 +117,63 @@ def run_audit(
     return result
 
 
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads (``--threads``); ``None`` keeps torch's default."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _is_copy(plan: AuditPlan, ref: CheckpointRef, done: set[int] | frozenset[int]) -> bool:
+    """Whether the step copies an earlier step's values (identical files) when it is reached."""
+    original = dict(plan.layout.duplicates).get(ref.step)
+    if original is None or not all(ext.copy_duplicates for ext in plan.extensions):
+        return False
+    return original in done or any(r.step == original for r in plan.refs)
+
+
+def _prefetched(
+    plan: AuditPlan, ref: CheckpointRef, run: RunOptions, done: set[int]
+) -> Fetched | None:
+    """What the prefetch thread loads for ``ref``; ``None`` for a step that will be a copy."""
+    return None if _is_copy(plan, ref, done) else fetch_and_load(plan, ref, run)
+
+
+def fetch_and_load(
+    plan: AuditPlan, ref: CheckpointRef, run: RunOptions, *, hash_later: bool = False
+) -> Fetched:
+    """Fetch a step's files, checksum them and load its weights; errors are kept, not raised.
+
+    With ``hash_later`` the checksums are computed on a thread of their own (a future the
+    step's commit waits for).
+    """
+    fetched = Fetched(ref)
+    try:
+        fetched.paths = plan.source.fetch(ref)
+        fetched.sha256 = (checksums_in_background(ref, fetched.paths) if hash_later
+                          else checksums(ref, fetched.paths))
+    except Exception as err:
+        fetched.fetch_error = err
+        return fetched
+    try:
+        if plan.mode == "hf":
+            fetched.built = load_hf_checkpoint(
+                checkpoint_folder(plan.source, ref) or fetched.paths[0].parent, step=ref.step,
+                trust_remote_code=run.trust_remote_code)
+        else:
+            fetched.state = load_state_dict(fetched.paths, trust_pickle=run.trust_pickle,
+                                            step=ref.step)
+    except Exception as err:
+        fetched.load_error = err
+    return fetched
+
+
 def _one_step(
     plan: AuditPlan, writer: StepWriter, ref: CheckpointRef, run: RunOptions, device: str,
-    progress: Progress,
+    progress: Progress, fetched: Fetched | None = None,
 ) -> None:
+    """Write one step; ``fetched`` is what a prefetch thread already loaded (else load here)."""
     index = writer.index_of(ref.step)
     original = dict(plan.layout.duplicates).get(ref.step)
     copyable = all(ext.copy_duplicates for ext in plan.extensions)
@@ -117,15 +181,20 @@ def _one_step(
         with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256) as step:
             step.copy_from(writer.index_of(original))
         return
-    paths = plan.source.fetch(ref)
-    shas = [file_sha256(p) for p in paths]
+    if fetched is None:
+        fetched = fetch_and_load(plan, ref, run, hash_later=True)
+    if fetched.fetch_error is not None:
+        raise fetched.fetch_error
+    paths = fetched.paths
     position = plan.refs.index(ref)
     next_ref = plan.refs[position + 1] if position + 1 < len(plan.refs) else None
-    with writer.step(index, files=[str(p) for p in paths], sha256=shas) as step:
+    with writer.step(index, files=[str(p) for p in paths], sha256=fetched.sha256) as step:
+        if fetched.load_error is not None:
+            raise fetched.load_error
         if plan.probe is None:
-            ctx = _weights_only(plan, ref, index, next_ref, run, paths, step)
+            ctx = _weights_only(plan, ref, index, next_ref, run, fetched, step)
         else:
-            ctx = _replayed(plan, ref, index, next_ref, run, device, paths, step, progress)
+            ctx = _replayed(plan, ref, index, next_ref, run, device, fetched, step, progress)
         for ext in plan.extensions:
             for name, values in ext.on_step(ctx).items():
                 step.write(name, values)
@@ -133,46 +202,46 @@ def _one_step(
 
 def _weights_only(
     plan: AuditPlan, ref: CheckpointRef, index: int, next_ref: CheckpointRef | None,
-    run: RunOptions, paths: list[Path], step: StepTransaction,
+    run: RunOptions, fetched: Fetched, step: StepTransaction,
 ) -> StepContext:
-    state = load_state_dict(paths, trust_pickle=run.trust_pickle, step=ref.step)
+    state = fetched.state
     weights = {}
-    for layer_index, info in enumerate(plan.layers):
+    for info in plan.layers:
         tensor = state.get(f"{info.name}.weight")
         if tensor is None:
             raise WeightsError(f"step {ref.step} ({ref.label}): no tensor {info.name}.weight",
                                step=ref.step, layer=info.name)
         weights[info.name] = as_matrix(tensor, conv1d=info.kind == "Conv1D")
-        step.write_gram(layer_index, gram_of_matrix(weights[info.name]))
+    step.write_grams(list(enumerate(weights.values())))
     return StepContext(plan=plan, ref=ref, index=index, next_ref=next_ref, run=run,
                        weights=weights, state=state)
 
 
 def _load_model(
-    plan: AuditPlan, ref: CheckpointRef, run: RunOptions, paths: list[Path]
+    plan: AuditPlan, ref: CheckpointRef, fetched: Fetched
 ) -> tuple[BuiltModel, Mapping[str, Any]]:
     """The model holding this step's weights, and the state dict it was loaded from."""
     if plan.mode == "hf":
-        built = load_hf_checkpoint(checkpoint_folder(plan.source, ref) or paths[0].parent,
-                                   step=ref.step, trust_remote_code=run.trust_remote_code)
-        return built, {}
+        return fetched.built, {}
     assert plan.built is not None
-    state = load_state_dict(paths, trust_pickle=run.trust_pickle, step=ref.step)
-    return plan.built, load_weights(plan.built, state, step=ref.step)
+    return plan.built, load_weights(plan.built, dict(fetched.state), step=ref.step)
 
 
 def _replayed(
     plan: AuditPlan, ref: CheckpointRef, index: int, next_ref: CheckpointRef | None,
-    run: RunOptions, device: str, paths: list[Path], step: StepTransaction, progress: Progress,
+    run: RunOptions, device: str, fetched: Fetched, step: StepTransaction, progress: Progress,
 ) -> StepContext:
     if plan.capture.activation_dtype == "float64" and plan.mode == "module":
         plan.built.module.double()  # type: ignore[union-attr]  # before loading: float64 checkpoints load unrounded
-    built, state = _load_model(plan, ref, run, paths)
+    built, state = _load_model(plan, ref, fetched)
     layers = layers_of(built.module, plan.layers)
     weights = {name: weight_matrix(layer, state.get(weight_key(name, layer)))
                for name, layer in layers.items()}
     ctx = StepContext(plan=plan, ref=ref, index=index, next_ref=next_ref, run=run, built=built,
                       layers=layers, weights=weights, state=state)
+    # float64 Grams run on the writer's threads while the probe replays
+    step.write_grams([(i, weights[info.name]) for i, info in enumerate(plan.layers)
+                      if info.name in weights])  # residual-stream rows have no weight, no Gram
     outputs = frozenset().union(*(ext.replay_outputs for ext in plan.extensions))
     assert plan.probe is not None
     try:
@@ -194,7 +263,4 @@ def _replayed(
         raise CaptureError(
             f"step {ref.step} ({ref.label}): replaying the probe failed ({err})", step=ref.step
         ) from err
-    for layer_index, info in enumerate(plan.layers):
-        if info.name in weights:  # residual-stream rows have no weight, no Gram
-            step.write_gram(layer_index, gram_of_matrix(weights[info.name]))
     return ctx

@@ -82,7 +82,14 @@ def audit_command(
         "generic name (./RUN-checkpoints.zarr for RUN/checkpoints)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    activation_dtype: Annotated[str, typer.Option(
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch intra-op threads (default: torch's own; 1 on a busy small machine).")
+    ] = None,
+    prefetch: Annotated[bool, typer.Option(
+        "--prefetch/--no-prefetch",
+        help="Fetch and load the next checkpoint while this one replays (at most two in memory).")
+    ] = True,
+        activation_dtype: Annotated[str, typer.Option(
         help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
              "float64 too).")] = "float32",
     gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
@@ -161,7 +168,8 @@ def audit_command(
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
-                     probe_keys=probe_keys)  # type: ignore[arg-type]
+                     probe_keys=probe_keys,  # type: ignore[arg-type]
+                     threads=threads, prefetch=prefetch)
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
                      cache=cache, offline=offline or None,  # type: ignore[arg-type]

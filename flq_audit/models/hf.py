@@ -1,8 +1,11 @@
 """Rebuild transformers models from a checkpoint's own ``config.json`` (extra ``flq-audit[hf]``).
 
 The architecture named in ``config.architectures`` is instantiated with random weights
-(``from_config``-style, no download) and the checkpoint's tensors are then loaded strictly by
-:func:`flq_audit.models.load_weights`. Remote code runs only with ``trust_remote_code``.
+(``from_config``-style, no download) once, when the audit is planned. Each checkpoint is then
+loaded by transformers' ``from_pretrained``, which builds the architecture on the meta device
+and assigns the checkpoint's tensors (no throw-away random initialisation per step). Models
+run with ``use_cache=False``: a probe replay never reuses a KV cache. Remote code runs only
+with ``trust_remote_code``.
 """
 
 from __future__ import annotations
@@ -68,8 +71,32 @@ def build_hf_model(config_dir: str | Path, *, trust_remote_code: bool = False) -
             f"({err})", path=config_file,
         ) from err
     module.eval()
+    _no_kv_cache(module)
     name = architectures[0] if architectures else type(module).__name__
     return BuiltModel(module, origin=f"hf:{name}")
+
+
+def _no_kv_cache(module: Any) -> None:
+    """Forward passes without a KV cache (a probe replay never decodes further)."""
+    config = getattr(module, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = False
+
+
+def _model_class(config_dir: str | Path, *, trust_remote_code: bool) -> tuple[Any, str]:
+    """The transformers class that ``config.json`` names, and the model's origin, without
+    instantiating it; falls back to building once (``AutoModel`` or remote code)."""
+    transformers = _transformers()
+    config_file = Path(config_dir) / "config.json"
+    try:
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []
+    model_class = getattr(transformers, architectures[0], None) if architectures else None
+    if model_class is not None and not trust_remote_code:
+        return model_class, f"hf:{architectures[0]}"
+    built = build_hf_model(config_dir, trust_remote_code=trust_remote_code)
+    return type(built.module), built.origin
 
 
 # Buffers that older checkpoints carry and current transformers recomputes.
@@ -87,8 +114,7 @@ def load_hf_checkpoint(
     """
     import torch
 
-    built = build_hf_model(folder, trust_remote_code=trust_remote_code)
-    model_class: Any = type(built.module)  # a transformers PreTrainedModel subclass
+    model_class, origin = _model_class(folder, trust_remote_code=trust_remote_code)
     try:
         module, info = model_class.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True,
@@ -104,9 +130,10 @@ def load_hf_checkpoint(
     mismatched = [str(m) for m in info.get("mismatched_keys", [])]
     if missing or unexpected or mismatched:
         raise ModelBuildError(
-            f"step {step}: checkpoint {str(folder)!r} does not fit {built.origin}: "
+            f"step {step}: checkpoint {str(folder)!r} does not fit {origin}: "
             f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}, "
             f"mismatched {mismatched[:4]}", path=folder, step=step,
         )
     module.eval()
-    return BuiltModel(module, origin=built.origin)
+    _no_kv_cache(module)
+    return BuiltModel(module, origin=origin)

@@ -30,11 +30,9 @@ from flq_audit.store._safety import (
 from flq_audit.store._schema import (
     DONE,
     StoreLayout,
-    encoding,
     fingerprint_differences,
-    fixed_width_strings_allowed,
-    template,
 )
+from flq_audit.store._template import write_template
 from flq_audit.store._writer import StepWriter, zarr_array
 
 NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its finished "
@@ -112,16 +110,11 @@ def _never_finished(path: Path) -> bool:
 
 
 def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> None:
-    ds = template(layout, version=version)
     building.mkdir(parents=True)
     inner = building / path.name
     try:
         (building / CREATING_MARKER).write_text(json.dumps({"store": path.name}))
-        with fixed_width_strings_allowed():
-            ds.to_zarr(
-                str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
-                encoding=encoding(layout),
-            )
+        write_template(str(inner), layout, version=version)
         fault_point("store-create")  # the template is written, not yet in place
         os.rename(inner, path)
     except (OSError, FlqAuditError):

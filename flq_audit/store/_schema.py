@@ -14,9 +14,6 @@ import xarray as xr
 
 from flq_audit.constants import (
     DEFAULT_CHUNK_BYTES,
-    FEATURE,
-    GRAM_I,
-    GRAM_J,
     LAYER,
     SAMPLE,
     SCHEMA_VERSION,
@@ -127,20 +124,14 @@ def _whole_chunks(width: int, chunk: int, size: int) -> int:
 
 
 def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
-    """The full store as a lazy Dataset: data arrays are dask NaNs, never computed."""
-    import dask.array as da  # only to build a template: keeps the read path light
+    """The store's coordinates, attributes and small arrays, written whole at creation.
 
+    The big data arrays (Grams, activations, extension variables) are not in it: they hold
+    only their fill value until steps are written, and
+    :func:`flq_audit.store._template.write_template` declares them directly with zarr.
+    """
     n_steps, n_layers = len(layout.steps), len(layout.layers)
-    gram_chunks = (1, 1, layout.gram_chunk, layout.gram_chunk)
-    grams = da.full(
-        (n_steps, n_layers, layout.gram_max, layout.gram_max), np.nan,
-        dtype=layout.gram_dtype, chunks=gram_chunks,
-    )
     data_vars: dict[str, Any] = {
-        GRAM: ((STEP, LAYER, GRAM_I, GRAM_J), grams, {
-            "long_name": "weight Gram W^T W in the layer's input space", "units": "1",
-            "description": "NaN-padded beyond gram_width(layer); conv kernels as C_out x C_in*k*k",
-        }),
         DONE: ((STEP,), np.zeros(n_steps, dtype=bool), {
             "description": "1 once every array of the step is written",
         }),
@@ -187,20 +178,10 @@ def _duplicate_of(layout: StoreLayout) -> np.ndarray:
 
 
 def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) -> None:
-    """Activations, targets and the sample axis (absent from weights-only stores)."""
-    import dask.array as da  # only to build a template: keeps the read path light
-
+    """Targets and the sample axis (absent from weights-only stores)."""
     probe = layout.probe
     assert probe is not None
-    n_steps, n_layers, n = len(layout.steps), len(layout.layers), probe.n_samples
-    acts = da.full(
-        (n_steps, n_layers, n, layout.feature_max), np.nan,
-        dtype=layout.activation_dtype, chunks=(1, 1, layout.sample_chunk, layout.feature_chunk),
-    )
-    data_vars[ACTIVATIONS] = ((STEP, LAYER, SAMPLE, FEATURE), acts, {
-        "long_name": "input features of each weight layer", "units": "1",
-        "description": "NaN-padded beyond width(layer)",
-    })
+    n = probe.n_samples
     data_vars[TARGETS] = ((SAMPLE, TARGET), probe.targets.astype(np.float64), {
         "long_name": "probe targets (one-hot classes or continuous)", "kind": probe.kind,
     })

@@ -37,18 +37,19 @@ def _shape_and_chunks(layout: StoreLayout, spec: VariableSpec) -> tuple[tuple, t
 
 
 def extension_variables(layout: StoreLayout) -> dict[str, Any]:
-    """``{name: (dims, lazy fill array, attrs)}`` for the template Dataset."""
-    import dask.array as da  # only to build a template: keeps the read path light
-
+    """``{name: (dims, array, attrs)}`` of the boolean flags, written with the template."""
     out: dict[str, Any] = {}
     for spec in layout.variables:
-        shape, chunks = _shape_and_chunks(layout, spec)
-        if np.dtype(spec.dtype) == np.bool_:  # small flags: written with the template
-            data: Any = np.full(shape, spec.fill, dtype=bool)
-        else:
-            data = da.full(shape, spec.fill, dtype=spec.dtype, chunks=chunks)
-        out[spec.name] = (spec.dims, data, dict(spec.attrs))
+        shape, _ = _shape_and_chunks(layout, spec)
+        if np.dtype(spec.dtype) == np.bool_:
+            out[spec.name] = (spec.dims, np.full(shape, spec.fill, dtype=bool), dict(spec.attrs))
     return out
+
+
+def extension_fill_arrays(layout: StoreLayout) -> list[tuple[VariableSpec, tuple, tuple]]:
+    """``(spec, shape, chunks)`` of the other variables: declared empty, filled step by step."""
+    return [(spec, *_shape_and_chunks(layout, spec)) for spec in layout.variables
+            if np.dtype(spec.dtype) != np.bool_]
 
 
 def extension_encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,12 +88,14 @@ class StepWriter:
     # ------------------------------------------------------------------ one step
     @contextlib.contextmanager
     def step(
-        self, index: int, *, files: Sequence[str] = (), sha256: Sequence[str] = ()
+        self, index: int, *, files: Sequence[str] = (),
+        sha256: Sequence[str] | Future[list[str]] = (),
     ) -> Iterator[StepTransaction]:
         """Write one step: ``done(step)`` is set last, once every write has landed.
 
-        On an exception the step is recorded in ``error(step)`` with ``done`` false (its
-        partial data is rewritten on resume) and the exception propagates.
+        ``sha256`` may be a future (files hashed while the step runs). On an exception the
+        step is recorded in ``error(step)`` with ``done`` false (its partial data is
+        rewritten on resume) and the exception propagates.
         """
         self._reset_buffers()
         try:
@@ -101,6 +103,7 @@ class StepWriter:
             for layer_index in list(self._buffers):
                 self._flush(index, layer_index)
             self.wait()
+            hashes = list(sha256.result() if isinstance(sha256, Future) else sha256)
         except Exception as err:
             with contextlib.suppress(Exception):
                 self.wait()
@@ -108,9 +111,14 @@ class StepWriter:
             self.done[index] = False
             raise
         fault_point("step-commit", step=self.steps[index])
-        self.files[index] = json.dumps([Path(f).name for f in files])
-        self.sha[index] = json.dumps(list(sha256))
-        self.error[index] = ""
+        self._commit(index, [Path(f).name for f in files], hashes)
+
+    def _commit(self, index: int, names: list[str], hashes: list[str]) -> None:
+        """The step's bookkeeping, written side by side on the pool; ``done`` last, alone."""
+        self._submit(self.files, (index,), json.dumps(names))
+        self._submit(self.sha, (index,), json.dumps(hashes))
+        self._submit(self.error, (index,), "")
+        self.wait()
         self.done[index] = True
 
     def _reset_buffers(self) -> None:
@@ -157,16 +165,23 @@ class StepWriter:
         self._chunk_start[layer_index] = begin + rows
         self._filled[layer_index] = 0
 
-    def _submit(self, array: zarr.Array, region: tuple, data: np.ndarray) -> None:
+    def _submit(self, array: zarr.Array, region: tuple, data: np.ndarray | str) -> None:
+        def write() -> None:
+            array[region] = data
+
+        self._submit_job(write)
+
+    def _submit_job(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the writer's threads (at most MAX_PENDING_WRITES queued)."""
         self._slots.acquire()
 
-        def write() -> None:
+        def run() -> None:
             try:
-                array[region] = data
+                job()
             finally:
                 self._slots.release()
 
-        self._pending.append(self._pool.submit(write))
+        self._pending.append(self._pool.submit(run))
 
     def wait(self) -> None:
         """Block until every submitted write has landed; re-raise the first failure."""
@@ -185,11 +200,31 @@ class StepWriter:
             self._pool.shutdown(wait=True)
 
     def write_gram(self, step_index: int, layer_index: int, gram: np.ndarray) -> None:
-        side = self.layout.gram_extent(max(gram.shape))  # whole chunks, no padding chunks
+        self._submit(self.grams, *self._gram_region(step_index, layer_index, gram))
+
+    def _gram_region(
+        self, step_index: int, layer_index: int, gram: np.ndarray
+    ) -> tuple[tuple, np.ndarray]:
+        """The region and values of one Gram: whole chunks, no chunk of padding only."""
+        side = self.layout.gram_extent(max(gram.shape))
         padded = np.full((side, side), np.nan, dtype=self.layout.gram_dtype)
         padded[: gram.shape[0], : gram.shape[1]] = gram
-        self._submit(self.grams, (step_index, layer_index, slice(0, side), slice(0, side)),
-                     padded)
+        return (step_index, layer_index, slice(0, side), slice(0, side)), padded
+
+    def write_grams(self, step_index: int, matrices: Sequence[tuple[int, object]]) -> None:
+        """Compute (float64 WᵀW) and write the Grams of ``(layer index, d_out × d_in weight)``
+        pairs on one writer thread: the caller goes on (e.g. replays the probe) meanwhile.
+        The weights are the step's own tensors, held until the step commits anyway."""
+        from flq_audit.capture import gram_of_matrix
+
+        def job() -> None:
+            for layer_index, matrix in matrices:
+                region, values = self._gram_region(
+                    step_index, layer_index, gram_of_matrix(matrix))  # type: ignore[arg-type]
+                self.grams[region] = values
+
+        if matrices:
+            self._submit_job(job)
 
     def copy_step(self, source_index: int, target_index: int) -> None:
         """Copy a done step's data arrays into another step (byte-identical checkpoints)."""
@@ -254,6 +289,10 @@ class StepTransaction:
     def write_gram(self, layer_index: int, gram: np.ndarray) -> None:
         """One layer's Gram (padded to the store's width)."""
         self._writer.write_gram(self.index, layer_index, gram)
+
+    def write_grams(self, matrices: Sequence[tuple[int, object]]) -> None:
+        """The Grams of ``(layer index, weight matrix)`` pairs, computed in the background."""
+        self._writer.write_grams(self.index, matrices)
 
     def write(self, name: str, values: np.ndarray) -> None:
         """This step's values of an extension variable (trailing dims may be shorter)."""

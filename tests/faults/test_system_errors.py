@@ -88,7 +88,7 @@ def test_a_checkpoint_that_vanishes_mid_audit_stops_with_exit_3_and_resumes(tmp_
         def step_finished(self, ref, error) -> None: ...
 
         def step_started(self, ref) -> None:
-            if ref.step == 10:
+            if ref.step == 0:  # before step 20 is fetched, prefetched or not
                 shutil.move(run / "step_20.safetensors", moved)
 
     with pytest.raises(CheckpointNotFoundError, match=r"step 20 .* disappeared") as caught:
