@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,7 +9,7 @@ import typer
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
-from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
+from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
 from flq_audit.errors import OptionError
 from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
 
@@ -71,8 +70,10 @@ def audit_command(
     layers: Annotated[list[str] | None, typer.Option(
         "--layers", help="Glob pattern(s) over module names; repeat or comma-separate. "
         "Default: every Linear/Conv layer.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Output Zarr store. Default: ./<source name>.zarr")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="Output Zarr store: a local path or an fsspec URL (s3://bucket/x.zarr). "
+        "Default: ./<source name>.zarr")] = None,
+    storage_options: StorageOptionsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     activation_dtype: Annotated[str, typer.Option(help="float32 or float16.")] = "float32",
@@ -131,6 +132,8 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
+    from flq_audit.store._location import parse_storage_options
+
     fl = _fl_options(fl_loss, fl_lr, fl_batches)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
@@ -145,7 +148,8 @@ def audit_command(
     text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
                             label_column=label_column, max_length=max_length, top_k=top_k)
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
-                          out=out, capture=capture, hub=hub, text=text, fl=fl, run=run)
+                          out=out, storage_options=parse_storage_options(storage_options),
+                          capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)
         if plan.store_refusal is not None:  # the real run would stop here, with this code
