@@ -37,6 +37,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ from flq_audit.store._location import StoreLocation
 
 #: Where the claim objects live inside a store.
 CLAIMS_PREFIX = ".flq/claims"
+#: zarr notes the claims folder when it lists a store's members; it is not data.
+warnings.filterwarnings("ignore", message=r"Object at \.flq is not recognized")
 #: Environment variable that sets the default lease (seconds).
 LEASE_ENV = "FLQ_AUDIT_CLAIM_LEASE"
 DEFAULT_LEASE_S = 60.0
