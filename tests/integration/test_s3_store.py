@@ -15,8 +15,6 @@ from flq_audit.store import StepClaims, StoreLocation
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 from tests._helpers.runs import make_run
 
-pytestmark = pytest.mark.slow
-
 STEPS = (0, 10, 20, 30)
 COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256", "step",
             "label", "layer", "width", "gram_width")
@@ -49,6 +47,7 @@ def assert_same_store(got: zarr.Group, want: zarr.Group, names=COMPARED) -> None
         np.testing.assert_array_equal(x, y, err_msg=f"{name} differs")  # bitwise; NaN == NaN
 
 
+@pytest.mark.slow
 def test_digits_audit_into_s3_equals_the_local_audit_and_every_command_reads_it(
         s3_endpoint, digits_run, tmp_path):
     from flq_audit import api
@@ -89,6 +88,7 @@ def test_digits_audit_into_s3_equals_the_local_audit_and_every_command_reads_it(
     assert (folder / "index.html").is_file() and (folder / "metrics.nc").is_file()
 
 
+@pytest.mark.slow
 def test_two_audits_at_once_on_one_s3_store(s3_endpoint, s3_run, s3_reference):
     from tests.integration.test_claims import run_two_writers
 
@@ -104,6 +104,7 @@ def test_two_audits_at_once_on_one_s3_store(s3_endpoint, s3_run, s3_reference):
     assert_same_store(_group(claims.location), zarr.open_group(str(s3_reference), mode="r"))
 
 
+@pytest.mark.slow
 def test_a_killed_writer_is_taken_over_by_the_rerun(s3_endpoint, s3_run, s3_reference):
     url = f"s3://{s3_endpoint.new_bucket()}/killed.zarr"
     args = (s3_run, "--out", url, "--storage-options", s3_endpoint.options_json,
@@ -124,6 +125,7 @@ def test_a_killed_writer_is_taken_over_by_the_rerun(s3_endpoint, s3_run, s3_refe
     assert_same_store(_group(location), zarr.open_group(str(s3_reference), mode="r"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
 def test_a_url_without_its_filesystem_is_a_usage_error_naming_the_package(s3_run, tmp_path):
     result = run_cli(s3_run, "--out", "gs://bucket/x.zarr", cwd=tmp_path)
@@ -133,3 +135,16 @@ def test_a_url_without_its_filesystem_is_a_usage_error_naming_the_package(s3_run
     shown = invoke("show", "gs://bucket/x.zarr")
     assert shown.exit_code == 2, describe(shown)
     assert_says(shown.stderr, "gcsfs")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_storage_options_that_are_not_a_json_object_are_a_usage_error(text):
+    result = invoke("show", "memory://nowhere/x.zarr", "--storage-options", text)
+    assert result.exit_code == 2, describe(result)
+    assert_says(result.stderr, "--storage-options")
+
+
+def test_a_missing_url_store_is_reported_as_missing():
+    result = invoke("show", "memory://nowhere/missing.zarr")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "memory://nowhere/missing.zarr", "does not exist")
