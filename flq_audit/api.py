@@ -299,7 +299,9 @@ def compute_metrics(
     location = StoreLocation.parse(store, storage_options)
     open_dataset(location)  # a missing or foreign store is reported before anything is locked
     with _metrics_lock(location):
-        return run_metrics(location, open_dataset(location), metrics=metrics, tl=tl or given,
+        # the engine writes through ``location.zarr_store()`` (local or URL)
+        return run_metrics(location, open_dataset(location),  # type: ignore[arg-type]
+                           metrics=metrics, tl=tl or given,
                            scheduler=scheduler, recompute=recompute)
 
 
