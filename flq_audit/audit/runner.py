@@ -114,11 +114,13 @@ def _claimed_steps(
     for ref in todo:
         if not claims.claim(ref.step):
             held = claims.read(ref.step)
-            if held is not None and held.finished:
+            finished = held is not None and held.finished
+            if finished and ref.step in writer.done_steps():
                 result.skipped.append(ref.step)
-            else:
+                continue
+            if not (finished and claims.reopen(ref.step)):  # a finished claim, step not done
                 later.append(ref)
-            continue
+                continue
         progress.step_started(ref)
         try:
             _one_step(plan, writer, ref, run, device, progress)

@@ -179,6 +179,25 @@ class StepClaims:
             return False
         return self._confirm(name)
 
+    def reopen(self, step: int | str) -> bool:
+        """Take a *finished* claim whose step is not done in the store after all (its ``done``
+        flag was cleared, or the store was replaced by a copy): counted like a takeover."""
+        name = claim_name(step)
+
+        def take(old: dict[str, Any] | None) -> dict[str, Any] | None:
+            if old is None:
+                return self._record(name, claims=1, takeovers=())
+            current = Claim.from_dict(old)
+            if not current.finished:
+                return None
+            log = {"from": current.owner, "by": self.owner, "at": time.time(), "reopened": True}
+            return self._record(name, claims=current.claims + 1,
+                                takeovers=(*current.takeovers, log))
+
+        if self.objects.update(name, take) is None:
+            return False
+        return self._confirm(name)
+
     def renew(self, step: int | str) -> bool:
         """Push the lease of a held claim forward; False when it is no longer ours."""
         name = claim_name(step)

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import xarray as xr
 import zarr
 
 from flq_audit._faults import fault_point
+from flq_audit.constants import STEP
 from flq_audit.errors import FlqAuditError, StoreError, StoreMismatchError
 from flq_audit.store._claims import StepClaims
 from flq_audit.store._location import StoreLocation
@@ -124,6 +126,18 @@ def _create_or_resume_url(location: StoreLocation, layout: StoreLayout, *, overw
     claims.finish("template")
 
 
+def step_chunked(ds: xr.Dataset, codecs: dict[str, dict]) -> dict[str, dict]:
+    """``codecs`` with one step per chunk for every step-indexed data variable (``done``,
+    ``error``, ``files`` ...): writers of different steps never rewrite a shared chunk."""
+    out = {name: dict(spec) for name, spec in codecs.items()}
+    for name, var in ds.data_vars.items():
+        if var.dims and var.dims[0] == STEP:
+            spec = out.setdefault(str(name), {})
+            shape = tuple(spec.get("chunks") or var.shape)
+            spec["chunks"] = (1, *shape[1:])
+    return out
+
+
 def _has_done(location: StoreLocation) -> bool:
     return location.read_bytes(f"{DONE}/zarr.json") is not None
 
@@ -141,7 +155,7 @@ def _create_url(location: StoreLocation, layout: StoreLayout, version: str) -> N
     """The template without ``done``, then ``done``: a store without it is half written."""
     ds = template(layout, version=version)
     store = location.zarr_store()
-    codecs = encoding(layout)
+    codecs = step_chunked(ds, encoding(layout))
     try:
         with fixed_width_strings_allowed(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Object at .flq is not recognized")
@@ -210,7 +224,7 @@ def _create(path: Path, building: Path, layout: StoreLayout, version: str) -> No
         with fixed_width_strings_allowed():
             ds.to_zarr(
                 str(inner), mode="w-", compute=False, zarr_format=3, consolidated=False,
-                encoding=encoding(layout),
+                encoding=step_chunked(ds, encoding(layout)),
             )
         fault_point("store-create")  # the template is written, not yet in place
         os.rename(inner, path)

@@ -164,3 +164,16 @@ def test_an_audit_into_memory_equals_the_local_one(wide_run, wide_reference, tmp
     assert ds["done"].values.all() and ds.encoding["source"] == url
 
 
+
+
+def test_a_finished_claim_is_reopened_only_on_request_and_counted(where):
+    claims = StepClaims(where, lease_s=30)
+    assert claims.claim(6)
+    claims.finish(6)
+    other = StepClaims(where, lease_s=30)
+    assert not other.claim(6)
+    assert other.reopen(6)  # the runner does this when done(6) is false in the store
+    reopened = other.read(6)
+    assert reopened.owner == other.owner and reopened.claims == 2 and not reopened.finished
+    assert not claims.reopen(6)  # held now, not finished: nothing to reopen
+    other.close()
