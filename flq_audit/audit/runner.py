@@ -114,11 +114,11 @@ def _claimed_steps(
     for ref in todo:
         if not claims.claim(ref.step):
             held = claims.read(ref.step)
-            finished = held is not None and held.finished
-            if finished and ref.step in writer.done_steps():
+            closed = held is not None and held.finished
+            if closed and ref.step in writer.done_steps():
                 result.skipped.append(ref.step)
                 continue
-            if not (finished and claims.reopen(ref.step)):  # a finished claim, step not done
+            if not (closed and claims.reopen(ref.step)):  # a finished claim, step not done
                 later.append(ref)
                 continue
         progress.step_started(ref)
