@@ -7,7 +7,8 @@ use.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from flq_audit.audit.runner import AuditResult, Progress
     from flq_audit.metrics import TLOptions
     from flq_audit.sources import CheckpointRef
+    from flq_audit.store import StoreLocation
 
 
 def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
@@ -48,7 +50,8 @@ def plan_audit(
     model: str | None = None,
     probe: str | None = None,
     weights_only: bool = False,
-    out: str | Path | None = None,
+    out: str | Path | StoreLocation | None = None,
+    storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions = DEFAULT_CAPTURE,
     hub: HubOptions | None = None,
     text: TextProbeOptions | None = None,
@@ -60,6 +63,8 @@ def plan_audit(
 
     The source, the step selection, the model, the probe and the layers are resolved, the
     probe is replayed once through the model, and every extension checks its inputs.
+    ``out`` is a local path or an fsspec URL (``s3://bucket/x.zarr``, ``memory://x.zarr``);
+    ``storage_options`` go to fsspec (credentials, ``client_kwargs``/``endpoint_url`` ...).
     ``weights_only`` stores Grams of every weight matrix with no model and no probe. ``run``
     matters here only for ``trust_remote_code`` (building a transformers model) and
     ``overwrite`` (which steps count as done).
@@ -76,8 +81,8 @@ def plan_audit(
     from flq_audit.audit.plan import plan_audit as resolve
 
     return resolve(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
-                   out=out, capture=capture, hub=hub, text=text, fl=fl, run=run,
-                   extensions=extensions)
+                   out=out, storage_options=storage_options, capture=capture, hub=hub,
+                   text=text, fl=fl, run=run, extensions=extensions)
 
 
 def run_audit(
@@ -87,8 +92,12 @@ def run_audit(
 
     Raises
     ------
-    StoreMismatchError, StoreLockedError
-        The output store belongs to another audit, or is being written.
+    StoreMismatchError
+        The output store belongs to another audit.
+
+    Several writers may run on one store at once (processes, machines): each step is claimed
+    in the store before it is written (:class:`flq_audit.store.StepClaims`), a step another
+    writer holds is left to it, and a step whose writer died is taken over.
     """
     from flq_audit.audit.plan import warn_left_out
     from flq_audit.audit.runner import run_audit as execute
@@ -105,7 +114,8 @@ def audit(
     model: str | None = None,
     probe: str | None = None,
     weights_only: bool = False,
-    out: str | Path | None = None,
+    out: str | Path | StoreLocation | None = None,
+    storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
     hub: HubOptions | None = None,
     text: TextProbeOptions | None = None,
@@ -126,7 +136,8 @@ def audit(
     model: str | None = None,
     probe: str | None = None,
     weights_only: bool = False,
-    out: str | Path | None = None,
+    out: str | Path | StoreLocation | None = None,
+    storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
     hub: HubOptions | None = None,
     text: TextProbeOptions | None = None,
@@ -146,7 +157,8 @@ def audit(
     model: str | None = None,
     probe: str | None = None,
     weights_only: bool = False,
-    out: str | Path | None = None,
+    out: str | Path | StoreLocation | None = None,
+    storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
     hub: HubOptions | None = None,
     text: TextProbeOptions | None = None,
@@ -176,8 +188,9 @@ def audit(
             legacy, capture, hub, text, fl, run, weights_only)
     run = run or RunOptions()
     plan = plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
-                      out=out, capture=capture or CaptureOptions(), hub=hub, text=text, fl=fl,
-                      run=run, extensions=extensions)
+                      out=out, storage_options=storage_options,
+                      capture=capture or CaptureOptions(), hub=hub, text=text, fl=fl, run=run,
+                      extensions=extensions)
     if dry_run:
         return plan
     return run_audit(plan, run, progress)
@@ -238,18 +251,21 @@ def _fold_legacy(
     return built["capture"], built["hub"], built["text"], fl, built["run"], weights_only
 
 
-def open_store(path: str | Path, *, dask: bool = True) -> xr.Dataset:
+def open_store(path: str | Path | StoreLocation, *, dask: bool = True,
+               storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features.
 
-    ``dask=False`` reads without dask (no task graph, no scheduler): for small selections.
+    ``path`` is a local path or an fsspec URL (``s3://bucket/x.zarr``) with fsspec's
+    ``storage_options``. ``dask=False`` reads without dask (no task graph, no scheduler): for
+    small selections.
     """
     from flq_audit.store import open_dataset
 
-    return open_dataset(path, dask=dask)
+    return open_dataset(path, dask=dask, storage_options=storage_options)
 
 
 def compute_metrics(
-    store: str | Path,
+    store: str | Path | StoreLocation,
     *,
     metrics: Sequence[str] = ("tl",),
     pca: int | None = None,
@@ -259,6 +275,7 @@ def compute_metrics(
     scheduler: str | None = None,
     tl: TLOptions | None = None,
     recompute: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Compute metrics lazily from the store, persist them beside the data, return them.
 
@@ -268,33 +285,66 @@ def compute_metrics(
     ``ridge`` and ``denominator``; they are stored as attributes, and results for non-default
     parameters sit beside the default ones (``target_linearity__pca256``). Recomputing with
     the same parameters over the same done steps is a no-op unless ``recompute``; a group
-    whose write was interrupted is recomputed. The store is locked before any computation.
+    whose write was interrupted is recomputed. The store is locked before any computation
+    (a local store by its kernel lock, a URL store by a ``metrics`` claim with a lease): a
+    second run on the same store is refused at once.
     ``scheduler`` is ``threads`` (default), ``sync``, or a ``dask.distributed`` address.
     """
     from flq_audit.metrics import TLOptions, run_metrics
-    from flq_audit.store import open_dataset, store_lock
+    from flq_audit.store import StoreLocation, open_dataset
 
     given = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
                       denominator=denominator)  # type: ignore[arg-type]
     if tl is not None and given != TLOptions():
         raise OptionError("pass the TL parameters either as tl=TLOptions(...) or as pca, "
                           "pca_threshold, ridge and denominator, not both")
-    open_dataset(store)  # a missing or foreign store is reported before anything is locked
-    with store_lock(store):
-        return run_metrics(store, open_dataset(store), metrics=metrics, tl=tl or given,
+    location = StoreLocation.parse(store, storage_options)
+    open_dataset(location)  # a missing or foreign store is reported before anything is locked
+    with _metrics_lock(location):
+        # the engine writes through ``location.zarr_store()`` (local or URL)
+        return run_metrics(location, open_dataset(location),  # type: ignore[arg-type]
+                           metrics=metrics, tl=tl or given,
                            scheduler=scheduler, recompute=recompute)
 
 
+@contextmanager
+def _metrics_lock(location: StoreLocation) -> Iterator[None]:
+    """One metrics run per store: the kernel lock (local) or a ``metrics`` claim (URL)."""
+    from flq_audit.errors import StoreLockedError
+    from flq_audit.store import StepClaims, store_lock
+
+    if location.is_local:
+        with store_lock(location.path):
+            yield
+        return
+    claims = StepClaims(location)
+    try:
+        with claims.hold("metrics", keep=False) as mine:
+            if not mine:
+                held = claims.read("metrics")
+                raise StoreLockedError(
+                    f"store {location.display!r} is being written by another metrics run "
+                    f"({held.owner if held else 'unknown'})", path=location.display,
+                    hint="Wait for it to finish; a claim of a killed run expires after its "
+                    "lease.")
+            yield
+    finally:
+        claims.close()
+
+
 def export(
-    store: str | Path, out: str | Path, *, with_activations: bool = False,
-    with_grams: bool = False,
+    store: str | Path | StoreLocation, out: str | Path, *, with_activations: bool = False,
+    with_grams: bool = False, storage_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4."""
+    """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4.
+
+    ``store`` is a local path or an fsspec URL; ``out`` is a local file."""
     from flq_audit.export import to_netcdf
     from flq_audit.store import open_dataset
 
     return to_netcdf(
-        open_dataset(store), out, with_activations=with_activations, with_grams=with_grams
+        open_dataset(store, storage_options=storage_options), out,
+        with_activations=with_activations, with_grams=with_grams,
     )
 
 

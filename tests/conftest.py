@@ -110,6 +110,18 @@ def digits_store(digits_run) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on loopback for the session (``tests/_helpers/s3.py``)."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from tests._helpers.s3 import start_s3
+
+    endpoint, server = start_s3()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def sgd_run_64(tmp_path_factory) -> Path:
     """``sgd_every_step``: 6 steps of plain SGD in float64, every step saved with its batch."""
     from flq_audit.recipes import sgd_every_step

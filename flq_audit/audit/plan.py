@@ -51,7 +51,7 @@ from flq_audit.sources import (
     open_source,
     select_steps,
 )
-from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, store_action
+from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, StoreLocation, store_action
 
 DEFAULT_MODEL_FILE = "model_spec.json"
 DEFAULT_PROBE_FILE = "probe.npz"
@@ -69,7 +69,7 @@ class AuditPlan:
     source: CheckpointSource
     refs: tuple[CheckpointRef, ...]
     all_steps: tuple[int, ...]
-    store: Path
+    store: StoreLocation
     model: str  # the --model spec: a file, "hf", or WEIGHTS_ONLY_MODEL
     built: BuiltModel | None  # the model as built at plan time; None in weights-only audits
     probe: Probe | Any | None  # an array or text probe; None in weights-only audits
@@ -162,7 +162,8 @@ def plan_audit(
     model: str | None = None,
     probe: str | None = None,
     weights_only: bool = False,
-    out: str | Path | None = None,
+    out: str | Path | StoreLocation | None = None,
+    storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions = DEFAULT_CAPTURE,
     hub: HubOptions | None = None,
     text: TextProbeOptions | None = None,
@@ -181,7 +182,7 @@ def plan_audit(
     refs = tuple(r for r in all_refs if r.step in wanted)
     root = Path(source).expanduser()
     folder = checkpoint_folder(src, refs[0]) if refs else None
-    store = Path(out) if out is not None else default_store(root)
+    store = StoreLocation.parse(out if out is not None else default_store(root), storage_options)
     if weights_only:
         plan = _weights_only_plan(src, refs, all_refs, folder, store, capture)
     else:
@@ -202,7 +203,7 @@ def _with_store_status(plan: AuditPlan, *, overwrite: bool) -> AuditPlan:
 
 def _model_plan(
     src: CheckpointSource, refs: tuple[CheckpointRef, ...], all_refs: list[CheckpointRef],
-    root: Path, folder: Path | None, store: Path, *, model: str | None, probe: str | None,
+    root: Path, folder: Path | None, store: StoreLocation, *, model: str | None, probe: str | None,
     capture: CaptureOptions, text: TextProbeOptions | None, fl: FLOptions | None,
     run: RunOptions,
 ) -> AuditPlan:
@@ -283,7 +284,7 @@ def _already_done(plan: AuditPlan) -> tuple[int, ...]:
 
 def _weights_only_plan(
     src: CheckpointSource, refs: tuple[CheckpointRef, ...], all_refs: list[CheckpointRef],
-    folder: Path | None, store: Path, capture: CaptureOptions,
+    folder: Path | None, store: StoreLocation, capture: CaptureOptions,
 ) -> AuditPlan:
     """Grams only: layers from the first checkpoint's tensor names and shapes."""
     shapes = src.tensor_shapes(refs[0])

@@ -7,9 +7,9 @@ weights) lives in the step's :class:`StepContext`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,12 +27,13 @@ from flq_audit.models.hf import load_hf_checkpoint
 from flq_audit.options import DEFAULT_RUN, RunOptions
 from flq_audit.sources import CheckpointRef
 from flq_audit.store import (
+    StepClaims,
     StepWriter,
     consolidate,
     create_or_resume,
     fixed_width_strings_allowed,
-    store_lock,
 )
+from flq_audit.store._location import StoreLocation
 from flq_audit.store._writer import StepTransaction
 from flq_audit.weights import load_state_dict
 
@@ -60,7 +61,7 @@ class _Silent:
 class AuditResult:
     """What an audit did."""
 
-    store: Path
+    store: StoreLocation
     written: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
@@ -78,9 +79,10 @@ def run_audit(
     progress = progress or _Silent()
     device = resolve_device(run.device)
     result = AuditResult(store=plan.store)
-    with store_lock(plan.store):
+    claims = StepClaims(plan.store)
+    try:
         writer = create_or_resume(plan.store, plan.layout, overwrite=run.overwrite,
-                                  version=version)
+                                  version=version, claims=claims)
         done = set(writer.done_steps())
         todo = [r for r in plan.refs if r.step not in done]
         result.skipped = [r.step for r in plan.refs if r.step in done]
@@ -90,30 +92,22 @@ def run_audit(
         prefetcher = (Prefetcher(todo, lambda ref: _prefetched(plan, ref, run, done))
                       if run.prefetch else None)
         try:
-            for ref in todo:
-                progress.step_started(ref)
-                fetched = prefetcher.next() if prefetcher is not None else None
-                try:
-                    _one_step(plan, writer, ref, run, device, progress, fetched)
-                except STEP_ERRORS as err:
-                    result.failed[ref.step] = str(err)
-                    progress.step_finished(ref, str(err))
-                    continue
-                finally:
-                    del fetched  # this step's weights go before the next one loads
-                    if prefetcher is not None:
-                        prefetcher.release()
-                result.written.append(ref.step)
-                progress.step_finished(ref, None)
-                plan.source.release(ref)  # --cache drop: the step is written, its files can go
+            first_pass = prefetcher  # later passes retry steps another writer held
+            while todo:
+                todo = _claimed_steps(plan, writer, claims, todo, run, device, progress, result,
+                                      first_pass)
+                if first_pass is not None:
+                    first_pass.close()
+                    first_pass = None
             writer.close()
         finally:
             if prefetcher is not None:
                 prefetcher.close()
             writer.abandon()
-        with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
-            writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
-        consolidate(plan.store)
+        result.skipped.sort()
+        finish_store(writer)
+    finally:
+        claims.close()
     return result
 
 
@@ -167,6 +161,77 @@ def fetch_and_load(
     except Exception as err:
         fetched.load_error = err
     return fetched
+
+
+def _claimed_steps(
+    plan: AuditPlan, writer: StepWriter, claims: StepClaims, todo: list[CheckpointRef],
+    run: RunOptions, device: str, progress: Progress, result: AuditResult,
+    prefetcher: Prefetcher[Fetched | None] | None = None,
+) -> list[CheckpointRef]:
+    """Write each step of ``todo`` this writer can claim; return those another writer holds.
+
+    A step whose claim is finished (another writer wrote it) is counted as skipped; the
+    returned steps are retried after a pause, until their writer finishes them or its lease
+    expires (then this writer takes them over). ``prefetcher`` loads the steps of ``todo``
+    in order, one ahead.
+    """
+    later: list[CheckpointRef] = []
+    for ref in todo:
+        fetched = prefetcher.next() if prefetcher is not None else None
+        try:
+            _claimed_step(plan, writer, claims, ref, run, device, progress, result, later,
+                          fetched)
+        finally:
+            del fetched  # this step's weights go before the next one loads
+            if prefetcher is not None:
+                prefetcher.release()
+    if later:
+        writer.wait()
+        time.sleep(min(1.0, claims.lease_s / 4))
+        finished = set(writer.done_steps())
+        result.skipped.extend(r.step for r in later if r.step in finished)
+        later = [r for r in later if r.step not in finished]
+    return later
+
+
+def _claimed_step(
+    plan: AuditPlan, writer: StepWriter, claims: StepClaims, ref: CheckpointRef,
+    run: RunOptions, device: str, progress: Progress, result: AuditResult,
+    later: list[CheckpointRef], fetched: Fetched | None,
+) -> None:
+    """Write one step if this writer can claim it; else note it in ``later`` or as skipped."""
+    if not claims.claim(ref.step):
+        held = claims.read(ref.step)
+        closed = held is not None and held.finished
+        if closed and ref.step in writer.done_steps():
+            result.skipped.append(ref.step)
+            return
+        if not (closed and claims.reopen(ref.step)):  # a finished claim, step not done
+            later.append(ref)
+            return
+    progress.step_started(ref)
+    try:
+        _one_step(plan, writer, ref, run, device, progress, fetched)
+    except STEP_ERRORS as err:
+        claims.release(ref.step)
+        result.failed[ref.step] = str(err)
+        progress.step_finished(ref, str(err))
+        return
+    except BaseException:
+        claims.release(ref.step)
+        raise
+    claims.finish(ref.step)
+    result.written.append(ref.step)
+    progress.step_finished(ref, None)
+    plan.source.release(ref)  # --cache drop: the step is written, its files can go
+
+
+def finish_store(writer: StepWriter) -> None:
+    """Provenance of every done step and consolidated metadata: run by each writer as it
+    finishes (the last one leaves them complete) and by ``flq-audit show --repair``."""
+    with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
+        writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
+    consolidate(writer.location)
 
 
 def _one_step(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -11,7 +10,7 @@ import typer
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
-from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt
+from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
 from flq_audit.errors import OptionError, UnauditedFilesWarning
 from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
 
@@ -77,9 +76,11 @@ def audit_command(
     layers: Annotated[list[str] | None, typer.Option(
         "--layers", help="Glob pattern(s) over module and parameter names (W_in); repeat or "
         "comma-separate. Default: every Linear/Conv layer and parameter layer.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        help="Output Zarr store. Default: ./<source name>.zarr, with the parent folders of a "
-        "generic name (./RUN-checkpoints.zarr for RUN/checkpoints)")] = None,
+    out: Annotated[str | None, typer.Option(
+        help="Output Zarr store: a local path or an fsspec URL (s3://bucket/x.zarr). "
+        "Default: ./<source name>.zarr, with the parent folders of a generic name "
+        "(./RUN-checkpoints.zarr for RUN/checkpoints)")] = None,
+    storage_options: StorageOptionsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     threads: Annotated[int | None, typer.Option(
@@ -89,7 +90,7 @@ def audit_command(
         "--prefetch/--no-prefetch",
         help="Fetch and load the next checkpoint while this one replays (at most two in memory).")
     ] = True,
-        activation_dtype: Annotated[str, typer.Option(
+    activation_dtype: Annotated[str, typer.Option(
         help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
              "float64 too).")] = "float32",
     gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
@@ -160,6 +161,8 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
+    from flq_audit.store._location import parse_storage_options
+
     fl = _fl_options(fl_loss, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
@@ -177,7 +180,8 @@ def audit_command(
     text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
                             label_column=label_column, max_length=max_length, top_k=top_k)
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
-                          out=out, capture=capture, hub=hub, text=text, fl=fl, run=run)
+                          out=out, storage_options=parse_storage_options(storage_options),
+                          capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)
         if plan.store_refusal is not None:  # the real run would stop here, with this code

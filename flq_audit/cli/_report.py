@@ -12,7 +12,7 @@ from rich.table import Table
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
-from flq_audit.cli._options import JsonOpt, StoreArg
+from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
 from flq_audit.report import (
     LAYER_COLUMNS,
     LAYER_FIELDS,
@@ -32,9 +32,11 @@ def report_command(
     store: StoreArg,
     out: Annotated[Path | None, typer.Option(
         help="Folder for the figures, index.html and metrics.nc. "
-             "Default: beside the store, <store>-report/")] = None,
+             "Default: beside the store, <store>-report/ (for a URL store: "
+             "./<name>-report/).")] = None,
     output_format: _output.FormatOpt = "table",
     as_json: JsonOpt = False,
+    storage_options: StorageOptionsOpt = None,
 ) -> None:
     """Per-layer table (TL first/last, t90, surrogate, alignment, NC1), a verdict, what the
     data says (over which steps the depth order holds, t50/t90 per layer, whether the FL
@@ -52,13 +54,16 @@ def report_command(
     Example: flq-audit report run.zarr --out run-report
     """
     from flq_audit.metrics import require_complete  # dask.array: only when computing
+    from flq_audit.store import StoreLocation, parse_storage_options
 
     fmt = _output.output_format(output_format, as_json)
-    folder = out or Path(str(store).rstrip("/").removesuffix(".zarr") + "-report")
+    location = StoreLocation.parse(store, parse_storage_options(storage_options))
+    local_base = store if location.is_local else location.name
+    folder = out or Path(str(local_base).rstrip("/").removesuffix(".zarr") + "-report")
     check_report_folder(folder)
-    ds = api.open_store(store)
+    ds = api.open_store(location)
     require_complete(ds, store)
-    metrics = api.compute_metrics(store, metrics=report_groups())
+    metrics = api.compute_metrics(location, metrics=report_groups())
     if fmt == "table":
         _output.stdout.print(layer_table(metrics))
     elif fmt != "json":
@@ -76,10 +81,10 @@ def report_command(
     figures = write_report(metrics, folder, ds)
     for path in figures:
         notes.print(f"figure  {path}")
-    netcdf = api.export(store, folder / "metrics.nc")
+    netcdf = api.export(location, folder / "metrics.nc")
     from flq_audit.report_html import write_page
 
-    page = write_page(folder, metrics=metrics, store=api.open_store(store), verdict=verdict,
+    page = write_page(folder, metrics=metrics, store=api.open_store(location), verdict=verdict,
                       figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds),
                       findings=said)
     notes.print(f"netcdf  {netcdf}")

@@ -16,7 +16,7 @@ from rich.table import Table
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
-from flq_audit.cli._options import JsonOpt, StoreArg
+from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
 from flq_audit.export import metric_variables
 
 
@@ -40,6 +40,7 @@ def metrics_command(
         "--recompute", help="Recompute the groups even if they are stored and current.")] = False,
     as_json: JsonOpt = False,
     output_format: _output.FormatOpt = "table",
+    storage_options: StorageOptionsOpt = None,
 ) -> None:
     """Compute metrics from a store, persist them in it, print a step × layer table.
 
@@ -55,6 +56,7 @@ def metrics_command(
             store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
             denominator=denominator,
             scheduler=scheduler, recompute=recompute,
+            storage_options=_storage_options(storage_options),
         )
     counts = ("_n_samples", "_n_features", "_rank", "_chance_floor",  # shown via --json
               "_cutoff", "_kept_ratio", "_dropped_ratio", "_dual")
@@ -115,18 +117,22 @@ def _plain(value: object) -> object:
 
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False,
-                 output_format: _output.FormatOpt = "table") -> None:
+                 output_format: _output.FormatOpt = "table",
+                 storage_options: StorageOptionsOpt = None) -> None:
     """Summarise a store: steps done and failed, layers, sizes, provenance.
 
     With --format tsv or csv: the steps table, a blank line, then the layers table.
     """
     fmt = _output.output_format(output_format, as_json)
-    ds = api.open_store(store, dask=False)  # small reads: no dask graph or scheduler
+    options = _storage_options(storage_options)
+    ds = api.open_store(store, dask=False, storage_options=options)  # no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]
     steps = [int(s) for s in ds["step"].values]
     labels = [str(v) for v in ds["label"].values]
-    size = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+    from flq_audit.store import StoreLocation
+
+    size = StoreLocation.parse(store, options).size_bytes()
     summary = {
         "store": str(store), "source": ds.attrs.get("source"),
         "flq_audit_version": ds.attrs.get("flq_audit_version"),
@@ -174,6 +180,13 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
     out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
 
 
+def _storage_options(text: str | None) -> dict | None:
+    """``--storage-options JSON`` parsed (an OptionError, exit 2, unless a JSON object)."""
+    from flq_audit.store._location import parse_storage_options
+
+    return parse_storage_options(text) or None
+
+
 def _write_show_tables(summary: dict, fmt: _output.OutputFormat) -> None:
     _output.write_rows(("step", "label", "done", "error"),
                        [(s["step"], s["label"], s["done"], s["error"]) for s in summary["steps"]],
@@ -193,12 +206,14 @@ def export_command(
     with_grams: Annotated[bool, typer.Option(
         "--with-grams", help="Also export the weight Grams.")] = False,
     as_json: JsonOpt = False,
+    storage_options: StorageOptionsOpt = None,
 ) -> None:
     """Export metrics and coordinates to NetCDF4 (h5netcdf engine).
 
     Example: flq-audit export run.zarr run.nc
     """
-    path = api.export(store, out, with_activations=with_activations, with_grams=with_grams)
+    path = api.export(store, out, with_activations=with_activations, with_grams=with_grams,
+                      storage_options=_storage_options(storage_options))
     if as_json:
         _output.print_json({"netcdf": str(path), "bytes": path.stat().st_size})
     else:

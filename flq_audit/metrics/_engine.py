@@ -205,7 +205,8 @@ def _write(path: str | Path, data: xr.Dataset, attrs: Mapping[str, Any], *,
     data.attrs = dict(attrs)  # appending rewrites the root attributes: keep provenance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr v3 calls consolidated metadata experimental
-        data.to_zarr(str(path), mode="a", consolidated=consolidated, zarr_format=3)
+        target = path.zarr_store() if hasattr(path, "zarr_store") else str(path)  # a URL store
+        data.to_zarr(target, mode="a", consolidated=consolidated, zarr_format=3)
 
 
 def _persist(path: str | Path, ds: xr.Dataset, root_attrs: dict[str, Any], plan: _Plan,

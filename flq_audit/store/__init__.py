@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import xarray as xr
 
 from flq_audit.errors import StoreError, StoreNotFoundError
+from flq_audit.store._claims import Claim, StepClaims
+from flq_audit.store._location import StoreLocation, parse_storage_options
 from flq_audit.store._lock import lock_path, store_lock
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._safety import (
@@ -50,27 +52,71 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def consolidate(path: str | Path) -> None:
+def consolidate(path: str | Path | StoreLocation) -> None:
     """Consolidate metadata once, after the writes (v3 calls this experimental; it warns)."""
     import zarr
 
+    location = StoreLocation.parse(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(location.zarr_store())
 
 
-def is_consolidated(path: str | Path) -> bool:
-    meta = Path(path) / "zarr.json"
+def is_consolidated(path: str | Path | StoreLocation) -> bool:
+    meta = StoreLocation.parse(path).read_bytes("zarr.json")
     try:
-        return json.loads(meta.read_text()).get("consolidated_metadata") is not None
-    except (OSError, ValueError):
+        return meta is not None and json.loads(meta).get("consolidated_metadata") is not None
+    except (OSError, ValueError, AttributeError):
         return False
 
 
-def open_dataset(path: str | Path, *, dask: bool = True) -> xr.Dataset:
+def root_metadata(location: StoreLocation) -> dict | None:
+    """The root ``zarr.json`` of a store when it is a Zarr group, else None."""
+    try:
+        data = location.read_bytes("zarr.json")
+        meta = json.loads(data) if data is not None else None
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("node_type") == "group" else None
+
+
+def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
+                 storage_options: dict | None = None) -> xr.Dataset:
     """Open a store lazily: dask arrays with the stored chunks, or with ``dask=False`` xarray's
-    lazily indexed arrays (each read loads only what it selects, without importing dask)."""
-    path = Path(path)
+    lazily indexed arrays (each read loads only what it selects, without importing dask).
+
+    ``path`` is a local path, an fsspec URL (``s3://bucket/x.zarr``; ``storage_options`` go to
+    fsspec) or a :class:`StoreLocation`."""
+    location = StoreLocation.parse(path, storage_options)
+    shown = location.display
+    if location.is_local and not is_flq_store(location.path):
+        _refuse_local(location.path)
+    if not location.is_local:
+        meta = root_metadata(location)
+        if meta is None:
+            if not location.exists():
+                raise StoreNotFoundError(f"store {shown!r} does not exist", path=shown,
+                                         hint="Run `flq-audit SOURCE --out STORE` first.")
+            raise StoreError(f"{shown!r} is not a Zarr store (no zarr.json)", path=shown,
+                             hint="Run `flq-audit SOURCE --out STORE` first.")
+        if "flq-audit" not in str((meta.get("attributes") or {}).get("Conventions", "")):
+            raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown,
+                             hint="Give the store that `flq-audit SOURCE --out STORE` wrote.")
+    with warnings.catch_warnings(), fixed_width_strings_allowed():
+        warnings.simplefilter("ignore", category=UserWarning)
+        try:
+            ds = xr.open_zarr(location.zarr_store(read_only=True),
+                              consolidated=is_consolidated(location), zarr_format=3,
+                              chunks={} if dask else None)
+        except Exception as err:
+            raise StoreError(f"cannot open store {shown!r} ({err})", path=shown) from err
+    if GRAM not in ds or DONE not in ds:
+        raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown)
+    ds.encoding["source"] = shown
+    return plain_string_coordinates(ds)
+
+
+def _refuse_local(path: Path) -> None:
     if not path.exists():
         raise StoreNotFoundError(f"store {str(path)!r} does not exist", path=path,
                                  hint="Run `flq-audit SOURCE --out STORE` first.")
@@ -79,19 +125,8 @@ def open_dataset(path: str | Path, *, dask: bool = True) -> xr.Dataset:
             f"{str(path)!r} is not a Zarr store (no zarr.json)", path=path,
             hint="Run `flq-audit SOURCE --out STORE` first.",
         )
-    if not is_flq_store(path):
-        raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
-                         hint="Give the folder that `flq-audit SOURCE --out STORE` wrote.")
-    with warnings.catch_warnings(), fixed_width_strings_allowed():
-        warnings.simplefilter("ignore", category=UserWarning)
-        try:
-            ds = xr.open_zarr(str(path), consolidated=is_consolidated(path), zarr_format=3,
-                              chunks={} if dask else None)
-        except Exception as err:
-            raise StoreError(f"cannot open store {str(path)!r} ({err})", path=path) from err
-    if GRAM not in ds or DONE not in ds:
-        raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path)
-    return plain_string_coordinates(ds)
+    raise StoreError(f"{str(path)!r} is a Zarr store but not an flq-audit store", path=path,
+                     hint="Give the folder that `flq-audit SOURCE --out STORE` wrote.")
 
 
 __all__ = [
@@ -100,10 +135,13 @@ __all__ = [
     "ERROR",
     "GRAM",
     "TARGETS",
+    "Claim",
     "LayerInfo",
     "ProbeSummary",
+    "StepClaims",
     "StepWriter",
     "StoreLayout",
+    "StoreLocation",
     "VariableSpec",
     "check_export_target",
     "check_removable",
@@ -115,7 +153,9 @@ __all__ = [
     "is_flq_store",
     "lock_path",
     "open_dataset",
+    "parse_storage_options",
     "remove_store",
+    "root_metadata",
     "source_paths",
     "store_action",
     "store_lock",

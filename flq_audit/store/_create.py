@@ -1,9 +1,18 @@
-"""Create a store atomically, or check that an existing one can be resumed by this run.
+"""Create a store once, or check that an existing one can be resumed (joined) by this run.
 
-A new store is built inside a hidden sibling folder (``.NAME.flq-creating``, which holds a
-creation marker) and renamed into place only once its template is complete, so ``STORE`` either does not
-exist or is a whole store. A build left by a killed process holds no finished step: the next
-run (which holds the store's lock, so the builder is gone) deletes it and builds again.
+**Local folders.** A new store is built inside a hidden sibling folder (``.NAME.flq-creating``,
+which holds a creation marker) and renamed into place only once its template is complete, so
+``STORE`` either does not exist or is a whole store. Creation and the resume check run under the
+store's kernel lock (``STORE.lock``, held only for that moment): two writers starting together
+build it once, and the second joins. A build left by a killed process holds no finished step:
+the next run (which holds the lock, so the builder is gone) deletes it and builds again.
+
+**URL stores** (object storage has no rename). The builder first takes the ``template`` claim
+(see :mod:`flq_audit.store._claims`), writes every template object except the ``done`` array,
+then ``done`` last, and marks the claim finished. A store without ``done`` whose ``template``
+claim is not live is a half-written template (its builder died): it is deleted and built
+again. Other writers wait while the ``template`` claim is live, then check the fingerprint and
+join.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +29,13 @@ import zarr
 
 from flq_audit._faults import fault_point
 from flq_audit.errors import FlqAuditError, StoreError, StoreMismatchError
+from flq_audit.store._claims import StepClaims
+from flq_audit.store._location import StoreLocation
+from flq_audit.store._lock import store_lock
 from flq_audit.store._safety import (
     CREATING_MARKER,
     building_path,
+    check_removable_location,
     is_flq_store,
     is_unfinished_build,
     remove_store,
@@ -40,11 +54,14 @@ NEW_OUT_HINT = ("Choose a new --out for this audit (the existing store keeps its
 
 
 def create_or_resume(
-    path: str | Path, layout: StoreLayout, *, overwrite: bool = False, version: str
+    path: str | Path | StoreLocation, layout: StoreLayout, *, overwrite: bool = False,
+    version: str, claims: StepClaims | None = None,
 ) -> StepWriter:
     """Write the template (or check an existing store fits) and return a writer.
 
-    Call it while holding :func:`~flq_audit.store.store_lock`.
+    Safe to call from several writers at once: the template is built by one of them and the
+    others join (a local store under its kernel lock, a URL store under the ``template``
+    claim of ``claims``). ``overwrite`` assumes a single writer.
 
     Raises
     ------
@@ -54,7 +71,18 @@ def create_or_resume(
         The store exists and was made from another source, probe, layer set or config, or
         lacks some of the selected steps.
     """
-    path = Path(path)
+    location = StoreLocation.parse(path)
+    if location.is_local:
+        with store_lock(location.path, wait=True):
+            _create_or_resume_local(location.path, layout, overwrite=overwrite, version=version)
+    else:
+        _create_or_resume_url(location, layout, overwrite=overwrite, version=version,
+                              claims=claims or StepClaims(location))
+    return StepWriter(location, layout)
+
+
+def _create_or_resume_local(path: Path, layout: StoreLayout, *, overwrite: bool,
+                            version: str) -> None:
     protected = source_paths(layout)
     building = building_path(path)
     if is_unfinished_build(building):  # its builder died: we hold the lock
@@ -65,27 +93,79 @@ def create_or_resume(
         _check_resumable(path, layout)
     else:
         _create(path, building, layout, version)
-    return StepWriter(path, layout)
+
+
+def _create_or_resume_url(location: StoreLocation, layout: StoreLayout, *, overwrite: bool,
+                          version: str, claims: StepClaims) -> None:
+    while not claims.claim("template"):
+        current = claims.read("template")
+        if current is not None and current.finished:
+            if overwrite:  # a finished store is replaced: its template claim goes with it
+                check_removable_location(location)
+                location.delete()
+                continue
+            _check_resumable(location, layout)
+            return
+        time.sleep(min(1.0, claims.lease_s / 4))  # another writer is building it
+    try:
+        if overwrite or (location.exists() and not _has_done(location)):
+            check_removable_location(location)
+            _delete_all_but_claims(location)
+        if _has_done(location):
+            _check_resumable(location, layout)
+        else:
+            _create_url(location, layout, version)
+    except BaseException:
+        claims.release("template")
+        raise
+    claims.finish("template")
+
+
+def _has_done(location: StoreLocation) -> bool:
+    return location.read_bytes(f"{DONE}/zarr.json") is not None
+
+
+def _delete_all_but_claims(location: StoreLocation) -> None:
+    """Empty a URL store except its claims (the ``template`` claim held by this writer)."""
+    fs, root = location.filesystem()
+    fs.invalidate_cache()
+    for entry in fs.ls(root, detail=False) if fs.exists(root) else []:
+        if str(entry).rstrip("/").rsplit("/", 1)[-1] != ".flq":
+            fs.rm(entry, recursive=True)
+
+
+def _create_url(location: StoreLocation, layout: StoreLayout, version: str) -> None:
+    """The template without ``done``, then ``done``: a store without it is half written."""
+    try:
+        write_template(location.zarr_store(), layout, version=version, mode="a",
+                       before_done=lambda: fault_point("store-create"))
+    except (OSError, FlqAuditError):
+        raise
+    except Exception as err:
+        raise StoreError(f"cannot create store {location.display!r} ({err})",
+                         path=location.display) from err
 
 
 StoreAction = Literal["new", "resume", "replace", "refused"]
 
 
 def store_action(
-    path: str | Path, layout: StoreLayout, *, overwrite: bool = False
+    path: str | Path | StoreLocation, layout: StoreLayout, *, overwrite: bool = False
 ) -> tuple[StoreAction, StoreMismatchError | None]:
     """What :func:`create_or_resume` will do with ``path``, found by its own checks, read only.
 
     ``new`` (nothing there), ``replace`` (``overwrite``, or a store that never finished a
     step), ``resume``, or ``refused`` with the error the real run raises.
     """
-    path = Path(path)
-    if not (path.exists() or path.is_symlink()):
+    location = StoreLocation.parse(path)
+    if not location.exists():
         return "new", None
-    if overwrite or _never_finished(path):
+    never_finished = (_never_finished(location.path) if location.is_local
+                      else not _has_done(location))
+    if overwrite or never_finished:
         return "replace", None
     try:
-        _check_resumable(path, layout)
+        _check_resumable(location if not location.is_local else location.path, layout)
     except StoreMismatchError as err:
         return "refused", err
     return "resume", None
@@ -139,18 +219,28 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _check_resumable(path: Path, layout: StoreLayout) -> None:
-    if not is_flq_store(path):
+def _check_resumable(store: Path | StoreLocation, layout: StoreLayout) -> None:
+    location = StoreLocation.parse(store)
+    path = location.display
+    if location.is_local:
+        attrs = root_attributes(location.path) if is_flq_store(location.path) else None
+    else:
+        from flq_audit.store import root_metadata
+
+        meta = root_metadata(location)
+        attrs = None if meta is None else (meta.get("attributes") or {})
+        if attrs is not None and "flq-audit" not in str(attrs.get("Conventions", "")):
+            attrs = None
+    if attrs is None:
         raise StoreMismatchError(
-            f"{str(path)!r} exists and is not an flq-audit store (no zarr.json saying so)",
+            f"{path!r} exists and is not an flq-audit store (no zarr.json saying so)",
             path=path, hint="Choose another --out.")
-    attrs = root_attributes(path) or {}
     try:
-        steps = [int(s) for s in np.asarray(zarr_array(zarr.open_group(str(path), mode="r"),
-                                                       "step")[:])]
+        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+        steps = [int(s) for s in np.asarray(zarr_array(group, "step")[:])]
     except Exception as err:
         raise StoreMismatchError(
-            f"store {str(path)!r} cannot be read ({type(err).__name__}: {err})", path=path,
+            f"store {path!r} cannot be read ({type(err).__name__}: {err})", path=path,
             hint="Choose another --out.") from err
     diffs = fingerprint_differences(attrs, layout.fingerprint())
     missing = sorted(set(layout.steps) - set(steps))
@@ -158,7 +248,7 @@ def _check_resumable(path: Path, layout: StoreLayout) -> None:
         diffs.append(f"steps: the store lacks selected step(s) {missing}")
     if diffs:
         raise StoreMismatchError(
-            f"store {str(path)!r} was made by a different audit:\n  " + "\n  ".join(diffs),
+            f"store {path!r} was made by a different audit:\n  " + "\n  ".join(diffs),
             path=path, hint=NEW_OUT_HINT,
         )
 

@@ -1,4 +1,6 @@
-"""One writer per store: a lock held by the kernel (``fcntl.flock``), not by a file's content.
+"""A local store's kernel lock (``fcntl.flock``), not a file's content: held while an audit
+creates or checks the template (steps are claimed per step, :mod:`flq_audit.store._claims`)
+and for the whole of a ``metrics`` run.
 
 The lock file ``STORE.lock`` sits beside the store. The kernel releases the lock when the
 holding process exits, however it exits (SIGKILL included), so a lock is never stale and

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from flq_audit.errors import UnsafeDeletionError
+from flq_audit.store._location import StoreLocation
 
 #: File written first into a store being built; its presence marks the build as unfinished.
 CREATING_MARKER = ".flq-audit-creating"
@@ -108,6 +109,34 @@ def remove_store(path: str | Path, *, protected: Iterable[str | Path] = (),
     shutil.rmtree(path)
 
 
+def check_removable_location(location: StoreLocation, *, protected: Iterable[str | Path] = (),
+                             flag: str = "--overwrite") -> None:
+    """:func:`check_removable` for a local or URL store: a URL prefix may be emptied only when
+    it holds an flq-audit store, or nothing but claims (a template whose builder died)."""
+    if location.is_local:
+        check_removable(location.path, protected=protected, flag=flag)
+        return
+    from flq_audit.store import root_metadata
+
+    meta = root_metadata(location)
+    if meta is not None:
+        if "flq-audit" in str((meta.get("attributes") or {}).get("Conventions", "")):
+            return
+        reason = "is a Zarr store but not an flq-audit store"
+    else:
+        fs, root = location.filesystem()
+        fs.invalidate_cache()
+        entries = fs.ls(root, detail=False) if fs.exists(root) else []
+        others = [e for e in entries if str(e).rstrip("/").rsplit("/", 1)[-1] != ".flq"]
+        if not others:
+            return
+        reason = "holds objects that are not an flq-audit store (no zarr.json saying so)"
+    raise UnsafeDeletionError(
+        f"{flag} refused: {location.display!r} {reason}; nothing was deleted",
+        path=location.display,
+        hint="Choose another --out (flq-audit only replaces stores it made).")
+
+
 def check_export_target(out: str | Path, store: str | Path | None = None) -> None:
     """Refuse an export target that is a folder, a store, or lies inside one."""
     target = Path(out)
@@ -159,6 +188,7 @@ __all__ = [
     "building_path",
     "check_export_target",
     "check_removable",
+    "check_removable_location",
     "check_report_folder",
     "enclosing_store",
     "is_flq_store",

@@ -8,8 +8,10 @@ xarray gives it (dimension names, CF ``coordinates`` and ``_FillValue`` attribut
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -18,6 +20,7 @@ import zarr
 from flq_audit.constants import FEATURE, GRAM_I, GRAM_J, LAYER, SAMPLE, STEP
 from flq_audit.store._schema import (
     ACTIVATIONS,
+    DONE,
     GRAM,
     StoreLayout,
     encoding,
@@ -65,27 +68,53 @@ def fill_only_arrays(layout: StoreLayout) -> list[FillOnlyArray]:
     return arrays
 
 
-def write_template(target: Any, layout: StoreLayout, *, version: str) -> None:
-    """Create the store at ``target`` (a path or zarr store; it must not exist yet)."""
+def write_template(
+    target: Any, layout: StoreLayout, *, version: str, mode: Literal["w-", "a"] = "w-",
+    before_done: Callable[[], None] | None = None,
+) -> None:
+    """Create the store at ``target`` (a path or zarr store); ``done`` is written last.
+
+    ``mode="a"`` adds the template to a store that holds only claims (an object store);
+    ``before_done`` runs once everything but ``done`` is written. A store without ``done``
+    is therefore a template that was cut short.
+    """
     from xarray.backends.zarr import FillValueCoder
 
     ds = template(layout, version=version)
-    small = {name: enc for name, enc in encoding(layout).items() if name in ds.variables}
-    with fixed_width_strings_allowed():
-        ds.to_zarr(target, mode="w-", zarr_format=3, consolidated=False,
-                   encoding=small)
-    group = zarr.open_group(target, mode="r+", zarr_format=3)
-    for array in fill_only_arrays(layout):
-        attrs = dict(array.attrs)
-        coordinates = _coordinates(ds, array.dims)
-        if coordinates:
-            attrs["coordinates"] = coordinates
-        attrs["_FillValue"] = FillValueCoder.encode(array.fill, array.dtype)
-        group.create_array(
-            array.name, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
-            fill_value=array.fill, compressors=array.compressors,
-            dimension_names=array.dims, attributes=attrs,
-        )
+    codecs = step_chunked(ds, {name: enc for name, enc in encoding(layout).items()
+                               if name in ds.variables})
+    with fixed_width_strings_allowed(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at .flq is not recognized")
+        ds.drop_vars(DONE).to_zarr(target, mode=mode, zarr_format=3, consolidated=False,
+                                   encoding={k: v for k, v in codecs.items() if k != DONE})
+        group = zarr.open_group(target, mode="r+", zarr_format=3)
+        for array in fill_only_arrays(layout):
+            attrs = dict(array.attrs)
+            coordinates = _coordinates(ds, array.dims)
+            if coordinates:
+                attrs["coordinates"] = coordinates
+            attrs["_FillValue"] = FillValueCoder.encode(array.fill, array.dtype)
+            group.create_array(
+                array.name, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                fill_value=array.fill, compressors=array.compressors,
+                dimension_names=array.dims, attributes=attrs,
+            )
+        if before_done is not None:
+            before_done()
+        ds[[DONE]].to_zarr(target, mode="a", zarr_format=3, consolidated=False,
+                           encoding={DONE: codecs.get(DONE, {})})
+
+
+def step_chunked(ds: xr.Dataset, codecs: dict[str, dict]) -> dict[str, dict]:
+    """``codecs`` with one step per chunk for every step-indexed data variable (``done``,
+    ``error``, ``files`` ...): writers of different steps never rewrite a shared chunk."""
+    out = {name: dict(spec) for name, spec in codecs.items()}
+    for name, var in ds.data_vars.items():
+        if var.dims and var.dims[0] == STEP:
+            spec = out.setdefault(str(name), {})
+            shape = tuple(spec.get("chunks") or var.shape)
+            spec["chunks"] = (1, *shape[1:])
+    return out
 
 
 def _coordinates(ds: xr.Dataset, dims: tuple[str, ...]) -> str:

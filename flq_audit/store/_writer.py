@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ import zarr
 
 from flq_audit._faults import fault_point
 from flq_audit.errors import StoreError
+from flq_audit.store._location import StoreLocation
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
@@ -54,10 +56,11 @@ class StepWriter:
     ``done`` flag is written only after all of its writes have landed.
     """
 
-    def __init__(self, path: str | Path, layout: StoreLayout) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | StoreLocation, layout: StoreLayout) -> None:
+        self.location = StoreLocation.parse(path)
+        self.path = self.location.display
         self.layout = layout
-        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.group = zarr.open_group(self.location.zarr_store(), mode="r+")
         self.acts = zarr_array(self.group, ACTIVATIONS) if layout.probe is not None else None
         self.grams = zarr_array(self.group, GRAM)
         self.done = zarr_array(self.group, DONE)
@@ -228,7 +231,10 @@ class StepWriter:
 
     def copy_step(self, source_index: int, target_index: int) -> None:
         """Copy a done step's data arrays into another step (byte-identical checkpoints)."""
-        for name in self.group.array_keys():
+        with warnings.catch_warnings():  # zarr notes the claims folder, which is no array
+            warnings.simplefilter("ignore")
+            names = list(self.group.array_keys())
+        for name in names:
             array = zarr_array(self.group, name)
             dims = getattr(array.metadata, "dimension_names", None) or ()
             if name in _BOOKKEEPING or array.ndim < 2 or not dims or dims[0] != "step":

@@ -86,8 +86,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
     assert proc.returncode == FAULTS["kill"][1], f"exit {proc.returncode}\n{err}"
     done = read_done(store)
     assert done is not None and done.tolist() == FAULTS["kill"][2], done
-    # the killed process could not remove its lock: the rerun takes the stale lock over
-    assert Path(f"{store}.lock").exists()
+    # the killed process could not release its claim on step 20: the rerun takes it over
+    held = json.loads((store / ".flq" / "claims" / "step-20.json").read_text())
+    assert held["state"] == "held" and held["claims"] == 1
 
     rerun = run_cli(big_run, "--out", store, "--batch-size", BATCH, "--json")
     assert rerun.returncode == 0, describe(rerun)
@@ -97,6 +98,9 @@ def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
     assert summary["written"] == [s for s in STEPS if s not in done_steps]
     assert summary["failed"] == {}
     assert not Path(f"{store}.lock").exists()
+    taken = json.loads((store / ".flq" / "claims" / "step-20.json").read_text())
+    assert taken["state"] == "finished" and taken["claims"] == 2
+    assert taken["takeovers"][0]["from"] == held["owner"]
     assert_same_store(store, interrupted["stores"]["reference"])
 
 
