@@ -59,6 +59,20 @@ class CaptureOptions:
         _positive_int("--max-samples (max_samples)", self.max_samples, allow_none=True)
 
 
+def _cluster_options(workers: int | None, scheduler: str | None) -> None:
+    """``--workers N`` (N >= 2) or ``--scheduler ADDRESS``, not both."""
+    _positive_int("--workers (workers)", workers, allow_none=True)
+    if workers == 1:
+        raise OptionError("--workers (workers) must be 2 or more; one worker is the sequential "
+                          "audit: leave --workers out")
+    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.strip()):
+        raise OptionError(f"--scheduler (scheduler) must be an address such as "
+                          f"tcp://HOST:8786; got {scheduler!r}")
+    if workers is not None and scheduler is not None:
+        raise OptionError("give --workers (a local cluster) or --scheduler (an existing "
+                          "cluster), not both")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How an audit runs; none of these change what is stored."""
@@ -68,9 +82,14 @@ class RunOptions:
     overwrite: bool = False
     trust_pickle: bool = False
     trust_remote_code: bool = False
+    #: Run the steps on a LocalCluster of this many single-threaded worker processes.
+    workers: int | None = None
+    #: Run the steps on the dask.distributed cluster at this address.
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
+        _cluster_options(self.workers, self.scheduler)
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(
                 f"--device (device) must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")
