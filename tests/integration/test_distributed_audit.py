@@ -163,3 +163,26 @@ def test_an_unreachable_scheduler_is_a_network_error(run_dir, tmp_path):
     assert_says(result.stderr, f"cannot reach the dask scheduler at '{address}'")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "a.zarr").exists()  # nothing written without a cluster
+
+
+def test_the_shipped_plan_carries_no_model_and_no_listener(run_dir, tmp_path):
+    import pickle
+    import threading
+    from dataclasses import replace
+
+    import cloudpickle
+    from huggingface_hub import HfApi
+
+    from flq_audit.audit.distributed import ship, worker_plan
+    from flq_audit.sources.hub import HubSource
+
+    plan = api.plan_audit(str(run_dir), out=tmp_path / "s.zarr")
+    hub = HubSource("org/name", api=HfApi(endpoint="http://127.0.0.1:9"))
+    lock = threading.Lock()  # a client-side listener holding a lock cannot be pickled
+    hub.report_downloads(lambda *_: lock.locked())
+    shipped = pickle.loads(cloudpickle.dumps(ship(replace(plan, source=hub), RunOptions())))
+    assert shipped.plan.built is None and shipped.plan.source.api.endpoint == "http://127.0.0.1:9"
+    rebuilt = worker_plan(ship(plan, RunOptions())).built
+    assert rebuilt is not None and rebuilt.module is not plan.built.module
+    assert {k: v.shape for k, v in rebuilt.module.state_dict().items()} == {
+        k: v.shape for k, v in plan.built.module.state_dict().items()}
