@@ -186,3 +186,16 @@ def test_the_shipped_plan_carries_no_model_and_no_listener(run_dir, tmp_path):
     assert rebuilt is not None and rebuilt.module is not plan.built.module
     assert {k: v.shape for k, v in rebuilt.module.state_dict().items()} == {
         k: v.shape for k, v in plan.built.module.state_dict().items()}
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"workers": 0}, r"--workers \(workers\) must be an integer >= 1"),
+    ({"workers": 1}, r"must be 2 or more; one worker is the sequential audit"),
+    ({"scheduler": " "}, r"--scheduler \(scheduler\) must be an address such as tcp://"),
+    ({"workers": 2, "scheduler": "tcp://h:8786"}, r"--workers .* or --scheduler .*, not both"),
+])
+def test_run_options_check_the_cluster_options(given, message):
+    from flq_audit.errors import OptionError
+
+    with pytest.raises(OptionError, match=message):
+        RunOptions(**given)
