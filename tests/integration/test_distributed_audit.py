@@ -57,7 +57,7 @@ def test_workers_option_writes_the_sequential_store(run_dir, reference, tmp_path
     result = run_cli(run_dir, "--workers", "2", "--out", out, "--batch-size", str(BATCH),
                      "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", "full")
     assert result.returncode == 0, describe(result)
-    assert_says(result.stdout, "4 step(s) written", "worker 0:", "worker 1:")
+    assert_says(result.stdout, "4 step(s) written, 0 already done, 0 failed", "worker ")
     assert_same_store(reference, out)
 
 
