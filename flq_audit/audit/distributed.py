@@ -31,7 +31,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flq_audit import __version__
 from flq_audit.audit.plan import AuditPlan
@@ -43,6 +43,8 @@ from flq_audit.store import consolidate, create_or_resume, fixed_width_strings_a
 
 if TYPE_CHECKING:
     from dask.distributed import Client, Future
+
+    from flq_audit.store import StepWriter
 
 #: The dask resource a task asks for when the audit runs on CUDA (one GPU per worker).
 GPU_RESOURCE = "GPU"
@@ -180,8 +182,8 @@ def run_distributed(
 
 
 def _run_tasks(
-    client: Client, plan: AuditPlan, run: RunOptions, todo: list[CheckpointRef], writer: Any,
-    progress: Progress, result: DistributedAuditResult,
+    client: Client, plan: AuditPlan, run: RunOptions, todo: list[CheckpointRef],
+    writer: StepWriter, progress: Progress, result: DistributedAuditResult,
 ) -> None:
     from dask.distributed import as_completed
 
@@ -229,7 +231,7 @@ def _run_tasks(
 
 
 def _outcome(
-    future: Future, step: int, refs: dict[int, CheckpointRef], writer: Any
+    future: Future, step: int, refs: dict[int, CheckpointRef], writer: StepWriter
 ) -> StepOutcome:
     """The task's outcome; a task whose workers kept dying is recorded as a failed step."""
     from dask.distributed import KilledWorker
