@@ -4,6 +4,7 @@ store equals the sequential audit's, bitwise, also after a worker is SIGKILLed m
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -86,8 +87,12 @@ def test_a_step_whose_workers_keep_dying_is_recorded_and_rerun(run_dir, referenc
                   DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
     args = (run_dir, "--workers", "2", "--out", out, "--batch-size", str(BATCH),
             "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", "full")
-    first = run_cli(*args, env=env)
+    first = run_cli(*args, "--json", env=env)
     assert first.returncode == 5, describe(first)
+    summary = json.loads(first.stdout)
+    assert "20" in summary["failed"] and 20 not in summary["written"]
+    by_worker = summary["workers"].values()
+    assert sorted(s for tally in by_worker for s in tally["written"]) == summary["written"]
     group = zarr.open_group(str(out), mode="r")
     done, errors = np.asarray(group["done"][:]), [str(e) for e in group["error"][:]]
     assert not done[STEPS.index(20)]
@@ -97,6 +102,18 @@ def test_a_step_whose_workers_keep_dying_is_recorded_and_rerun(run_dir, referenc
     assert second.returncode == 0, describe(second)
     assert_says(second.stdout, "already done, 0 failed")
     assert_same_store(reference, out)
+
+
+def test_a_step_that_fails_is_recorded_by_its_worker(cluster, tmp_path):
+    run = make_run(tmp_path / "run", (0, 10, 20))
+    (run / "step_10.safetensors").write_bytes(b"truncated")
+    result = api.audit(str(run), out=tmp_path / "s.zarr",
+                       run=RunOptions(scheduler=cluster.scheduler_address))
+    assert sorted(result.written) == [0, 20] and list(result.failed) == [10]
+    assert "step 10" in result.failed[10]
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert np.asarray(group["done"][:]).tolist() == [True, False, True]
+    assert str(group["error"][1]) == result.failed[10]
 
 
 def test_duplicates_are_copied_after_their_original(cluster, tmp_path, monkeypatch):
