@@ -63,6 +63,20 @@ class CaptureOptions:
         _positive_int("--max-samples (max_samples)", self.max_samples, allow_none=True)
 
 
+def _cluster_options(workers: int | None, scheduler: str | None) -> None:
+    """``--workers N`` (N >= 2) or ``--scheduler ADDRESS``, not both."""
+    _positive_int("--workers (workers)", workers, allow_none=True)
+    if workers == 1:
+        raise OptionError("--workers (workers) must be 2 or more; one worker is the sequential "
+                          "audit: leave --workers out")
+    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.strip()):
+        raise OptionError(f"--scheduler (scheduler) must be an address such as "
+                          f"tcp://HOST:8786; got {scheduler!r}")
+    if workers is not None and scheduler is not None:
+        raise OptionError("give --workers (a local cluster) or --scheduler (an existing "
+                          "cluster), not both")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How an audit runs; none of these change what is stored."""
@@ -78,9 +92,15 @@ class RunOptions:
     #: Fetch and load step k+1 on a background thread while step k replays.
     prefetch: bool = True
 
+    #: Run the steps on a LocalCluster of this many single-threaded worker processes.
+    workers: int | None = None
+    #: Run the steps on the dask.distributed cluster at this address.
+    scheduler: str | None = None
+
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
         _positive_int("--threads (threads)", self.threads, allow_none=True)
+        _cluster_options(self.workers, self.scheduler)
         object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(

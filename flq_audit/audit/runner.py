@@ -76,6 +76,10 @@ def run_audit(
     *, version: str = __version__,
 ) -> AuditResult:
     """Write every selected step that is not yet done; a rerun resumes where this one stopped."""
+    if run.workers is not None or run.scheduler is not None:  # one dask task per step
+        from flq_audit.audit.distributed import run_distributed
+
+        return run_distributed(plan, run, progress, version=version)
     progress = progress or _Silent()
     device = resolve_device(run.device)
     result = AuditResult(store=plan.store)

@@ -83,6 +83,12 @@ def audit_command(
     storage_options: StorageOptionsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    workers: Annotated[int | None, typer.Option(
+        help="Audit the steps on a local dask cluster of N single-threaded worker processes "
+        "(N >= 2).")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Audit the steps on the dask.distributed cluster at this address "
+        "(tcp://HOST:8786).")] = None,
     threads: Annotated[int | None, typer.Option(
         min=1, help="torch intra-op threads (default: torch's own; 1 on a busy small machine).")
     ] = None,
@@ -172,7 +178,8 @@ def audit_command(
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
                      probe_keys=probe_keys,  # type: ignore[arg-type]
-                     threads=threads, prefetch=prefetch)
+                     threads=threads, prefetch=prefetch,
+                     workers=workers, scheduler=scheduler)
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
                      cache=cache, offline=offline or None,  # type: ignore[arg-type]
@@ -207,6 +214,7 @@ def audit_command(
             f"store {result.store}: {len(result.written)} step(s) written, "
             f"{len(result.skipped)} already done, {len(result.failed)} failed"
         )
+        _output.worker_summary(getattr(result, "workers", None))
     if result.failed:
         for message in result.failed.values():
             _output.error(message)

@@ -150,6 +150,7 @@ class RichProgress:
         self.quiet = quiet
         self._training: TaskID | None = None
         self._step_text = ""
+        self._by_worker: dict[str, int] = {}
 
     def __enter__(self) -> RichProgress:
         self._progress.__enter__()
@@ -199,3 +200,16 @@ class RichProgress:
         self._progress.advance(self._steps)
         if error_message and not self.quiet:
             warning(f"step {ref.step} failed and was recorded: {error_message.splitlines()[0]}")
+
+    def step_done_on(self, worker: str, ref: CheckpointRef, status: str) -> None:
+        """A distributed audit's step finished on ``worker``: steps per worker in the bar."""
+        self._by_worker[worker] = self._by_worker.get(worker, 0) + (status == "written")
+        tally = ", ".join(f"{name}: {n}" for name, n in sorted(self._by_worker.items()))
+        self._progress.update(self._steps, description=f"steps written by worker ({tally})")
+
+
+def worker_summary(workers: dict[str, dict[str, list[int]]] | None) -> None:
+    """One line per worker of a distributed audit: the steps it wrote and failed."""
+    for name, tally in sorted((workers or {}).items()):
+        stdout.print(f"  worker {name}: {len(tally['written'])} written, "
+                     f"{len(tally['failed'])} failed", soft_wrap=True)
