@@ -92,9 +92,8 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
 #: fl_r_step is 0 for a plain SGD step (up to the rounding of the stored weights); a median
 #: above this says the checkpoints are not plain SGD steps on the recorded batches.
 R_STEP_SGD_LIMIT = 0.05
-#: A TL rank is cut-off dependent when the smallest kept and the largest dropped singular
-#: values lie within this factor of each other (no clear gap at the cut-off).
-CUTOFF_GAP = 10.0
+#: Prefix of the rank records the ``tl`` metric group stores (``_rank``, ``_cutoff`` ...).
+TL_RECORDS = "target_linearity"
 #: TL differences below this count as ties in the depth order (float32 activations give TL
 #: to about 2e-7).
 ORDER_TOLERANCE = 1e-6
@@ -211,28 +210,34 @@ def fl_step_lines(ds: xr.Dataset) -> list[str]:
 
 
 def cutoff_lines(ds: xr.Dataset) -> list[str]:
-    """(step, layer) entries whose TL depends on the rank cut-off: the smallest kept and the
-    largest dropped singular values (relative to the largest) lie within :data:`CUTOFF_GAP`."""
-    if "tl_cond_kept" not in ds or "tl_cond_dropped" not in ds:
+    """(step, layer) entries whose TL depends on the rank cut-off, by the metrics' own rule
+    (:func:`flq_audit.metrics.cutoff_sensitive`: a kept or dropped singular value within a
+    factor ``CUTOFF_MARGIN`` of the cut-off); nothing when the store has no rank records."""
+    names = [f"{TL_RECORDS}_{part}" for part in ("cutoff", "kept_ratio", "dropped_ratio")]
+    if any(name not in ds for name in names):
         return []
-    kept = ds["tl_cond_kept"].transpose("step", "layer")
-    dropped = np.asarray(ds["tl_cond_dropped"].transpose("step", "layer").values, dtype=float)
-    kept_values = np.asarray(kept.values, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        close = (dropped > 0) & (kept_values / dropped < CUTOFF_GAP)
-    entries = list(zip(*np.nonzero(close), strict=True))
+    from flq_audit.metrics import cutoff_sensitive
+    from flq_audit.metrics._target_linearity import CUTOFF_MARGIN
+
+    records = ds[names].transpose("step", "layer")
+    flagged = np.asarray(cutoff_sensitive(records).values, dtype=bool)
+    entries = list(zip(*np.nonzero(flagged), strict=True))
     if not entries:
         return []
-    steps, layers = kept["step"].values, kept["layer"].values
-    rank = (np.asarray(ds["tl_rank"].transpose("step", "layer").values)
-            if "tl_rank" in ds else None)
-    lines = [f"TL depends on the rank cut-off at {len(entries)} (step, layer) entries: the "
-             f"smallest kept and the largest dropped singular values are within a factor "
-             f"{CUTOFF_GAP:g} (no clear gap), so a slightly different cut-off changes the rank"]
+    steps, layers = records["step"].values, records["layer"].values
+    kept = np.asarray(records[names[1]].values, dtype=float)
+    dropped = np.asarray(records[names[2]].values, dtype=float)
+    rank_name = f"{TL_RECORDS}_rank"
+    rank = (np.asarray(ds[rank_name].transpose("step", "layer").values)
+            if rank_name in ds else None)
+    cutoff = float(np.nanmax(np.asarray(records[names[0]].values, dtype=float)))
+    lines = [f"TL depends on the rank cut-off at {len(entries)} (step, layer) entries: a kept "
+             f"or dropped singular value lies within a factor {CUTOFF_MARGIN:g} of the "
+             f"cut-off ({cutoff:.2g} × σ_max), so a slightly different cut-off changes the rank"]
     for i, j in entries[:MAX_NAMED]:
         rank_text = "" if rank is None else f"rank {int(rank[i, j])}, "
         lines.append(f"  step {int(steps[i])}, layer {layers[j]}: {rank_text}kept "
-                     f"{kept_values[i, j]:.2g}, dropped {dropped[i, j]:.2g} (× σ_max)")
+                     f"{kept[i, j]:.2g}, dropped {dropped[i, j]:.2g} (× σ_max)")
     if len(entries) > MAX_NAMED:
         lines.append(f"  … and {len(entries) - MAX_NAMED} more")
     return lines

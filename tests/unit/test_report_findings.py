@@ -93,16 +93,19 @@ def test_momentum_like_r_step_is_flagged_and_sgd_is_not():
 
 
 def test_entries_whose_tl_depends_on_the_cutoff_are_flagged():
-    kept = np.array([[1e-3, 1e-3], [2e-12, 1e-3]])
-    dropped = np.array([[1e-9, 0.0], [9e-13, np.nan]])
-    ds = xr.Dataset({"tl_cond_kept": (("step", "layer"), kept),
-                     "tl_cond_dropped": (("step", "layer"), dropped),
-                     "tl_rank": (("step", "layer"), np.array([[5, 6], [7, 8]]))},
+    cutoff = 1e-6
+    kept = np.array([[1e-3, 1e-3], [2e-6, 1e-3]])  # 2e-6 < 10 x cut-off: near the cut-off
+    dropped = np.array([[1e-9, 0.0], [1e-12, 5e-7]])  # 5e-7 > cut-off / 10: near it too
+    ds = xr.Dataset({"target_linearity_cutoff": (("step", "layer"), np.full((2, 2), cutoff)),
+                     "target_linearity_kept_ratio": (("step", "layer"), kept),
+                     "target_linearity_dropped_ratio": (("step", "layer"), dropped),
+                     "target_linearity_rank": (("step", "layer"), np.array([[5, 6], [7, 8]]))},
                     coords={"step": [0, 10], "layer": ["a", "b"]})
     lines = cutoff_lines(ds)
-    assert "at 1 (step, layer) entries" in lines[0]
-    assert lines[1] == "  step 10, layer a: rank 7, kept 2e-12, dropped 9e-13 (× σ_max)"
-    assert cutoff_lines(ds.drop_vars(["tl_cond_kept"])) == []  # no records: nothing said
+    assert "at 2 (step, layer) entries" in lines[0]
+    assert lines[1] == "  step 10, layer a: rank 7, kept 2e-06, dropped 1e-12 (× σ_max)"
+    assert lines[2] == "  step 10, layer b: rank 8, kept 0.001, dropped 5e-07 (× σ_max)"
+    assert cutoff_lines(ds.drop_vars(["target_linearity_kept_ratio"])) == []  # no records
 
 
 def _png_size(path) -> tuple[int, int]:
