@@ -232,7 +232,7 @@ def test_the_api_warns_once_and_an_old_default_store_still_resumes(tmp_path, mon
     again = api.plan_audit(str(run), out=old_default, steps="4")
     assert (again.store_status, again.already_done) == ("resume", (4,))
     fresh = api.plan_audit(str(run))
-    assert (fresh.store, fresh.store_status) == (tmp_path / "DL-checkpoints.zarr", "new")
+    assert (fresh.store.path, fresh.store_status) == (tmp_path / "DL-checkpoints.zarr", "new")
 
 
 # ------------------------------------------------------------------ the CLI (subprocesses)
