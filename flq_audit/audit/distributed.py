@@ -201,6 +201,8 @@ def run_distributed(
                 result.skipped = [r.step for r in plan.refs if r.step in done]
                 progress.start(len(todo), 0)
                 _run_tasks(client, plan, run, todo, writer, progress, result)
+                result.written.sort()  # in step order, as a sequential audit lists them
+                result.skipped.sort()
                 writer.close()
             finally:
                 writer.abandon()
