@@ -105,6 +105,21 @@ def test_two_audits_at_once_on_one_s3_store(s3_endpoint, s3_run, s3_reference):
 
 
 @pytest.mark.slow
+def test_workers_audit_into_s3_equals_the_local_single_process_audit(
+        s3_endpoint, s3_run, s3_reference):
+    url = f"s3://{s3_endpoint.new_bucket()}/workers.zarr"
+    audited = run_cli(s3_run, "--workers", "2", "--batch-size", "50", "--out", url,
+                      "--storage-options", s3_endpoint.options_json, "--json")
+    assert audited.returncode == 0, describe(audited)
+    assert sorted(json.loads(audited.stdout)["written"]) == sorted(STEPS)
+    claims = StepClaims(StoreLocation.parse(url, s3_endpoint.storage_options))
+    for step in STEPS:  # every step claimed once, by a worker, and finished
+        claim = claims.read(step)
+        assert claim is not None and claim.finished and claim.claims == 1, (step, claim)
+    assert_same_store(_group(claims.location), zarr.open_group(str(s3_reference), mode="r"))
+
+
+@pytest.mark.slow
 def test_a_killed_writer_is_taken_over_by_the_rerun(s3_endpoint, s3_run, s3_reference):
     url = f"s3://{s3_endpoint.new_bucket()}/killed.zarr"
     args = (s3_run, "--out", url, "--storage-options", s3_endpoint.options_json,
