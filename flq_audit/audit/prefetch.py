@@ -73,6 +73,8 @@ class Prefetcher(Generic[T]):
         self._slots = threading.Semaphore(ahead + 1)  # the step in use + `ahead` loaded ones
         self._ready: queue.Queue[tuple[T | None, BaseException | None]] = queue.Queue()
         self._stop = threading.Event()
+        self._taken = 0
+        self._peeked: tuple[T | None, BaseException | None] | None = None
         self._thread = threading.Thread(target=self._run, name="flq-audit-prefetch", daemon=True)
         self._thread.start()
 
@@ -88,10 +90,24 @@ class Prefetcher(Generic[T]):
 
     def next(self) -> T:
         """The next item's result (blocks until it is loaded); re-raises what loading raised."""
-        result, error = self._ready.get()
+        if self._peeked is not None:
+            (result, error), self._peeked = self._peeked, None
+        else:
+            result, error = self._ready.get()
+        self._taken += 1
         if error is not None:
             raise error
         return result  # type: ignore[return-value]
+
+    def peek(self) -> T | None:
+        """The result :meth:`next` will return, without taking it (blocks until it is loaded);
+        ``None`` when no item is left or loading it raised (``next`` raises that)."""
+        if self._peeked is None:
+            if self._taken >= len(self._items) or self._stop.is_set():
+                return None
+            self._peeked = self._ready.get()
+        result, error = self._peeked
+        return None if error is not None else result
 
     def release(self) -> None:
         """The caller holds no reference to the last item any more: load one more."""

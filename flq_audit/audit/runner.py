@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -184,7 +184,7 @@ def _claimed_steps(
         fetched = prefetcher.next() if prefetcher is not None else None
         try:
             _claimed_step(plan, writer, claims, ref, run, device, progress, result, later,
-                          fetched)
+                          fetched, prefetcher.peek if prefetcher is not None else None)
         finally:
             del fetched  # this step's weights go before the next one loads
             if prefetcher is not None:
@@ -202,6 +202,7 @@ def _claimed_step(
     plan: AuditPlan, writer: StepWriter, claims: StepClaims, ref: CheckpointRef,
     run: RunOptions, device: str, progress: Progress, result: AuditResult,
     later: list[CheckpointRef], fetched: Fetched | None,
+    peek: Callable[[], Fetched | None] | None = None,
 ) -> None:
     """Write one step if this writer can claim it; else note it in ``later`` or as skipped."""
     if not claims.claim(ref.step):
@@ -215,7 +216,7 @@ def _claimed_step(
             return
     progress.step_started(ref)
     try:
-        _one_step(plan, writer, ref, run, device, progress, fetched)
+        _one_step(plan, writer, ref, run, device, progress, fetched, peek)
     except STEP_ERRORS as err:
         claims.release(ref.step)
         result.failed[ref.step] = str(err)
@@ -241,8 +242,10 @@ def finish_store(writer: StepWriter) -> None:
 def _one_step(
     plan: AuditPlan, writer: StepWriter, ref: CheckpointRef, run: RunOptions, device: str,
     progress: Progress, fetched: Fetched | None = None,
+    peek: Callable[[], Fetched | None] | None = None,
 ) -> None:
-    """Write one step; ``fetched`` is what a prefetch thread already loaded (else load here)."""
+    """Write one step; ``fetched`` is what a prefetch thread already loaded (else load here),
+    ``peek`` what it loads next (extensions that compare with the next step reuse it)."""
     index = writer.index_of(ref.step)
     original = dict(plan.layout.duplicates).get(ref.step)
     copyable = all(ext.copy_duplicates for ext in plan.extensions)
@@ -263,10 +266,25 @@ def _one_step(
         if plan.probe is None:
             ctx = _weights_only(plan, ref, index, next_ref, run, fetched, step)
         else:
-            ctx = _replayed(plan, ref, index, next_ref, run, device, fetched, step, progress)
+            ctx = _replayed(plan, ref, index, next_ref, run, device, fetched, step, progress,
+                            _prefetched_state(peek, next_ref))
         for ext in plan.extensions:
             for name, values in ext.on_step(ctx).items():
                 step.write(name, values)
+
+
+def _prefetched_state(
+    peek: Callable[[], Fetched | None] | None, next_ref: CheckpointRef | None
+) -> Callable[[], Mapping[str, Any] | None]:
+    """The next step's loaded state dict if the prefetcher holds it, else ``None``."""
+
+    def state() -> Mapping[str, Any] | None:
+        following = peek() if peek is not None and next_ref is not None else None
+        if following is None or following.ref != next_ref or not following.state:
+            return None
+        return following.state
+
+    return state
 
 
 def _weights_only(
@@ -299,6 +317,7 @@ def _load_model(
 def _replayed(
     plan: AuditPlan, ref: CheckpointRef, index: int, next_ref: CheckpointRef | None,
     run: RunOptions, device: str, fetched: Fetched, step: StepTransaction, progress: Progress,
+    next_state: Callable[[], Mapping[str, Any] | None],
 ) -> StepContext:
     if plan.capture.activation_dtype == "float64" and plan.mode == "module":
         plan.built.module.double()  # type: ignore[union-attr]  # before loading: float64 checkpoints load unrounded
@@ -307,7 +326,7 @@ def _replayed(
     weights = {name: weight_matrix(layer, state.get(weight_key(name, layer)))
                for name, layer in layers.items()}
     ctx = StepContext(plan=plan, ref=ref, index=index, next_ref=next_ref, run=run, built=built,
-                      layers=layers, weights=weights, state=state)
+                      layers=layers, weights=weights, state=state, next_state=next_state)
     # float64 Grams run on the writer's threads while the probe replays
     step.write_grams([(i, weights[info.name]) for i, info in enumerate(plan.layers)
                       if info.name in weights])  # residual-stream rows have no weight, no Gram

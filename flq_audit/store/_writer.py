@@ -71,7 +71,6 @@ class StepWriter:
         self.steps = [int(x) for x in np.asarray(zarr_array(self.group, "step")[:])]
         self.labels = [str(x) for x in np.asarray(zarr_array(self.group, "label")[:])]
         self._rows = layout.sample_chunk
-        self._width = layout.feature_max
         self._buffers: dict[int, np.ndarray] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flq-audit-writer")
         self._slots = threading.BoundedSemaphore(MAX_PENDING_WRITES)

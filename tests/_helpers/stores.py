@@ -61,3 +61,31 @@ def assert_same_store(left: str | Path, right: str | Path, **kwargs: Any) -> Non
     """Every variable of the two stores is bitwise equal (see :func:`store_differences`)."""
     diffs = store_differences(left, right, **kwargs)
     assert not diffs, "stores differ:\n  " + "\n  ".join(diffs)
+
+
+#: The variables an audit writes for every step, and that two audits of the same steps
+#: must agree on bit for bit (provenance attributes name their own store, so they differ).
+STEP_VARIABLES = ("activations", "gram", "done", "targets", "error", "files", "sha256")
+
+
+def assert_same_variables(got: Any, want: Any, names: Iterable[str] = STEP_VARIABLES) -> None:
+    """The named arrays of two stores (zarr groups, paths or URLs) are bitwise equal."""
+    import zarr
+
+    def group(store: Any) -> Any:
+        return zarr.open_group(str(store), mode="r") if isinstance(store, (str, Path)) else store
+
+    left, right = group(got), group(want)
+    for name in names:
+        x, y = np.asarray(left[name][:]), np.asarray(right[name][:])
+        assert _same_bits(x, y), f"{name} differs"
+
+
+def audited_reference(run: Path, store: Path, *, batch_size: int = 50) -> Path:
+    """``run`` audited by one process into a local ``store``: what concurrent, distributed and
+    remote audits of the same run are compared with."""
+    from flq_audit import api
+    from flq_audit.options import RunOptions
+
+    api.audit(str(run), out=store, run=RunOptions(batch_size=batch_size))
+    return store

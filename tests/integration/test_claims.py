@@ -8,16 +8,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
 from flq_audit.store import StepClaims, StoreLocation
 from tests._helpers.cli import popen_cli
 from tests._helpers.runs import make_run
+from tests._helpers.stores import assert_same_variables, audited_reference
 
 STEPS = (0, 10, 20, 30, 40, 50)
-COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256")
 
 
 def _locations(tmp_path: Path, request) -> StoreLocation:
@@ -102,20 +101,7 @@ def wide_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def wide_reference(wide_run) -> Path:
-    from flq_audit import api
-    from flq_audit.options import RunOptions
-
-    store = wide_run.parent / "reference.zarr"
-    api.audit(str(wide_run), out=store, run=RunOptions(batch_size=50))
-    return store
-
-
-def assert_same_arrays(got: zarr.Group, want: zarr.Group) -> None:
-    for name in COMPARED:
-        x, y = np.asarray(got[name][:]), np.asarray(want[name][:])
-        if x.dtype.kind in "OTU":
-            x, y = [str(v) for v in x.ravel()], [str(v) for v in y.ravel()]
-        np.testing.assert_array_equal(x, y, err_msg=f"{name} differs")  # NaN == NaN
+    return audited_reference(wide_run, wide_run.parent / "reference.zarr")
 
 
 def run_two_writers(run: Path, out: str, *extra: str, env: dict | None = None) -> list[dict]:
@@ -144,8 +130,7 @@ def test_two_audits_at_once_on_one_local_store(wide_run, wide_reference, tmp_pat
     store = tmp_path / "shared.zarr"
     results = run_two_writers(wide_run, str(store))
     assert_each_step_written_once(results, StepClaims(store))
-    assert_same_arrays(zarr.open_group(str(store), mode="r"),
-                       zarr.open_group(str(wide_reference), mode="r"))
+    assert_same_variables(store, wide_reference)
     from flq_audit import api
 
     assert api.open_store(store)["done"].values.all()
@@ -159,7 +144,7 @@ def test_an_audit_into_memory_equals_the_local_one(wide_run, wide_reference, tmp
     result = api.audit(str(wide_run), out=url, run=RunOptions(batch_size=50))
     assert result.written == list(STEPS) and str(result.store) == url
     got = zarr.open_group(StoreLocation.parse(url).zarr_store(read_only=True), mode="r")
-    assert_same_arrays(got, zarr.open_group(str(wide_reference), mode="r"))
+    assert_same_variables(got, wide_reference)
     ds = api.open_store(url)
     assert ds["done"].values.all() and ds.encoding["source"] == url
 

@@ -3,11 +3,9 @@ store equals the sequential audit's, bitwise, also after a worker is SIGKILLed m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from flq_audit import api
 from flq_audit.options import FLOptions, RunOptions
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 from tests._helpers.runs import make_run
+from tests._helpers.sources import hashed_folder_source
 from tests._helpers.stores import assert_same_store
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -117,31 +116,7 @@ def test_a_step_that_fails_is_recorded_by_its_worker(cluster, tmp_path):
 
 
 def test_duplicates_are_copied_after_their_original(cluster, tmp_path, monkeypatch):
-    from flq_audit import sources
-    from flq_audit.sources.local import LocalFolderSource
-
-    class HashedFolder(LocalFolderSource):
-        """A folder whose identical checkpoint files are known before any is loaded."""
-
-        name = "hashed"
-        supports_duplicates = True
-        guess_can_open: ClassVar = classmethod(lambda cls, spec: spec.startswith("hashed:"))
-
-        def __init__(self, spec: str) -> None:
-            super().__init__(spec.removeprefix("hashed:"))
-
-        def duplicates(self, refs):
-            first: dict[str, int] = {}
-            out = {}
-            for ref in refs:
-                digest = hashlib.sha256(Path(ref.files[0]).read_bytes()).hexdigest()
-                if digest in first:
-                    out[ref.step] = first[digest]
-                first.setdefault(digest, ref.step)
-            return out
-
-    monkeypatch.setattr(sources, "SOURCE_FAMILIES",
-                        {"hashed": HashedFolder, **sources.SOURCE_FAMILIES})
+    hashed_folder_source(monkeypatch)
     run = make_run(tmp_path / "run", (0, 10))
     (run / "step_20.safetensors").write_bytes((run / "step_10.safetensors").read_bytes())
     plan = api.plan_audit(f"hashed:{run}", model=str(run / "model_spec.json"),

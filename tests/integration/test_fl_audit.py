@@ -237,3 +237,27 @@ def test_missing_fl_probe_is_exit_3_naming_the_option(tmp_path):
                     "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
     assert result.exit_code == 3, describe(result)
     assert_says(result.output, "--fl-probe: probe", "no.npz")
+
+
+def test_prefetching_hands_the_next_checkpoint_to_the_fl_residual(tmp_path, monkeypatch):
+    from flq_audit.options import RunOptions
+    from tests._helpers.sources import hashed_folder_source
+    from tests._helpers.stores import assert_same_store
+
+    run = _sgd_run(tmp_path / "run")
+    fl = FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json"))
+    source = hashed_folder_source(monkeypatch)
+    stores = {}
+    fetches = {}
+    for prefetch in (True, False):
+        source.fetched.clear()
+        stores[prefetch] = tmp_path / f"prefetch-{prefetch}.zarr"
+        api.audit(f"hashed:{run}", model=str(run / "model_spec.json"),
+                  probe=str(run / "probe.npz"), out=stores[prefetch], fl=fl,
+                  run=RunOptions(prefetch=prefetch, batch_size=16))
+        fetches[prefetch] = sorted(source.fetched)
+    assert fetches[True] == [0, 1, 2, 3, 4]  # the residual of step k reused the prefetched k+1
+    assert fetches[False] == [0, 1, 1, 2, 2, 3, 3, 4, 4]  # without: k+1 is loaded twice
+    assert_same_store(stores[True], stores[False], ignore_attrs=("source",))
+    residual = xr.open_zarr(stores[True]).fl_residual.values
+    assert np.all(residual[:-1] < 1e-11)

@@ -17,6 +17,7 @@ from flq_audit.audit.prefetch import Prefetcher
 from flq_audit.options import CaptureOptions, RunOptions
 from tests._helpers.hf_models import trainer_run
 from tests._helpers.runs import make_run, state_for
+from tests._helpers.stores import assert_same_store
 
 STEPS = (0, 10, 20, 30)
 
@@ -24,16 +25,6 @@ STEPS = (0, 10, 20, 30)
 def _arrays(store: Path) -> dict[str, np.ndarray]:
     group = zarr.open_group(str(store), mode="r")
     return {name: np.asarray(group[name][:]) for name in group.array_keys()}
-
-
-def _assert_same_store(a: Path, b: Path) -> None:
-    left, right = _arrays(a), _arrays(b)
-    assert sorted(left) == sorted(right)
-    for name, values in left.items():
-        if values.dtype.kind == "f":
-            assert np.array_equal(values, right[name], equal_nan=True), name
-        else:
-            assert (values == right[name]).all(), name
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,7 @@ def test_prefetch_writes_the_same_store_as_the_sequential_loop(run, tmp_path):
     api.audit(str(run), out=with_prefetch, run=RunOptions(device="cpu", batch_size=16))
     api.audit(str(run), out=without,
               run=RunOptions(device="cpu", batch_size=16, prefetch=False, threads=1))
-    _assert_same_store(with_prefetch, without)
+    assert_same_store(with_prefetch, without)
     arrays = _arrays(with_prefetch)
     assert arrays["done"].all()
     w = state_for(20)["layers.0.weight"].double()  # an independent Gram: WᵀW in float64

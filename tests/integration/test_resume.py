@@ -7,9 +7,7 @@ import json
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
 
 from tests._helpers.cli import (
     assert_says,
@@ -21,13 +19,13 @@ from tests._helpers.cli import (
     run_cli,
 )
 from tests._helpers.runs import make_run
+from tests._helpers.stores import assert_same_variables
 
 # Four steps of 200 probe samples in batches of 50: four batches per step. Each run is
 # interrupted by a fault point (flq_audit._faults) at an exact batch, so what is done when the
 # signal lands does not depend on the machine's speed.
 STEPS = (0, 10, 20, 30)
 N_SAMPLES, BATCH = 200, "50"
-COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256")
 #: name -> (fault spec, the exit status it causes, the ``done`` flags it leaves)
 FAULTS = {
     "kill": ("kill@step-batch:step=20,batch=1", -signal.SIGKILL, [True, True, False, False]),
@@ -70,15 +68,6 @@ def interrupted(big_run, reference) -> dict:
     return {"stores": stores | {"reference": reference}, "procs": procs, "outputs": outputs}
 
 
-def assert_same_store(got: Path, want: Path) -> None:
-    a, b = zarr.open_group(str(got), mode="r"), zarr.open_group(str(want), mode="r")
-    for name in COMPARED:
-        x, y = np.asarray(a[name][:]), np.asarray(b[name][:])
-        if x.dtype.kind in "OTU":
-            x, y = [str(v) for v in x.ravel()], [str(v) for v in y.ravel()]
-        np.testing.assert_array_equal(x, y, err_msg=f"{name} differs")  # NaN == NaN
-
-
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
     store, proc = interrupted["stores"]["kill"], interrupted["procs"]["kill"]
@@ -101,7 +90,7 @@ def test_sigkill_then_rerun_resumes_to_the_same_store(big_run, interrupted):
     taken = json.loads((store / ".flq" / "claims" / "step-20.json").read_text())
     assert taken["state"] == "finished" and taken["claims"] == 2
     assert taken["takeovers"][0]["from"] == held["owner"]
-    assert_same_store(store, interrupted["stores"]["reference"])
+    assert_same_variables(store, interrupted["stores"]["reference"])
 
 
 @pytest.mark.slow
@@ -120,7 +109,7 @@ def test_sigint_exits_130_and_leaves_a_resumable_store(big_run, interrupted):
     done_steps = [s for s, flag in zip(STEPS, done, strict=True) if flag]
     assert summary["skipped"] == done_steps
     assert summary["written"] == [s for s in STEPS if s not in done_steps]
-    assert_same_store(store, interrupted["stores"]["reference"])
+    assert_same_variables(store, interrupted["stores"]["reference"])
 
 
 # ------------------------------------------------------------ deterministic interruptions
@@ -157,4 +146,4 @@ def test_interrupt_at_a_named_point_then_resume(small_run, small_reference, tmp_
     assert read_done(store).tolist() == [True, False, False]
     resumed = api.audit(str(small_run), out=store, run=RunOptions(batch_size=16))
     assert resumed.written == [10, 20] and resumed.skipped == [0]
-    assert_same_store(store, small_reference)
+    assert_same_variables(store, small_reference)

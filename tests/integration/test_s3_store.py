@@ -14,10 +14,10 @@ import zarr
 from flq_audit.store import StepClaims, StoreLocation
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 from tests._helpers.runs import make_run
+from tests._helpers.stores import STEP_VARIABLES, assert_same_variables, audited_reference
 
 STEPS = (0, 10, 20, 30)
-COMPARED = ("activations", "gram", "done", "targets", "error", "files", "sha256", "step",
-            "label", "layer", "width", "gram_width")
+COMPARED = (*STEP_VARIABLES, "step", "label", "layer", "width", "gram_width")
 
 
 @pytest.fixture(scope="module")
@@ -27,24 +27,11 @@ def s3_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3_reference(s3_run) -> Path:
-    from flq_audit import api
-    from flq_audit.options import RunOptions
-
-    store = s3_run.parent / "reference.zarr"
-    api.audit(str(s3_run), out=store, run=RunOptions(batch_size=50))
-    return store
+    return audited_reference(s3_run, s3_run.parent / "reference.zarr")
 
 
 def _group(location: StoreLocation) -> zarr.Group:
     return zarr.open_group(location.zarr_store(read_only=True), mode="r")
-
-
-def assert_same_store(got: zarr.Group, want: zarr.Group, names=COMPARED) -> None:
-    for name in names:
-        x, y = np.asarray(got[name][:]), np.asarray(want[name][:])
-        if x.dtype.kind in "OTU":
-            x, y = [str(v) for v in x.ravel()], [str(v) for v in y.ravel()]
-        np.testing.assert_array_equal(x, y, err_msg=f"{name} differs")  # bitwise; NaN == NaN
 
 
 @pytest.mark.slow
@@ -62,7 +49,7 @@ def test_digits_audit_into_s3_equals_the_local_audit_and_every_command_reads_it(
     want = zarr.open_group(str(local), mode="r")
     with_data = list(want.array_keys())
     assert sorted(_group(location).array_keys()) == sorted(with_data)
-    assert_same_store(_group(location), want, names=with_data)
+    assert_same_variables(_group(location), want, names=with_data)
 
     shown = invoke("show", url, "--storage-options", options, "--json")
     assert shown.exit_code == 0, describe(shown)
@@ -101,7 +88,7 @@ def test_two_audits_at_once_on_one_s3_store(s3_endpoint, s3_run, s3_reference):
         claim = claims.read(step)
         assert claim is not None and claim.finished and claim.claims == 1, (step, claim)
     assert claims.read("template").finished  # the template was built once
-    assert_same_store(_group(claims.location), zarr.open_group(str(s3_reference), mode="r"))
+    assert_same_variables(_group(claims.location), s3_reference, COMPARED)
 
 
 @pytest.mark.slow
@@ -116,7 +103,7 @@ def test_workers_audit_into_s3_equals_the_local_single_process_audit(
     for step in STEPS:  # every step claimed once, by a worker, and finished
         claim = claims.read(step)
         assert claim is not None and claim.finished and claim.claims == 1, (step, claim)
-    assert_same_store(_group(claims.location), zarr.open_group(str(s3_reference), mode="r"))
+    assert_same_variables(_group(claims.location), s3_reference, COMPARED)
 
 
 @pytest.mark.slow
@@ -137,7 +124,7 @@ def test_a_killed_writer_is_taken_over_by_the_rerun(s3_endpoint, s3_run, s3_refe
     assert summary["skipped"] == [0] and summary["written"] == [10, 20, 30]
     taken = claims.read(10)
     assert taken.finished and taken.claims == 2 and taken.takeovers[0]["from"] == dead.owner
-    assert_same_store(_group(location), zarr.open_group(str(s3_reference), mode="r"))
+    assert_same_variables(_group(location), s3_reference, COMPARED)
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
@@ -280,49 +279,14 @@ def test_sources_declare_optional_abilities_with_default_methods(run_dir):
 
 
 def test_a_source_family_with_abilities_drives_copies_and_releases(tmp_path, monkeypatch):
-    import hashlib
-
     import numpy as np
     import xarray as xr
 
-    from flq_audit import api, sources
+    from flq_audit import api
     from tests._helpers.runs import make_run
+    from tests._helpers.sources import hashed_folder_source
 
-    class HashedFolder(LocalFolderSource):
-        """A folder whose identical checkpoint files are known before any is loaded."""
-
-        name = "hashed"
-        supports_release = supports_duplicates = True
-        released: ClassVar[list[int]] = []
-        fetched: ClassVar[list[int]] = []
-
-        @classmethod
-        def guess_can_open(cls, spec: str) -> bool:
-            return spec.startswith("hashed:")
-
-        def __init__(self, spec: str) -> None:
-            super().__init__(spec.removeprefix("hashed:"))
-
-        def duplicates(self, refs):
-            first: dict[str, int] = {}
-            out = {}
-            for ref in refs:
-                digest = hashlib.sha256(Path(ref.files[0]).read_bytes()).hexdigest()
-                if digest in first:
-                    out[ref.step] = first[digest]
-                first.setdefault(digest, ref.step)
-            return out
-
-        def release(self, ref) -> bool:
-            self.released.append(ref.step)
-            return True
-
-        def fetch(self, ref):
-            self.fetched.append(ref.step)
-            return super().fetch(ref)
-
-    monkeypatch.setattr(sources, "SOURCE_FAMILIES",
-                        {"hashed": HashedFolder, **sources.SOURCE_FAMILIES})
+    HashedFolder = hashed_folder_source(monkeypatch)
     run = make_run(tmp_path / "run", (0, 10))
     (run / "step_20.safetensors").write_bytes((run / "step_10.safetensors").read_bytes())
     result = api.audit(f"hashed:{run}", model=str(run / "model_spec.json"),

@@ -7,7 +7,7 @@ one-file change: write a class, pass it in ``plan_audit(..., extensions=[...])``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -31,6 +31,8 @@ class StepContext:
     torch tensor, as loaded); ``state`` is the checkpoint's state dict in the model's key
     names (empty for transformers models, whose weights live in ``built``). ``scratch`` is
     a per-step dict where an extension keeps what it gathers batch by batch.
+    ``next_state()`` is the next step's state dict when it is already loaded (by the
+    prefetcher), else ``None``: an extension comparing with the next step loads it then.
     """
 
     plan: AuditPlan
@@ -43,6 +45,7 @@ class StepContext:
     weights: Mapping[str, Any] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
     scratch: dict[str, Any] = field(default_factory=dict)
+    next_state: Callable[[], Mapping[str, Any] | None] = lambda: None
 
 
 @runtime_checkable

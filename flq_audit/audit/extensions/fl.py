@@ -114,9 +114,11 @@ class FeatureLearningResidual(Extension):
 
         plan, following = ctx.plan, ctx.next_ref
         probe = self._probe(plan)
-        next_state = map_keys(ctx.built, load_state_dict(
-            plan.source.fetch(following), trust_pickle=ctx.run.trust_pickle,
-            step=following.step))
+        loaded = ctx.next_state()  # the prefetcher's copy, else load it here
+        if loaded is None:
+            loaded = load_state_dict(plan.source.fetch(following),
+                                     trust_pickle=ctx.run.trust_pickle, step=following.step)
+        next_state = map_keys(ctx.built, dict(loaded))
         missing = [name for name in ctx.layers if f"{name}.weight" not in next_state]
         if missing:
             raise ModelBuildError(f"step {following.step}: no weight for layer(s) {missing}",
