@@ -12,8 +12,8 @@ user+sys CPU time and peak RSS from ``os.wait4``), ``--threads`` torch threads, 
 times, reported as median and [min, max]. Sections, each a ratio measured in this one run:
 
 a. ``--workers 2`` (two single-threaded worker processes) vs sequential on both sequences;
-b. the neox sequence served by a loopback Hub (olah) behind a proxy that delays each weight
-   download by one step's local compute (6-step minus 1-step audit CPU time, over 5), so
+b. the neox sequence served by a loopback Hub (olah) behind a proxy that sends each weight
+   file slowly, over one step's local compute (6-step minus 1-step audit CPU time, over 5), so
    that fetch ≈ compute: prefetching vs ``--no-prefetch`` (fresh HF cache per run); goal ≥ 1.6×;
 c. peak RSS with prefetching / without (local neox sequence); goal ≤ 1.3;
 d. CPU time of the audit / a hand-written loop (forward pre-hooks on every ``nn.Linear``,
@@ -145,7 +145,7 @@ def ratio(a: dict, b: dict, key: str) -> float:
 
 # ---------------------------------------------------------------- loopback Hub with a delay
 class DelayProxy:
-    """Forward every request to ``upstream``; sleep ``delay`` s before each weight download."""
+    """Forward every request to ``upstream``; send each weight file over ``delay`` s."""
 
     def __init__(self, upstream: str, delay: float) -> None:
         host, port = upstream.removeprefix("http://").split(":")
@@ -156,9 +156,8 @@ class DelayProxy:
             protocol_version = "HTTP/1.1"
 
             def _forward(self, method: str) -> None:
-                if method == "GET" and "/resolve/" in self.path and self.path.endswith(
-                        ".safetensors"):
-                    time.sleep(proxy.delay)
+                slow = method == "GET" and "/resolve/" in self.path and self.path.endswith(
+                    ".safetensors")
                 conn = http.client.HTTPConnection(host, int(port), timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 conn.request(method, self.path, headers=headers)
@@ -175,8 +174,13 @@ class DelayProxy:
                 if method != "HEAD":
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if method != "HEAD":
-                    self.wfile.write(body)
+                if method != "HEAD":  # a slow link: the body trickles in over `delay` s
+                    pieces = 50 if slow else 1
+                    size = -(-len(body) // pieces)
+                    for first in range(0, len(body), size):
+                        if slow:
+                            time.sleep(proxy.delay / pieces)
+                        self.wfile.write(body[first:first + size])
                 conn.close()
 
             def do_GET(self) -> None:
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                                                          threads=t), r)
                   for name, a in sequences.items()}
     result["sequential"] = sequential
+    save(result, args.out)
 
     workers = {name: repeated(lambda i, a=a, n=name: cli(
         *a, "--workers", 2, "--out", stores / f"{n}-w.zarr", threads=t), r)
@@ -309,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
                             "no_prefetch_mib": no_prefetch["peak_rss_mib"],
                             "ratio": ratio(sequential["neox"], no_prefetch, "peak_rss_mib")}
     result["no_prefetch_local"] = no_prefetch
+    save(result, args.out)
 
     hand = {"digits_x8": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "digits", digits,
                                              digits / "probe.npz", work / "hand-d", t], r),
@@ -322,16 +328,22 @@ def main(argv: list[str] | None = None) -> None:
                                       "--no-prefetch", "--out", stores / "one.zarr",
                                       threads=t), r)
     result["one_step_no_prefetch"] = one_step
+    save(result, args.out)
     # one step's compute on an idle core: CPU time, not wall time (other jobs inflate that)
     per_step = (float(no_prefetch["cpu_s"]) - float(one_step["cpu_s"])) / (len(NEOX_STEPS) - 1)
     result["b_hub_prefetch"] = hub_section(work, revisions, probe, per_step, t, r)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    print(save(result, args.out))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def save(result: dict, out: Path) -> str:
+    """Write what is measured so far (a long run that stops keeps its finished sections)."""
+    text = json.dumps(result, indent=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return text
 
 
 def hub_section(work: Path, revisions: dict, probe: Path, compute: float, t: int,

@@ -7,10 +7,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 
 from flq_audit.constants import (
     DEFAULT_CHUNK_BYTES,
@@ -22,6 +21,9 @@ from flq_audit.constants import (
 )
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._variables import extension_encoding, extension_variables
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 ACTIVATIONS = "activations"
 GRAM = "gram"
@@ -123,7 +125,32 @@ def _whole_chunks(width: int, chunk: int, size: int) -> int:
     return min(size, -(-width // chunk) * chunk)
 
 
-def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
+@dataclass(frozen=True)
+class Template:
+    """The store's coordinates, small data variables and attributes as plain arrays.
+
+    ``coords`` and ``data_vars`` map names to ``(dims, values, attrs)``, as the
+    :class:`xarray.Dataset` constructor takes them (:meth:`to_dataset`); building no
+    xarray object keeps dask (which xarray imports for every new variable) out of the audit.
+    """
+
+    coords: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]
+    data_vars: dict[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]]
+    attrs: dict[str, Any]
+
+    def coordinates_on(self, dims: Sequence[str]) -> str:
+        """The CF ``coordinates`` attribute xarray writes on a variable with ``dims``: the
+        non-index coordinates whose dimensions it has, sorted by name."""
+        return " ".join(sorted(name for name, (coord_dims, _, _) in self.coords.items()
+                               if coord_dims != (name,) and set(coord_dims) <= set(dims)))
+
+    def to_dataset(self) -> xr.Dataset:
+        import xarray as xr
+
+        return xr.Dataset(self.data_vars, coords=self.coords, attrs=self.attrs)
+
+
+def template(layout: StoreLayout, *, version: str) -> Template:
     """The store's coordinates, attributes and small arrays, written whole at creation.
 
     The big data arrays (Grams, activations, extension variables) are not in it: they hold
@@ -146,15 +173,15 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
         }),
     }
     coords: dict[str, Any] = {
-        STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64)),
-        "label": ((STEP,), coordinate_strings([safe_text(label) for label in layout.labels])),
-        "commit": ((STEP,), coordinate_strings([safe_text(commit) for commit in layout.commits])),
-        LAYER: ((LAYER,), coordinate_strings([layer.name for layer in layout.layers])),
-        "layer_kind": ((LAYER,), coordinate_strings([layer.kind for layer in layout.layers])),
-        "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64)),
-        "width": ((LAYER,), np.asarray([layer.width for layer in layout.layers], dtype=np.int64)),
+        STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64), {}),
+        "label": ((STEP,), coordinate_strings([safe_text(label) for label in layout.labels]), {}),
+        "commit": ((STEP,), coordinate_strings([safe_text(c) for c in layout.commits]), {}),
+        LAYER: ((LAYER,), coordinate_strings([layer.name for layer in layout.layers]), {}),
+        "layer_kind": ((LAYER,), coordinate_strings([layer.kind for layer in layout.layers]), {}),
+        "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64), {}),
+        "width": ((LAYER,), np.asarray([la.width for la in layout.layers], dtype=np.int64), {}),
         "gram_width": (
-            (LAYER,), np.asarray([layer.gram_width for layer in layout.layers], dtype=np.int64)
+            (LAYER,), np.asarray([la.gram_width for la in layout.layers], dtype=np.int64), {}
         ),
     }
     attrs: dict[str, Any] = {
@@ -169,7 +196,7 @@ def template(layout: StoreLayout, *, version: str) -> xr.Dataset:
     if layout.probe is not None:
         _add_probe(layout, data_vars, coords, attrs)
     data_vars.update(extension_variables(layout))
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return Template(coords=coords, data_vars=data_vars, attrs=attrs)
 
 
 def _duplicate_of(layout: StoreLayout) -> np.ndarray:
@@ -185,9 +212,9 @@ def _add_probe(layout: StoreLayout, data_vars: dict, coords: dict, attrs: dict) 
     data_vars[TARGETS] = ((SAMPLE, TARGET), probe.targets.astype(np.float64), {
         "long_name": "probe targets (one-hot classes or continuous)", "kind": probe.kind,
     })
-    coords[SAMPLE] = ((SAMPLE,), np.arange(n, dtype=np.int64))
+    coords[SAMPLE] = ((SAMPLE,), np.arange(n, dtype=np.int64), {})
     if probe.labels is not None:
-        coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64))
+        coords["class_label"] = ((SAMPLE,), probe.labels.astype(np.int64), {})
     names = getattr(probe, "class_names", None)
     attrs["probe"] = json.dumps({
         "name": probe.name, "fingerprint": probe.fingerprint, "n_samples": n,

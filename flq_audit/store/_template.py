@@ -1,20 +1,19 @@
 """Write a new store's template without computing (or importing dask for) its data arrays.
 
-Coordinates, attributes and small arrays go through ``xarray.Dataset.to_zarr``. The big data
-arrays (Grams, activations, extension variables) hold nothing but their fill value until a
-step is written, so only their metadata is written, directly with zarr, in the same form
-xarray gives it (dimension names, CF ``coordinates`` and ``_FillValue`` attributes).
+Everything is written directly with zarr, in the form ``xarray.Dataset.to_zarr`` gives it
+(dimension names, CF ``coordinates`` and ``_FillValue`` attributes, zarr's own chunks where
+none are set): building xarray objects would import dask, a fixed cost of every audit. The
+big data arrays (Grams, activations, extension variables) hold nothing but their fill
+value until a step is written, so only their metadata is written.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from flq_audit.constants import FEATURE, GRAM_I, GRAM_J, LAYER, SAMPLE, STEP
@@ -23,6 +22,7 @@ from flq_audit.store._schema import (
     DONE,
     GRAM,
     StoreLayout,
+    Template,
     encoding,
     fixed_width_strings_allowed,
     template,
@@ -78,22 +78,20 @@ def write_template(
     ``before_done`` runs once everything but ``done`` is written. A store without ``done``
     is therefore a template that was cut short.
     """
-    from xarray.backends.zarr import FillValueCoder
-
-    ds = template(layout, version=version)
-    codecs = step_chunked(ds, {name: enc for name, enc in encoding(layout).items()
-                               if name in ds.variables})
-    with fixed_width_strings_allowed(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Object at .flq is not recognized")
-        ds.drop_vars(DONE).to_zarr(target, mode=mode, zarr_format=3, consolidated=False,
-                                   encoding={k: v for k, v in codecs.items() if k != DONE})
-        group = zarr.open_group(target, mode="r+", zarr_format=3)
+    tpl = template(layout, version=version)
+    codecs = step_chunked(tpl, encoding(layout))
+    with fixed_width_strings_allowed():
+        group = zarr.open_group(target, mode=mode, zarr_format=3)
+        group.attrs.update(tpl.attrs)
+        for name, (dims, values, attrs) in tpl.coords.items():
+            _write_small(group, name, dims, values, attrs, codecs.get(name, {}))
+        for name, (dims, values, attrs) in tpl.data_vars.items():
+            if name != DONE:
+                _write_small(group, name, dims, values, _with_coordinates(tpl, dims, attrs),
+                             codecs.get(name, {}))
         for array in fill_only_arrays(layout):
-            attrs = dict(array.attrs)
-            coordinates = _coordinates(ds, array.dims)
-            if coordinates:
-                attrs["coordinates"] = coordinates
-            attrs["_FillValue"] = FillValueCoder.encode(array.fill, array.dtype)
+            attrs = _with_coordinates(tpl, array.dims, array.attrs)
+            attrs["_FillValue"] = _encoded_fill(array.fill, array.dtype)
             group.create_array(
                 array.name, shape=array.shape, chunks=array.chunks, dtype=array.dtype,
                 fill_value=array.fill, compressors=array.compressors,
@@ -101,26 +99,52 @@ def write_template(
             )
         if before_done is not None:
             before_done()
-        ds[[DONE]].to_zarr(target, mode="a", zarr_format=3, consolidated=False,
-                           encoding={DONE: codecs.get(DONE, {})})
+        dims, values, attrs = tpl.data_vars[DONE]
+        _write_small(group, DONE, dims, values, _with_coordinates(tpl, dims, attrs),
+                     codecs.get(DONE, {}))
 
 
-def step_chunked(ds: xr.Dataset, codecs: dict[str, dict]) -> dict[str, dict]:
-    """``codecs`` with one step per chunk for every step-indexed data variable (``done``,
-    ``error``, ``files`` ...): writers of different steps never rewrite a shared chunk."""
-    out = {name: dict(spec) for name, spec in codecs.items()}
-    for name, var in ds.data_vars.items():
-        if var.dims and var.dims[0] == STEP:
-            spec = out.setdefault(str(name), {})
-            shape = tuple(spec.get("chunks") or var.shape)
+def _write_small(group: zarr.Group, name: str, dims: tuple[str, ...], values: np.ndarray,
+                 attrs: dict[str, Any], codec: dict[str, Any]) -> None:
+    """One coordinate or small variable, declared and written as ``xarray.to_zarr`` does:
+    floats get a NaN ``_FillValue`` unless the encoding names one, strings of object dtype
+    become variable-length strings, unencoded chunks are zarr's own choice."""
+    attrs = dict(attrs)
+    fill = codec.get("_FillValue", np.nan if values.dtype.kind == "f" else None)
+    if fill is not None:
+        attrs["_FillValue"] = _encoded_fill(fill, values.dtype)
+    array = group.create_array(
+        name, shape=values.shape, chunks=codec.get("chunks", "auto"),
+        dtype=str if values.dtype.kind == "O" else values.dtype, fill_value=fill,
+        dimension_names=dims, attributes=attrs)
+    array[...] = values
+
+
+def _with_coordinates(tpl: Template, dims: tuple[str, ...], attrs: dict[str, Any]
+                      ) -> dict[str, Any]:
+    coordinates = tpl.coordinates_on(dims)
+    return {**attrs, "coordinates": coordinates} if coordinates else dict(attrs)
+
+
+def _encoded_fill(fill: float | int | bool, dtype: np.dtype) -> Any:
+    """The ``_FillValue`` attribute xarray writes and decodes (base64 for floats)."""
+    from xarray.backends.zarr import FillValueCoder
+
+    return FillValueCoder.encode(fill, np.dtype(dtype))
+
+
+def step_chunked(tpl: Template, codecs: dict[str, dict]) -> dict[str, dict]:
+    """``codecs`` of the template's variables, with one step per chunk for every
+    step-indexed data variable (``done``, ``error``, ``files`` ...): writers of different
+    steps never rewrite a shared chunk."""
+    names = set(tpl.coords) | set(tpl.data_vars)
+    out = {name: dict(spec) for name, spec in codecs.items() if name in names}
+    for name, (dims, values, _) in tpl.data_vars.items():
+        if dims and dims[0] == STEP:
+            spec = out.setdefault(name, {})
+            shape = tuple(spec.get("chunks") or values.shape)
             spec["chunks"] = (1, *shape[1:])
     return out
-
-
-def _coordinates(ds: xr.Dataset, dims: tuple[str, ...]) -> str:
-    """The CF ``coordinates`` attribute xarray writes: non-index coordinates on ``dims``."""
-    return " ".join(sorted(str(name) for name, coord in ds.coords.items()
-                           if name not in ds.dims and set(coord.dims) <= set(dims)))
 
 
 __all__ = ["FillOnlyArray", "fill_only_arrays", "write_template"]
