@@ -76,6 +76,7 @@ class StepWriter:
         self._slots = threading.BoundedSemaphore(MAX_PENDING_WRITES)
         self._pending: list[Future] = []
         self._filled: dict[int, int] = {}
+        self._widths: dict[int, int] = {}
         self._chunk_start: dict[int, int] = {}
 
     def done_steps(self) -> list[int]:
@@ -125,6 +126,7 @@ class StepWriter:
 
     def _reset_buffers(self) -> None:
         self._buffers.clear()
+        self._widths.clear()
         self._filled.clear()
         self._chunk_start.clear()
 
@@ -132,9 +134,9 @@ class StepWriter:
         """Add rows ``start:start+len(block)`` of one layer; flush each completed chunk."""
         buffer = self._buffers.get(layer_index)
         if buffer is None:  # whole feature chunks up to the layer's width, no padding chunks
-            columns = self.layout.feature_extent(block.shape[1])
-            buffer = np.full((self._rows, columns), np.nan, dtype=self.layout.activation_dtype)
+            buffer = self._new_buffer(block.shape[1])
             self._buffers[layer_index] = buffer
+            self._widths[layer_index] = block.shape[1]
             self._filled[layer_index] = 0
             self._chunk_start[layer_index] = start
         offset = 0
@@ -150,6 +152,14 @@ class StepWriter:
             if self._filled[layer_index] == self._rows or chunk_end == n_samples:
                 self._flush(step_index, layer_index)
 
+    def _new_buffer(self, width: int) -> np.ndarray:
+        """Rows of one chunk, NaN in the padding columns beyond ``width``; the rows are
+        filled batch by batch and only filled rows are written."""
+        columns = self.layout.feature_extent(width)
+        buffer = np.empty((self._rows, columns), dtype=self.layout.activation_dtype)
+        buffer[:, width:] = np.nan
+        return buffer
+
     def _flush(self, step_index: int, layer_index: int) -> None:
         rows = self._filled[layer_index]
         if rows == 0:
@@ -163,7 +173,7 @@ class StepWriter:
                              path=self.path)
         self._submit(self.acts, region, buffer[:rows])
         # the buffer now belongs to the pending write; start the next chunk in a fresh one
-        self._buffers[layer_index] = np.full_like(buffer, np.nan)
+        self._buffers[layer_index] = self._new_buffer(self._widths[layer_index])
         self._chunk_start[layer_index] = begin + rows
         self._filled[layer_index] = 0
 
