@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_result
 
 SEED = 0
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_audit.json"
@@ -242,10 +243,7 @@ def main() -> None:
         },
         "seconds": {"train": train["seconds"], "total": round(time.perf_counter() - t0, 1)},
     }
-    text = json.dumps(result, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    print(write_result(result, args.out))
 
 
 if __name__ == "__main__":

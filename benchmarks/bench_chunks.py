@@ -22,7 +22,6 @@ Run:  python benchmarks/bench_chunks.py [--blocks N] [--repeats N] [--out PATH]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -31,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _results import write_result
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_chunks.json"
 ROWS, FEATURES = 16384, 128
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                         "range": [round(min(values), 3), round(max(values), 3)],
                         "ratio_to_store": round(statistics.median(values) / base, 2),
                         "disk_per_byte": round(disk[name], 3)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    print(write_result(result, args.out))
 
 
 if __name__ == "__main__":

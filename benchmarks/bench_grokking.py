@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_result
+
 from flq_audit.recipes import grokking_mlp
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_grokking.json"
@@ -39,8 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
         "final": history[-1],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(write_result(result, args.out))
     return result
 
 

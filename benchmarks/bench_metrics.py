@@ -34,6 +34,7 @@ from pathlib import Path
 import dask
 import numpy as np
 import threadpoolctl
+from _results import write_result
 from dask.distributed import Client, LocalCluster, get_task_stream
 from dask.utils import key_split
 
@@ -258,9 +259,7 @@ def main() -> None:
                    "loadavg": {**load, "end": np.round(os.getloadavg(), 2).tolist()}},
         "kernels": kernels, "lazy_metrics": lazy, "seconds_total": round(time.perf_counter() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(args.out.read_text(), end="")
+    print(write_result(result, args.out))
 
 
 if __name__ == "__main__":

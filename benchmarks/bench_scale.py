@@ -40,6 +40,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from _results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "bench_scale.json"
 NEOX_STEPS = (0, 1000, 2000, 3000, 4000, 5000)
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
                                                          threads=t), r)
                   for name, a in sequences.items()}
     result["sequential"] = sequential
-    save(result, args.out)
+    write_result(result, args.out)
 
     workers = {name: repeated(lambda i, a=a, n=name: cli(
         *a, "--workers", 2, "--out", stores / f"{n}-w.zarr", threads=t), r)
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
                             "no_prefetch_mib": no_prefetch["peak_rss_mib"],
                             "ratio": ratio(sequential["neox"], no_prefetch, "peak_rss_mib")}
     result["no_prefetch_local"] = no_prefetch
-    save(result, args.out)
+    write_result(result, args.out)
 
     hand = {"digits_x8": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "digits", digits,
                                              digits / "probe.npz", work / "hand-d", t], r),
@@ -328,22 +330,14 @@ def main(argv: list[str] | None = None) -> None:
                                       "--no-prefetch", "--out", stores / "one.zarr",
                                       threads=t), r)
     result["one_step_no_prefetch"] = one_step
-    save(result, args.out)
+    write_result(result, args.out)
     # one step's compute on an idle core: CPU time, not wall time (other jobs inflate that)
     per_step = (float(no_prefetch["cpu_s"]) - float(one_step["cpu_s"])) / (len(NEOX_STEPS) - 1)
     result["b_hub_prefetch"] = hub_section(work, revisions, probe, per_step, t, r)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
-    print(save(result, args.out))
+    print(write_result(result, args.out))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def save(result: dict, out: Path) -> str:
-    """Write what is measured so far (a long run that stops keeps its finished sections)."""
-    text = json.dumps(result, indent=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    return text
 
 
 def hub_section(work: Path, revisions: dict, probe: Path, compute: float, t: int,

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_result
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_startup.json"
 SPEC = {"type": "mlp", "in_features": 6, "widths": [8, 8], "out_features": 3,
         "activation": "gelu", "bias": True}
@@ -121,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "goal_ratio": 1.5,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(write_result(result, args.out))
     return result
 
 

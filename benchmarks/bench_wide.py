@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's flq_audit, here and in the subprocesses
@@ -252,10 +253,7 @@ def main() -> None:
         if args.what in ("layout", "all"):
             (Path(tmp) / "layout").mkdir()
             result["layout"] = bench_layout(args.steps, Path(tmp) / "layout")
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    print(write_result(result, args.out))
 
 
 if __name__ == "__main__":
