@@ -20,7 +20,11 @@ d. CPU time of the audit / a hand-written loop (forward pre-hooks on every ``nn.
    float64 Grams, ``np.save`` of each array) on the same checkpoints; goal ≤ 1.2 (neox) and
    ≤ 1.5 (digits).
 
-Run:  python benchmarks/bench_scale.py [--small] [--repeats N] [--threads T] [--out PATH]
+The setup runs in a child process, so that this process stays small (a spawned process
+inherits its spawner's RSS high-water mark in ``ru_maxrss``).
+
+Run:  python benchmarks/bench_scale.py [--small] [--repeats N] [--threads T]
+      [--sections a,b,c,d] [--work DIR] [--out PATH]
 Prints one JSON object and writes it to ``--out`` (default benchmarks/results/bench_scale.json).
 """
 
@@ -91,25 +95,22 @@ def neox_files(shape: dict, seed: int) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def make_neox(work: Path, shape: dict) -> tuple[Path, Path, dict[int, dict[str, bytes]]]:
+def make_neox(work: Path, shape: dict) -> None:
     import random
 
     run = work / "neox"
-    revisions = {}
     for step in NEOX_STEPS:
         files = neox_files(shape, seed=step)
         folder = run / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        revisions[step] = files
     rng = random.Random(0)
     probe = work / "texts.jsonl"
     with probe.open("w") as handle:
         for i in range(512):
             words = rng.sample(WORDS, rng.randint(4, 10))
             handle.write(json.dumps({"text": " ".join(words), "label": "ab"[i % 2]}) + "\n")
-    return run, probe, revisions
 
 
 # ---------------------------------------------------------------- one measured process
@@ -266,14 +267,41 @@ def cli(*args: object, threads: int) -> list[str]:
             "--threads", str(threads), "--overwrite"]
 
 
+def setup(work: Path, shape: dict) -> None:
+    """Make both checkpoint sequences and the Hub repository of the neox one (untimed).
+
+    Run in a child process: a parent that loaded six checkpoints would pass its peak RSS on
+    to every process it spawns (Linux counts the spawner's high-water mark in the child's
+    ``ru_maxrss``), which would hide the measured peaks."""
+    if not (work / "digits8").exists():
+        make_digits(work)
+    if not (work / "neox").exists():
+        make_neox(work, shape)
+    sys.path.insert(0, str(ROOT))
+    from tests._helpers.hub import OlahServer, build_git_repo
+
+    repo = OlahServer(work / "olah").repo_path("EleutherAI/pythia-bench")
+    if not repo.exists():
+        revisions = {f"step{s}": {p.name: p.read_bytes()
+                                  for p in (work / "neox" / f"checkpoint-{s}").iterdir()}
+                     for s in NEOX_STEPS}
+        build_git_repo(repo, {"main": revisions[f"step{max(NEOX_STEPS)}"], **revisions})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a small NeoX model (quick run)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sections", default="a,b,c,d", help="which sections to run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work", type=Path, default=None, help="keep the setup here")
+    parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    shape = SMALL if args.small else PYTHIA_70M
+    if args.setup_only:
+        return setup(args.work, shape)
+    sections = set(args.sections.split(","))
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     # an installed package has its bytecode compiled; an editable checkout may not
@@ -282,21 +310,17 @@ def main(argv: list[str] | None = None) -> None:
                    check=True, stdout=subprocess.DEVNULL)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    shape = SMALL if args.small else PYTHIA_70M
+    subprocess.run([sys.executable, __file__, "--setup-only", "--work", str(work),
+                    *(["--small"] if args.small else [])], check=True)
     load_before = os.getloadavg()
-    digits = work / "digits8" if (work / "digits8").exists() else make_digits(work)
-    if (work / "neox").exists():
-        neox, probe = work / "neox", work / "texts.jsonl"
-        revisions = {s: {p.name: p.read_bytes() for p in (neox / f"checkpoint-{s}").iterdir()}
-                     for s in NEOX_STEPS}
-    else:
-        neox, probe, revisions = make_neox(work, shape)
+    digits, neox, probe = work / "digits8", work / "neox", work / "texts.jsonl"
     t, r = args.threads, args.repeats
     stores = work / "stores"
     neox_args = (neox, "--probe", probe, "--pooling", "last")
     sequences = {"digits_x8": (digits,), "neox": neox_args}
     result: dict[str, object] = {"small": args.small, "threads": t, "repeats": r,
-                                 "cpus": os.cpu_count(), "neox_shape": shape}
+                                 "cpus": os.cpu_count(), "neox_shape": shape,
+                                 "sections": sorted(sections)}
 
     sequential = {name: repeated(lambda i, a=a, n=name: cli(*a, "--out", stores / f"{n}.zarr",
                                                          threads=t), r)
@@ -304,54 +328,58 @@ def main(argv: list[str] | None = None) -> None:
     result["sequential"] = sequential
     write_result(result, args.out)
 
-    workers = {name: repeated(lambda i, a=a, n=name: cli(
-        *a, "--workers", 2, "--out", stores / f"{n}-w.zarr", threads=t), r)
-        for name, a in sequences.items()}
-    result["a_workers2"] = {n: {**w, "speedup": ratio(sequential[n], w, "wall_s")}
-                            for n, w in workers.items()}
+    if "a" in sections:
+        workers = {name: repeated(lambda i, a=a, n=name: cli(
+            *a, "--workers", 2, "--out", stores / f"{n}-w.zarr", threads=t), r)
+            for name, a in sequences.items()}
+        result["a_workers2"] = {n: {**w, "speedup": ratio(sequential[n], w, "wall_s")}
+                                for n, w in workers.items()}
+        write_result(result, args.out)
 
-    no_prefetch = repeated(lambda i: cli(*neox_args, "--no-prefetch", "--out",
-                                         stores / "np.zarr", threads=t), r)
-    result["c_peak_rss"] = {"prefetch_mib": sequential["neox"]["peak_rss_mib"],
-                            "no_prefetch_mib": no_prefetch["peak_rss_mib"],
-                            "ratio": ratio(sequential["neox"], no_prefetch, "peak_rss_mib")}
-    result["no_prefetch_local"] = no_prefetch
-    write_result(result, args.out)
+    if sections & {"b", "c"}:
+        no_prefetch = repeated(lambda i: cli(*neox_args, "--no-prefetch", "--out",
+                                             stores / "np.zarr", threads=t), r)
+        result["c_peak_rss"] = {"prefetch_mib": sequential["neox"]["peak_rss_mib"],
+                                "no_prefetch_mib": no_prefetch["peak_rss_mib"],
+                                "ratio": ratio(sequential["neox"], no_prefetch, "peak_rss_mib")}
+        result["no_prefetch_local"] = no_prefetch
+        write_result(result, args.out)
 
-    hand = {"digits_x8": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "digits", digits,
-                                             digits / "probe.npz", work / "hand-d", t], r),
-            "neox": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "neox", neox, probe,
-                                        work / "hand-n", t], r)}
-    result["d_hand_loop"] = {n: {"hand": h, "audit_cpu_ratio": ratio(sequential[n], h, "cpu_s"),
-                                 "audit_wall_ratio": ratio(sequential[n], h, "wall_s")}
-                             for n, h in hand.items()}
+    if "d" in sections:
+        hand = {"digits_x8": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "digits",
+                                                 digits, digits / "probe.npz", work / "hand-d",
+                                                 t], r),
+                "neox": repeated(lambda i: [sys.executable, "-c", HAND_LOOP, "neox", neox, probe,
+                                            work / "hand-n", t], r)}
+        result["d_hand_loop"] = {n: {"hand": h,
+                                     "audit_cpu_ratio": ratio(sequential[n], h, "cpu_s"),
+                                     "audit_wall_ratio": ratio(sequential[n], h, "wall_s")}
+                                 for n, h in hand.items()}
+        write_result(result, args.out)
 
-    one_step = repeated(lambda i: cli(*neox_args, "--steps", str(NEOX_STEPS[0]),
-                                      "--no-prefetch", "--out", stores / "one.zarr",
-                                      threads=t), r)
-    result["one_step_no_prefetch"] = one_step
-    write_result(result, args.out)
-    # one step's compute on an idle core: CPU time, not wall time (other jobs inflate that)
-    per_step = (float(no_prefetch["cpu_s"]) - float(one_step["cpu_s"])) / (len(NEOX_STEPS) - 1)
-    result["b_hub_prefetch"] = hub_section(work, revisions, probe, per_step, t, r)
+    if "b" in sections:
+        one_step = repeated(lambda i: cli(*neox_args, "--steps", str(NEOX_STEPS[0]),
+                                          "--no-prefetch", "--out", stores / "one.zarr",
+                                          threads=t), r)
+        result["one_step_no_prefetch"] = one_step
+        # one step's compute on an idle core: CPU time, not wall time (other jobs inflate it)
+        per_step = (float(result["no_prefetch_local"]["cpu_s"])  # type: ignore[index]
+                    - float(one_step["cpu_s"])) / (len(NEOX_STEPS) - 1)
+        result["b_hub_prefetch"] = hub_section(work, probe, per_step, t, r)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     print(write_result(result, args.out))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def hub_section(work: Path, revisions: dict, probe: Path, compute: float, t: int,
-                r: int) -> object:
-    """Prefetch vs not, each weight file delayed by ``compute`` s (one step's local time)."""
+def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> object:
+    """Prefetch vs not, each weight file sent over ``compute`` s (one step's local time)."""
     sys.path.insert(0, str(ROOT))
-    from tests._helpers.hub import OlahServer, build_git_repo, olah_cli
+    from tests._helpers.hub import OlahServer, olah_cli
 
     if olah_cli() is None:
         return "skipped: olah is not installed"
     server = OlahServer(work / "olah")
-    build_git_repo(server.repo_path("EleutherAI/pythia-bench"),
-                   {"main": revisions[max(revisions)],
-                    **{f"step{s}": files for s, files in revisions.items()}})
     upstream = server.start()
     try:
         proxy = DelayProxy(upstream, delay=compute)
