@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from flq_audit.metrics import TLOptions
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
+    from flq_audit.store._repair import RepairResult
 
 
 def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
@@ -305,6 +306,20 @@ def compute_metrics(
         return run_metrics(location, open_dataset(location),  # type: ignore[arg-type]
                            metrics=metrics, tl=tl or given,
                            scheduler=scheduler, recompute=recompute)
+
+
+def repair_store(store: str | Path | StoreLocation, *,
+                 storage_options: dict[str, Any] | None = None) -> RepairResult:
+    """Finish a store whose last writer died before finishing it: write the ``checkpoints``
+    provenance of its done steps and consolidate its metadata (what the last writer to
+    finish does). Refused while an audit or a metrics run holds the store."""
+    from flq_audit.store import StoreLocation, open_dataset
+    from flq_audit.store._repair import repair_store as repair
+
+    location = StoreLocation.parse(store, storage_options)
+    open_dataset(location)  # a missing or foreign store is reported before anything else
+    with _metrics_lock(location):
+        return repair(location)
 
 
 @contextmanager

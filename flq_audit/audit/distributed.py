@@ -12,8 +12,8 @@ Rules
   the model built at plan time: a worker rebuilds it once from ``plan.model`` (a JSON spec
   or a factory, read where the worker runs); transformers checkpoints are reloaded per step
   anyway. Download listeners of the client are detached first.
-- **FL residual**: the task of step *k* fetches step *k+1* itself, as the sequential audit
-  does; nothing waits on another task.
+- **FL residual**: the task of step *k* fetches step *k+1* itself (the sequential audit
+  hands it the prefetched one); nothing waits on another task.
 - **Duplicate steps** (byte-identical checkpoint files) are submitted only once their
   original's task has finished: the task then copies the original's data. If the original
   failed, the duplicate is audited from its own files.
@@ -44,6 +44,7 @@ from flq_audit.audit.runner import (
     _one_step,
     _Silent,
     finish_store,
+    set_threads,
 )
 from flq_audit.errors import NetworkError, OptionError
 from flq_audit.options import RunOptions
@@ -145,6 +146,7 @@ def audit_step(shipped: ShippedPlan, step: int) -> StepOutcome:
     from flq_audit.store import StepWriter
 
     worker = _worker_name()
+    set_threads(shipped.run.threads)  # --threads applies to each worker process
     plan = worker_plan(shipped)
     ref = next(r for r in plan.refs if r.step == step)
     writer = StepWriter(plan.store, plan.layout)

@@ -6,7 +6,6 @@ weights) lives in the step's :class:`StepContext`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,9 +28,7 @@ from flq_audit.sources import CheckpointRef
 from flq_audit.store import (
     StepClaims,
     StepWriter,
-    consolidate,
     create_or_resume,
-    fixed_width_strings_allowed,
 )
 from flq_audit.store._location import StoreLocation
 from flq_audit.store._writer import StepTransaction
@@ -233,10 +230,11 @@ def _claimed_step(
 
 def finish_store(writer: StepWriter) -> None:
     """Provenance of every done step and consolidated metadata: run by each writer as it
-    finishes (the last one leaves them complete) and by ``flq-audit show --repair``."""
-    with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
-        writer.group.attrs["checkpoints"] = json.dumps(writer.step_provenance())
-    consolidate(writer.location)
+    finishes (the last one leaves them complete; a rerun that finds every step done, or
+    ``flq-audit show --repair``, runs it again)."""
+    from flq_audit.store._writer import finish_store as finish
+
+    finish(writer.group, writer.location)
 
 
 def _one_step(

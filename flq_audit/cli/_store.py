@@ -118,13 +118,24 @@ def _plain(value: object) -> object:
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False,
                  output_format: _output.FormatOpt = "table",
-                 storage_options: StorageOptionsOpt = None) -> None:
+                 storage_options: StorageOptionsOpt = None,
+                 repair: Annotated[bool, typer.Option(
+                     "--repair", help="First finish a store whose last writer died before "
+                     "finishing it: write the provenance of the done steps and consolidate "
+                     "the metadata (refused while a writer is still working on it).")] = False,
+                 ) -> None:
     """Summarise a store: steps done and failed, layers, sizes, provenance.
 
     With --format tsv or csv: the steps table, a blank line, then the layers table.
     """
     fmt = _output.output_format(output_format, as_json)
     options = _storage_options(storage_options)
+    if repair:
+        repaired = api.repair_store(store, storage_options=options)
+        _output.stderr.print(
+            f"repaired {store}: provenance of {len(repaired.done)} done step(s) written, "
+            "metadata consolidated" + (f"; {len(repaired.not_done)} step(s) not done (rerun "
+                                       "the audit to write them)" if repaired.not_done else ""))
     ds = api.open_store(store, dask=False, storage_options=options)  # no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]

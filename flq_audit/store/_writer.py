@@ -24,6 +24,7 @@ from flq_audit.store._schema import (
     GRAM,
     SHA256,
     StoreLayout,
+    fixed_width_strings_allowed,
     safe_text,
 )
 
@@ -277,17 +278,29 @@ class StepWriter:
 
     def step_provenance(self) -> dict[str, dict[str, object]]:
         """``{step: {label, files, sha256}}`` for every done step."""
-        flags = np.asarray(self.done[:], dtype=bool)
-        files, shas = np.asarray(self.files[:]), np.asarray(self.sha[:])
-        out: dict[str, dict[str, object]] = {}
-        for i, step in enumerate(self.steps):
-            if flags[i]:
-                out[str(step)] = {
-                    "label": self.labels[i],
-                    "files": json.loads(str(files[i]) or "[]"),
-                    "sha256": json.loads(str(shas[i]) or "[]"),
-                }
-        return out
+        return step_provenance(self.group)
+
+
+def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
+    """``{step: {label, files, sha256}}`` for every done step of a store's group."""
+    flags = np.asarray(zarr_array(group, DONE)[:], dtype=bool)
+    files, shas = np.asarray(zarr_array(group, FILES)[:]), np.asarray(zarr_array(group, SHA256)[:])
+    steps = np.asarray(zarr_array(group, "step")[:])
+    labels = np.asarray(zarr_array(group, "label")[:])
+    return {str(int(step)): {"label": str(labels[i]),
+                             "files": json.loads(str(files[i]) or "[]"),
+                             "sha256": json.loads(str(shas[i]) or "[]")}
+            for i, step in enumerate(steps) if flags[i]}
+
+
+def finish_store(group: zarr.Group, location: StoreLocation) -> None:
+    """Write the ``checkpoints`` provenance of every done step and consolidate the metadata:
+    what each writer does as it finishes, and ``flq-audit show --repair``."""
+    with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
+        group.attrs["checkpoints"] = json.dumps(step_provenance(group))
+    from flq_audit.store import consolidate
+
+    consolidate(location)
 
 
 class StepTransaction:

@@ -162,3 +162,55 @@ def test_a_finished_claim_is_reopened_only_on_request_and_counted(where):
     assert reopened.owner == other.owner and reopened.claims == 2 and not reopened.finished
     assert not claims.reopen(6)  # held now, not finished: nothing to reopen
     other.close()
+
+
+# ------------------------------------------------------------------ show --repair
+def _as_left_by_a_writer_killed_before_finishing(store: Path) -> dict:
+    """Drop the provenance and the consolidated metadata the last writer writes as it
+    finishes; return the provenance that was there."""
+    meta_file = store / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    provenance = json.loads(meta["attributes"].pop("checkpoints"))
+    meta.pop("consolidated_metadata", None)
+    meta_file.write_text(json.dumps(meta))
+    return provenance
+
+
+def test_show_repair_finishes_a_store_whose_last_writer_died(wide_reference, tmp_path):
+    import shutil
+
+    from flq_audit.store import is_consolidated
+    from tests._helpers.cli import invoke
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(wide_reference, store)
+    want = _as_left_by_a_writer_killed_before_finishing(store)
+    assert len(want) == len(STEPS) and not is_consolidated(store)
+    result = invoke("show", store, "--repair", "--json")
+    assert result.exit_code == 0, result.output
+    assert f"provenance of {len(STEPS)} done step(s) written" in result.stderr
+    assert json.loads(zarr.open_group(str(store), mode="r").attrs["checkpoints"]) == want
+    assert is_consolidated(store)
+    assert_same_variables(store, wide_reference)
+
+
+def test_show_repair_is_refused_while_a_writer_holds_a_step(wide_reference, tmp_path):
+    import shutil
+
+    from flq_audit.store import is_consolidated
+    from tests._helpers.cli import invoke, squash
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(wide_reference, store)
+    _as_left_by_a_writer_killed_before_finishing(store)
+    writer = StepClaims(store, lease_s=30)
+    assert writer.reopen(STEPS[1])  # a live writer (this process) rewrites that step
+    try:
+        result = invoke("show", store, "--repair")
+    finally:
+        writer.close()
+    assert result.exit_code != 0
+    assert f"step-{STEPS[1]}" in squash(result.output) and "Waitforthem" in squash(result.output)
+    assert not is_consolidated(store)  # nothing was written
+    writer.release(STEPS[1])
+    assert invoke("show", store, "--repair").exit_code == 0 and is_consolidated(store)
