@@ -11,14 +11,17 @@ Every measured run is ``python -m flq_audit ...`` in a fresh subprocess (wall ti
 user+sys CPU time and peak RSS from ``os.wait4``), ``--threads`` torch threads, ``--repeats``
 times, reported as median and [min, max]. Sections, each a ratio measured in this one run:
 
-a. ``--workers 2`` (two single-threaded worker processes) vs sequential on both sequences;
+a. ``--workers 2`` (two single-threaded worker processes) vs sequential on both sequences,
+   and on the neox sequence with 2,048 texts (``--repeats`` / 2 times), where the forward
+   pass dominates a step;
 b. the neox sequence served by a loopback Hub (olah) behind a proxy that sends each weight
    file slowly, over one step's local compute (6-step minus 1-step audit CPU time, over 5), so
    that fetch ≈ compute: prefetching vs ``--no-prefetch`` (fresh HF cache per run); goal ≥ 1.6×;
 c. peak RSS with prefetching / without (local neox sequence); goal ≤ 1.3;
 d. CPU time of the audit / a hand-written loop (forward pre-hooks on every ``nn.Linear``,
    float64 Grams, ``np.save`` of each array) on the same checkpoints; goal ≤ 1.2 (neox) and
-   ≤ 1.5 (digits).
+   ≤ 1.5 (digits). For the digits sequence also the audit with every store write replaced
+   by a no-op (what compressing and writing the store costs).
 
 The setup runs in a child process, so that this process stays small (a spawned process
 inherits its spawner's RSS high-water mark in ``ru_maxrss``).
@@ -96,8 +99,6 @@ def neox_files(shape: dict, seed: int) -> dict[str, bytes]:
 
 
 def make_neox(work: Path, shape: dict) -> None:
-    import random
-
     run = work / "neox"
     for step in NEOX_STEPS:
         files = neox_files(shape, seed=step)
@@ -105,10 +106,16 @@ def make_neox(work: Path, shape: dict) -> None:
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
+    write_texts(work / "texts.jsonl", 512)
+
+
+def write_texts(path: Path, n: int) -> None:
+    """``n`` short texts of 4 to 10 words, labelled a/b (the same first 512 for any n)."""
+    import random
+
     rng = random.Random(0)
-    probe = work / "texts.jsonl"
-    with probe.open("w") as handle:
-        for i in range(512):
+    with path.open("w") as handle:
+        for i in range(n):
             words = rng.sample(WORDS, rng.randint(4, 10))
             handle.write(json.dumps({"text": " ".join(words), "label": "ab"[i % 2]}) + "\n")
 
@@ -179,7 +186,7 @@ class DelayProxy:
                 self.end_headers()
                 if method != "HEAD":  # a slow link: the body trickles in over `delay` s
                     pieces = 50 if slow else 1
-                    size = -(-len(body) // pieces)
+                    size = max(1, -(-len(body) // pieces))
                     for first in range(0, len(body), size):
                         if slow:
                             time.sleep(proxy.delay / pieces)
@@ -261,6 +268,19 @@ else:
 '''
 
 
+# ---------------------------------------------------------------- a breakdown of (d)
+NO_WRITES = r'''
+import sys
+from flq_audit.cli import main
+from flq_audit.store import _writer
+def skip(self, array, region, data):  # every store write of a step becomes a no-op
+    self._submit_job(lambda: None)
+_writer.StepWriter._submit = skip
+sys.argv = ["flq-audit", *sys.argv[1:]]
+main()
+'''
+
+
 # ---------------------------------------------------------------- the benchmark
 def cli(*args: object, threads: int) -> list[str]:
     return [sys.executable, "-m", "flq_audit", *map(str, args), "--quiet", "--device", "cpu",
@@ -277,6 +297,8 @@ def setup(work: Path, shape: dict) -> None:
         make_digits(work)
     if not (work / "neox").exists():
         make_neox(work, shape)
+    if not (work / "texts2048.jsonl").exists():
+        write_texts(work / "texts2048.jsonl", 2048)
     sys.path.insert(0, str(ROOT))
     from tests._helpers.hub import OlahServer, build_git_repo
 
@@ -335,6 +357,15 @@ def main(argv: list[str] | None = None) -> None:
         result["a_workers2"] = {n: {**w, "speedup": ratio(sequential[n], w, "wall_s")}
                                 for n, w in workers.items()}
         write_result(result, args.out)
+        # the same sequence where the forward dominates: 2,048 texts instead of 512
+        big = (neox, "--probe", work / "texts2048.jsonl", "--pooling", "last")
+        rb = max(1, r // 2)
+        one = repeated(lambda i: cli(*big, "--out", stores / "big.zarr", threads=t), rb)
+        two = repeated(lambda i: cli(*big, "--workers", 2, "--out", stores / "big-w.zarr",
+                                     threads=t), rb)
+        result["a_workers2"]["neox_2048_texts"] = {  # type: ignore[index]
+            "sequential": one, "workers2": two, "speedup": ratio(one, two, "wall_s")}
+        write_result(result, args.out)
 
     if sections & {"b", "c"}:
         no_prefetch = repeated(lambda i: cli(*neox_args, "--no-prefetch", "--out",
@@ -355,6 +386,11 @@ def main(argv: list[str] | None = None) -> None:
                                      "audit_cpu_ratio": ratio(sequential[n], h, "cpu_s"),
                                      "audit_wall_ratio": ratio(sequential[n], h, "wall_s")}
                                  for n, h in hand.items()}
+        # where the digits gap lies: the same audit with its store writes made no-ops
+        unwritten = repeated(lambda i: [sys.executable, "-c", NO_WRITES, *cli(
+            digits, "--out", stores / "digits-unwritten.zarr", threads=t)[3:]], r)
+        result["d_hand_loop"]["digits_x8"]["audit_without_store_writes"] = {  # type: ignore[index]
+            **unwritten, "cpu_ratio_to_hand": ratio(unwritten, hand["digits_x8"], "cpu_s")}
         write_result(result, args.out)
 
     if "b" in sections:
@@ -389,7 +425,9 @@ def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> obje
             home = work / f"hf-{name}-{i}"
             shutil.rmtree(home, ignore_errors=True)
             return {**os.environ, "HF_ENDPOINT": proxy.endpoint, "HF_HOME": str(home),
-                    "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+                    "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1",
+                    # the loopback mirror reads a weight file whole before it answers
+                    "HF_HUB_DOWNLOAD_TIMEOUT": "300", "HF_HUB_ETAG_TIMEOUT": "60"}
 
         def run(flag: str):
             return lambda i: cli("EleutherAI/pythia-bench", "--steps", "all", "--probe", probe,
