@@ -15,8 +15,9 @@ a. ``--workers 2`` (two single-threaded worker processes) vs sequential on both 
    and on the neox sequence with 2,048 texts (``--repeats`` / 2 times), where the forward
    pass dominates a step;
 b. the neox sequence served by a loopback Hub (olah) behind a proxy that sends each weight
-   file slowly, over one step's local compute (6-step minus 1-step audit CPU time, over 5), so
-   that fetch ≈ compute: prefetching vs ``--no-prefetch`` (fresh HF cache per run); goal ≥ 1.6×;
+   file slowly, so that fetching it takes one step's local wall time (6-step minus 1-step
+   ``--no-prefetch`` audit, over 5): fetch ≈ compute. Prefetching vs ``--no-prefetch``
+   (fresh HF cache per run); goal ≥ 1.6×;
 c. peak RSS with prefetching / without (local neox sequence); goal ≤ 1.3;
 d. CPU time of the audit / a hand-written loop (forward pre-hooks on every ``nn.Linear``,
    float64 Grams, ``np.save`` of each array) on the same checkpoints; goal ≤ 1.2 (neox) and
@@ -398,9 +399,9 @@ def main(argv: list[str] | None = None) -> None:
                                           "--no-prefetch", "--out", stores / "one.zarr",
                                           threads=t), r)
         result["one_step_no_prefetch"] = one_step
-        # one step's compute on an idle core: CPU time, not wall time (other jobs inflate it)
-        per_step = (float(result["no_prefetch_local"]["cpu_s"])  # type: ignore[index]
-                    - float(one_step["cpu_s"])) / (len(NEOX_STEPS) - 1)
+        # one step's wall time on this (otherwise idle) machine, without fetching
+        per_step = (float(result["no_prefetch_local"]["wall_s"])  # type: ignore[index]
+                    - float(one_step["wall_s"])) / (len(NEOX_STEPS) - 1)
         result["b_hub_prefetch"] = hub_section(work, probe, per_step, t, r)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
     print(write_result(result, args.out))
@@ -409,7 +410,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> object:
-    """Prefetch vs not, each weight file sent over ``compute`` s (one step's local time)."""
+    """Prefetch vs not, each weight file taking as long to fetch as one step computes.
+
+    The fetch of one weight file through the mirror without delay is measured first; the
+    proxy then adds ``compute`` minus that, trickled over the download."""
     sys.path.insert(0, str(ROOT))
     from tests._helpers.hub import OlahServer, olah_cli
 
@@ -418,7 +422,7 @@ def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> obje
     server = OlahServer(work / "olah")
     upstream = server.start()
     try:
-        proxy = DelayProxy(upstream, delay=compute)
+        proxy = DelayProxy(upstream, delay=0.0)
         stores = work / "stores"
 
         def env(name: str, i: int) -> dict[str, str]:
@@ -429,6 +433,12 @@ def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> obje
                     # the loopback mirror reads a weight file whole before it answers
                     "HF_HUB_DOWNLOAD_TIMEOUT": "300", "HF_HUB_ETAG_TIMEOUT": "60"}
 
+        download = [sys.executable, "-c", "from huggingface_hub import hf_hub_download; "
+                    "hf_hub_download('EleutherAI/pythia-bench', 'model.safetensors', "
+                    "revision='step0')"]
+        fetch = min(spawn_measure(download, env("fetch", i))["wall_s"] for i in range(2))
+        proxy.delay = max(0.0, compute - fetch)
+
         def run(flag: str):
             return lambda i: cli("EleutherAI/pythia-bench", "--steps", "all", "--probe", probe,
                                  "--pooling", "last", flag, "--out", stores / f"hub{flag}.zarr",
@@ -436,7 +446,8 @@ def hub_section(work: Path, probe: Path, compute: float, t: int, r: int) -> obje
 
         with_prefetch = repeated(run("--prefetch"), r, lambda i: env("p", i))
         without = repeated(run("--no-prefetch"), r, lambda i: env("n", i))
-        return {"delay_per_file_s": round(compute, 3), "prefetch": with_prefetch,
+        return {"compute_per_step_s": round(compute, 3), "fetch_without_delay_s": round(fetch, 3),
+                "delay_per_file_s": round(proxy.delay, 3), "prefetch": with_prefetch,
                 "no_prefetch": without, "speedup": ratio(without, with_prefetch, "wall_s")}
     finally:
         server.stop()
