@@ -237,8 +237,8 @@ def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
 
 
 def _fast_codec():
-    """Blosc-LZ4 with bit shuffle: on float activations about a third of zstd's CPU time
-    per byte and half of byte shuffle's, and smaller than both (benchmarks/bench_chunks.py)."""
+    """Blosc-LZ4 with bit shuffle: smaller than byte shuffle on float activations and
+    cheaper than Zstandard (benchmarks/bench_chunks.py; docs/store.md has the figures)."""
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
