@@ -15,8 +15,10 @@ overhead. Measured here in one process, ``--repeats`` times in rotation, on the 
 
 Reported: CPU seconds (user + sys of this process, all threads) per GiB written, median and
 [min, max]; ``ratio_to_store`` (to 4 MiB bit shuffle); bytes on disk per byte written.
+``--store STORE`` writes real activations instead: those of the store's 128-wide layers at
+its first done step (e.g. the digits recipe's store).
 
-Run:  python benchmarks/bench_chunks.py [--blocks N] [--repeats N] [--out PATH]
+Run:  python benchmarks/bench_chunks.py [--blocks N] [--repeats N] [--store STORE] [--out PATH]
 """
 
 from __future__ import annotations
@@ -69,17 +71,39 @@ def write_npy(folder: Path, data: np.ndarray, blocks: int) -> float:
     return _cpu() - start
 
 
+def synthetic() -> np.ndarray:
+    """The inputs of a hidden layer: GELU of a random projection (no repeated values)."""
+    rng = np.random.default_rng(0)
+    pre = rng.normal(size=(ROWS, FEATURES)) @ rng.normal(size=(FEATURES, FEATURES)) / 11.3
+    return (0.5 * pre * (1 + np.tanh(0.7978845608 * (pre + 0.044715 * pre**3)))).astype(
+        np.float32)
+
+
+def activations_from(store: Path) -> np.ndarray:
+    """``ROWS`` rows of the activations of every layer exactly ``FEATURES`` wide, at the
+    store's first done step, stacked (and repeated if the probe is smaller)."""
+    import zarr
+
+    group = zarr.open_group(str(store), mode="r")
+    step = int(np.flatnonzero(np.asarray(group["done"][:]))[0])
+    layers = np.flatnonzero(np.asarray(group["width"][:]) == FEATURES)
+    if not len(layers):
+        raise SystemExit(f"{store}: no layer is {FEATURES} features wide")
+    rows = np.concatenate([np.asarray(group["activations"][step, i, :, :FEATURES])
+                           for i in layers])
+    rows = np.concatenate([rows] * -(-ROWS // len(rows)))[:ROWS]
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=40, help="blocks of 8 MiB per run")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--store", type=Path, default=None,
+                        help="take the activations of a real audit store instead")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    rng = np.random.default_rng(0)
-    # the inputs of a hidden layer: GELU of a random projection (no repeated values)
-    pre = rng.normal(size=(ROWS, FEATURES)) @ rng.normal(size=(FEATURES, FEATURES)) / 11.3
-    data = (0.5 * pre * (1 + np.tanh(0.7978845608 * (pre + 0.044715 * pre**3)))).astype(
-        np.float32)
+    data = synthetic() if args.store is None else activations_from(args.store)
     gib = args.blocks * data.nbytes / 2**30
     cases = {"zarr_1MiB_bitshuffle": lambda f: write_zarr(f, data, args.blocks, 1, "bitshuffle"),
              "zarr_4MiB_bitshuffle": lambda f: write_zarr(f, data, args.blocks, 4, "bitshuffle"),
@@ -98,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
                 disk[name] = _disk_bytes(folder) / (args.blocks * data.nbytes)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-    result: dict[str, object] = {"gib_per_run": round(gib, 3), "repeats": args.repeats,
+    result: dict[str, object] = {"data": str(args.store or "synthetic GELU features"),
+                                 "gib_per_run": round(gib, 3), "repeats": args.repeats,
                                  "load_average": os.getloadavg()}
     base = statistics.median(seconds["zarr_4MiB_bitshuffle"])
     for name, values in seconds.items():
