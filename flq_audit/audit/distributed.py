@@ -43,7 +43,6 @@ from flq_audit.audit.runner import (
     Progress,
     _one_step,
     _Silent,
-    finish_store,
     set_threads,
 )
 from flq_audit.errors import NetworkError, OptionError
@@ -208,7 +207,7 @@ def run_distributed(
                 writer.close()
             finally:
                 writer.abandon()
-            finish_store(writer)
+            writer.finish()
     finally:
         claims.close()
     return result

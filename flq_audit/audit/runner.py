@@ -106,7 +106,7 @@ def run_audit(
                 prefetcher.close()
             writer.abandon()
         result.skipped.sort()
-        finish_store(writer)
+        writer.finish()
     finally:
         claims.close()
     return result
@@ -226,15 +226,6 @@ def _claimed_step(
     result.written.append(ref.step)
     progress.step_finished(ref, None)
     plan.source.release(ref)  # --cache drop: the step is written, its files can go
-
-
-def finish_store(writer: StepWriter) -> None:
-    """Provenance of every done step and consolidated metadata: run by each writer as it
-    finishes (the last one leaves them complete; a rerun that finds every step done, or
-    ``flq-audit show --repair``, runs it again)."""
-    from flq_audit.store._writer import finish_store as finish
-
-    finish(writer.group, writer.location)
 
 
 def _one_step(

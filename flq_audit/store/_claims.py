@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,13 +171,9 @@ class StepClaims:
                 return {**old, "expires": time.time() + self.lease_s}
             if current.expires >= now and not _dead_here(current.owner):
                 return None
-            log = {"from": current.owner, "by": self.owner, "at": time.time()}
-            return self._record(name, claims=current.claims + 1,
-                                takeovers=(*current.takeovers, log))
+            return self._taken_over(name, current)
 
-        if self.objects.update(name, take) is None:
-            return False
-        return self._confirm(name)
+        return self._update_and_confirm(name, take)
 
     def reopen(self, step: int | str) -> bool:
         """Take a *finished* claim whose step is not done in the store after all (its ``done``
@@ -190,13 +186,9 @@ class StepClaims:
             current = Claim.from_dict(old)
             if not current.finished:
                 return None
-            log = {"from": current.owner, "by": self.owner, "at": time.time(), "reopened": True}
-            return self._record(name, claims=current.claims + 1,
-                                takeovers=(*current.takeovers, log))
+            return self._taken_over(name, current, reopened=True)
 
-        if self.objects.update(name, take) is None:
-            return False
-        return self._confirm(name)
+        return self._update_and_confirm(name, take)
 
     def renew(self, step: int | str) -> bool:
         """Push the lease of a held claim forward; False when it is no longer ours."""
@@ -261,6 +253,20 @@ class StepClaims:
             self._beat.join(timeout=5)
 
     # ------------------------------------------------------------------ internals
+    def _taken_over(self, name: str, current: Claim, **note: bool) -> dict[str, Any]:
+        """This writer's record of claim ``name`` taken from ``current``, the takeover logged."""
+        log = {"from": current.owner, "by": self.owner, "at": time.time(), **note}
+        return self._record(name, claims=current.claims + 1,
+                            takeovers=(*current.takeovers, log))
+
+    def _update_and_confirm(
+        self, name: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> bool:
+        """Apply ``change`` to the claim object; True when this writer then holds it."""
+        if self.objects.update(name, change) is None:
+            return False
+        return self._confirm(name)
+
     def _record(self, name: str, *, claims: int, takeovers: tuple) -> dict[str, Any]:
         return {"name": name, "owner": self.owner, "expires": time.time() + self.lease_s,
                 "lease_s": self.lease_s, "state": "held", "claims": claims,

@@ -46,11 +46,10 @@ def repair_store(location: StoreLocation) -> RepairResult:
                 hint="Wait for them to finish: the last one leaves the store complete. A "
                 "writer that was killed stops holding its claims when its lease runs out.")
         group = zarr.open_group(location.zarr_store(), mode="r+")
-        finish_store(group, location)
-        done = np.asarray(zarr_array(group, "done")[:], dtype=bool)
+        done = {int(step) for step in finish_store(group, location)}
         steps = [int(s) for s in np.asarray(zarr_array(group, "step")[:])]
-        return RepairResult(done=[s for s, d in zip(steps, done, strict=True) if d],
-                            not_done=[s for s, d in zip(steps, done, strict=True) if not d],
+        return RepairResult(done=[s for s in steps if s in done],
+                            not_done=[s for s in steps if s not in done],
                             abandoned_claims=sorted(held))
     finally:
         claims.close()

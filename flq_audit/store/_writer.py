@@ -276,9 +276,9 @@ class StepWriter:
         padded[tuple(slice(0, n) for n in values.shape)] = values
         self._submit(array, (step_index,), padded)
 
-    def step_provenance(self) -> dict[str, dict[str, object]]:
-        """``{step: {label, files, sha256}}`` for every done step."""
-        return step_provenance(self.group)
+    def finish(self) -> dict[str, dict[str, object]]:
+        """The store's provenance and consolidated metadata (see :func:`finish_store`)."""
+        return finish_store(self.group, self.location)
 
 
 def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
@@ -293,14 +293,18 @@ def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
             for i, step in enumerate(steps) if flags[i]}
 
 
-def finish_store(group: zarr.Group, location: StoreLocation) -> None:
+def finish_store(group: zarr.Group, location: StoreLocation) -> dict[str, dict[str, object]]:
     """Write the ``checkpoints`` provenance of every done step and consolidate the metadata:
-    what each writer does as it finishes, and ``flq-audit show --repair``."""
+    what each writer does as it finishes (the last one leaves them complete; a rerun that
+    finds every step done, or ``flq-audit show --repair``, does it again). Returns the
+    provenance written."""
+    provenance = step_provenance(group)
     with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
-        group.attrs["checkpoints"] = json.dumps(step_provenance(group))
+        group.attrs["checkpoints"] = json.dumps(provenance)
     from flq_audit.store import consolidate
 
     consolidate(location)
+    return provenance
 
 
 class StepTransaction:

@@ -19,6 +19,7 @@ from flq_audit.capture import (
 )
 from flq_audit.errors import CaptureError, LayerNotFoundError, ProbeError
 from flq_audit.models import build_from_spec
+from tests._helpers.replays import collect, random_inputs
 
 MLP_SPEC = {"type": "mlp", "in_features": 6, "widths": [8, 7], "out_features": 3,
             "activation": "gelu", "bias": True}
@@ -35,16 +36,6 @@ def _mlp():
 def _cnn():
     torch.manual_seed(0)
     return build_from_spec(CNN_SPEC)
-
-
-def _inputs(n: int, features: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, features)).astype(np.float32)
-
-
-def _collect(model, layers, inputs, batch_size):
-    batches = list(replay(model, layers, inputs, batch_size=batch_size, device="cpu"))
-    merged = {name: np.concatenate([b[2][name] for b in batches]) for name in layers}
-    return batches, merged
 
 
 # ------------------------------------------------------------------ discovery and selection
@@ -110,10 +101,10 @@ def test_select_layers_model_without_weights():
 # ------------------------------------------------------------------ replay: MLP
 def test_replay_mlp_matches_manual_forward():
     model = _mlp()
-    inputs = _inputs(10, 6)
+    inputs = random_inputs(10, 6)
     layers = select_layers(model, None)
 
-    batches, captured = _collect(model, layers, inputs, batch_size=4)
+    batches, captured = collect(model, layers, inputs, batch_size=4)
 
     assert [(start, stop) for start, stop, _ in batches] == [(0, 4), (4, 8), (8, 10)]
     x = torch.from_numpy(inputs)
@@ -132,7 +123,7 @@ def test_replay_mlp_matches_manual_forward():
 
 def test_replay_only_selected_layers_and_dtype():
     model = _mlp()
-    inputs = _inputs(5, 6)
+    inputs = random_inputs(5, 6)
     layers = select_layers(model, ["layers.1"])
 
     batches = list(replay(model, layers, inputs, batch_size=8, device="cpu", dtype=np.float16))
@@ -150,14 +141,14 @@ def test_replay_only_selected_layers_and_dtype():
 def test_replay_removes_its_hooks():
     model = _mlp()
     layers = select_layers(model, None)
-    list(replay(model, layers, _inputs(3, 6), batch_size=2, device="cpu"))
+    list(replay(model, layers, random_inputs(3, 6), batch_size=2, device="cpu"))
     assert all(not m._forward_pre_hooks for m in layers.values())
 
 
 def test_replay_sets_eval_mode():
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.9), nn.Linear(4, 2))
     model.train()
-    inputs = _inputs(50, 4)
+    inputs = random_inputs(50, 4)
     layers = select_layers(model, ["2"])
 
     (_, _, arrays), = replay(model, layers, inputs, batch_size=50, device="cpu")
@@ -172,10 +163,10 @@ def test_replay_sets_eval_mode():
 def test_replay_cnn_matches_manual_forward():
     model = _cnn()
     n = 7
-    inputs = _inputs(n, 2 * 6 * 6)
+    inputs = random_inputs(n, 2 * 6 * 6)
     layers = select_layers(model, None)
 
-    _, captured = _collect(model, layers, inputs, batch_size=3)
+    _, captured = collect(model, layers, inputs, batch_size=3)
 
     conv0, conv1 = model.features[0], model.features[3]
     x = torch.from_numpy(inputs).reshape(n, 2, 6, 6)
@@ -246,7 +237,7 @@ def test_transformers_conv1d_is_transposed():
 # ------------------------------------------------------------------ layer_infos
 def test_layer_infos_mlp():
     model = _mlp()
-    infos = layer_infos(model, select_layers(model, None), _inputs(4, 6))
+    infos = layer_infos(model, select_layers(model, None), random_inputs(4, 6))
     assert [(i.name, i.kind, i.width, i.gram_width) for i in infos] == [
         ("layers.0", "Linear", 6, 6), ("layers.1", "Linear", 8, 8), ("layers.2", "Linear", 7, 7),
     ]
@@ -254,7 +245,7 @@ def test_layer_infos_mlp():
 
 def test_layer_infos_cnn_widths_differ_from_gram_widths():
     model = _cnn()
-    infos = layer_infos(model, select_layers(model, None), _inputs(3, 72))
+    infos = layer_infos(model, select_layers(model, None), random_inputs(3, 72))
     assert [(i.name, i.kind, i.width, i.gram_width) for i in infos] == [
         ("features.0", "Conv2d", 2 * 6 * 6, 2 * 3 * 3),
         ("features.3", "Conv2d", 3 * 3 * 3, 3 * 3 * 3),
@@ -265,7 +256,7 @@ def test_layer_infos_cnn_widths_differ_from_gram_widths():
 def test_layer_infos_probe_that_does_not_fit():
     model = _mlp()
     with pytest.raises(ProbeError, match=r"probe inputs of shape \(5,\) per sample do not fit") as info:
-        layer_infos(model, select_layers(model, None), _inputs(4, 5))
+        layer_infos(model, select_layers(model, None), random_inputs(4, 5))
     assert "--probe and --model" in str(info.value)
     # the failed replay left no hooks behind
     assert all(not m._forward_pre_hooks for m in model.layers)
@@ -276,7 +267,7 @@ def test_layer_infos_layer_never_called():
     layers = select_layers(model, None)
     layers["spare"] = nn.Linear(2, 2)  # selected but not part of the forward pass
     with pytest.raises(CaptureError, match="'spare' was never called"):
-        layer_infos(model, layers, _inputs(2, 6))
+        layer_infos(model, layers, random_inputs(2, 6))
 
 
 # ------------------------------------------------------------------ devices

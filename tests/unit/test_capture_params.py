@@ -10,16 +10,7 @@ from torch import nn
 
 from flq_audit.capture import gram, layer_infos, replay, select_layers, weight_matrix
 from flq_audit.errors import FlqAuditWarning, LayerNotFoundError, ProbeError
-
-
-def _inputs(n: int, features: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, features)).astype(np.float32)
-
-
-def _collect(model, layers, inputs, batch_size):
-    batches = list(replay(model, layers, inputs, batch_size=batch_size, device="cpu"))
-    merged = {name: np.concatenate([b[2][name] for b in batches]) for name in layers}
-    return batches, merged
+from tests._helpers.replays import collect, random_inputs
 
 
 class _Ops(nn.Module):
@@ -63,7 +54,7 @@ def _ops_expected(model: _Ops, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def test_parameter_layers_are_found_in_registration_order_with_their_input_space():
     model = _Ops()
-    x = _inputs(7, 4)
+    x = random_inputs(7, 4)
     layers = select_layers(model, None, probe=x)
     assert list(layers) == ["fc", "A", "B", "C", "D", "E", "F"]
     assert layers["fc"] is model.fc
@@ -85,9 +76,9 @@ def test_parameter_layers_are_found_in_registration_order_with_their_input_space
 
 def test_parameter_layers_replay_the_other_operand_of_their_op():
     model = _Ops()
-    x = _inputs(7, 4)
+    x = random_inputs(7, 4)
     layers = select_layers(model, None, probe=x)
-    _, captured = _collect(model, layers, x, batch_size=3)
+    _, captured = collect(model, layers, x, batch_size=3)
     expected = _ops_expected(model, torch.from_numpy(x))
     for name, rows in expected.items():
         np.testing.assert_allclose(captured[name], rows.numpy(), rtol=1e-5, atol=1e-6,
@@ -110,13 +101,13 @@ class _Looped(nn.Module):
 
 
 def test_a_parameter_used_per_position_concatenates_its_inputs_like_one_batched_call():
-    x = _inputs(5, 12)
+    x = random_inputs(5, 12)
     looped, batched = _Looped(True), _Looped(False)
     infos = [layer_infos(m, select_layers(m, None, probe=x), x) for m in (looped, batched)]
     assert infos[0] == infos[1]
     assert [(i.name, i.width, i.gram_width) for i in infos[0]] == [("W", 12, 3)]
-    _, rows_looped = _collect(looped, select_layers(looped, None, probe=x), x, batch_size=2)
-    _, rows_batched = _collect(batched, select_layers(batched, None, probe=x), x, batch_size=2)
+    _, rows_looped = collect(looped, select_layers(looped, None, probe=x), x, batch_size=2)
+    _, rows_batched = collect(batched, select_layers(batched, None, probe=x), x, batch_size=2)
     np.testing.assert_array_equal(rows_looped["W"], x)
     np.testing.assert_array_equal(rows_batched["W"], x)
 
@@ -134,7 +125,7 @@ class _Unusable(nn.Module):
 
 
 def test_parameters_that_are_not_layers_are_refused_with_the_reason():
-    model, x = _Unusable(), _inputs(5, 4)
+    model, x = _Unusable(), random_inputs(5, 4)
     with pytest.raises(LayerNotFoundError) as info:
         select_layers(model, None, probe=x)
     text = str(info.value)
@@ -153,7 +144,7 @@ def test_without_a_probe_the_candidates_are_listed_by_shape():
 
 def test_float64_replay_converts_the_model_and_casts_the_inputs():
     model = _Ops()
-    x = _inputs(6, 4)
+    x = random_inputs(6, 4)
     layers = select_layers(model, None, probe=x)
     (_, _, rows), = replay(model, layers, x, batch_size=6, device="cpu", dtype=np.float64)
     assert model.A.dtype == torch.float64 and layers["A"].parameter is model.A
@@ -188,12 +179,12 @@ class _PerToken(nn.Module):
 ], ids=["matmul-T", "linear", "matmul-transpose", "t-contiguous", "einsum", "einsum-w-first",
         "einsum-implicit", "einsum-ellipsis", "w-at-x"])
 def test_every_way_of_writing_a_per_token_layer_reads_the_same_input_space(apply):
-    x = _inputs(6, 12)
+    x = random_inputs(6, 12)
     model = _PerToken(apply)
     layers = select_layers(model, None, probe=x)
     (info,) = layer_infos(model, layers, x)
     assert (info.name, info.kind, info.width, info.gram_width) == ("W", "Parameter(in=1)", 12, 3)
-    _, rows = _collect(model, layers, x, batch_size=4)
+    _, rows = collect(model, layers, x, batch_size=4)
     np.testing.assert_array_equal(rows["W"], x)
 
 
@@ -213,11 +204,11 @@ class _ModeHostile(nn.Module):
 
 def test_a_forward_that_refuses_function_modes_keeps_its_module_layers():
     with pytest.warns(FlqAuditWarning, match="parameters were not checked for use as layers"):
-        layers = select_layers(_ModeHostile(), None, probe=_inputs(4, 4))
+        layers = select_layers(_ModeHostile(), None, probe=random_inputs(4, 4))
     assert list(layers) == ["fc"]
 
 
 def test_a_probe_that_does_not_fit_fails_discovery_as_a_probe_error():
     model = _Ops()
     with pytest.raises(ProbeError, match=r"probe inputs of shape \(5,\) per sample do not fit"):
-        select_layers(model, None, probe=_inputs(4, 5))
+        select_layers(model, None, probe=random_inputs(4, 5))
