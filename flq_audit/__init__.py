@@ -6,12 +6,9 @@ compute feature-linearization metrics lazily and export them.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("flq-audit")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
+#: The one place the version is written: ``pyproject.toml`` reads it from here, so an
+#: editable install and a source tree never report a stale one.
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]
 

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+#: click's exit status when a write to stdout found no reader (a broken pipe).
+EXIT_BROKEN_PIPE = 1
 COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
 
 
@@ -30,9 +32,19 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if args and args[0] not in COMMANDS and not args[0].startswith("-"):
         args.insert(0, "audit")
+    from flq_audit.cli import _output
     from flq_audit.cli._app import app
 
-    app(args=args, prog_name="flq-audit")
+    try:
+        app(args=args, prog_name="flq-audit")
+    except SystemExit as ending:
+        # A reader that closed stdout (`| head`) is not an error of the user's: the output
+        # still buffered goes nowhere, and a command that ended for that reason exits 0.
+        if _output.is_closed_stdout():
+            _output.discard_stdout()
+            if ending.code in (None, 0, EXIT_BROKEN_PIPE):
+                raise SystemExit(0) from None
+        raise
 
 
 def __getattr__(name: str) -> Any:

@@ -122,6 +122,9 @@ def mapped(func: F) -> F:
             _output.error(f"{what}; finished steps are kept: rerun the same command to resume")
             raise typer.Exit(exit_code_for(err)) from None
         except Exception as err:
+            if _output.is_closed_stdout(err):  # `| head`: the reader has all it wanted
+                _output.discard_stdout()
+                raise typer.Exit(EXIT_OK) from None
             known = _known(err)
             if debug or known is None:
                 if not debug:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
+import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,11 +44,49 @@ class _Sink(Console):
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
+    def on_broken_pipe(self) -> None:
+        """The reader of stdout has gone: later output goes nowhere, and the command's error
+        handler ends it quietly (Rich itself would exit 1)."""
+        self.quiet = True
+        discard_stdout()
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout has gone")
+
 
 stdout = _Sink(highlight=False, soft_wrap=True)
 #: Where the running command is (``step``), for error messages.
 CURRENT: dict[str, int] = {}
 stderr = _Sink(stderr=True, highlight=False)
+
+
+_STDOUT_DISCARDED = [False]
+
+
+def is_closed_stdout(err: BaseException | None = None) -> bool:
+    """True when stdout's reader has gone (``flq-audit ... | head -1``): ``err``, if given, is
+    a broken pipe, and stdout was discarded or polling it reports a pipe with no reader."""
+    if err is not None and not (isinstance(err, BrokenPipeError)
+                                or getattr(err, "errno", None) == errno.EPIPE):
+        return False
+    if _STDOUT_DISCARDED[0]:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.__stdout__.fileno() if sys.__stdout__ else 1, select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def discard_stdout() -> None:
+    """Send what is still buffered for stdout, and any later output, to the null device (as
+    Python's documentation advises for SIGPIPE), so that exiting does not fail once more."""
+    _STDOUT_DISCARDED[0] = True
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def print_json(data: Any) -> None:

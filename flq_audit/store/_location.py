@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flq_audit.errors import OptionError
+from flq_audit.store._filesystems import check_release, checked
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
@@ -126,7 +127,8 @@ class StoreLocation:
         """A synchronous fsspec filesystem and the store's root path on it (URL stores)."""
         from fsspec.core import url_to_fs
 
-        return url_to_fs(self.url, **dict(self.storage_options))
+        fs, root = url_to_fs(self.url, **dict(self.storage_options))
+        return checked(fs, self.url), root
 
     def key_path(self, key: str) -> str:
         """``key`` inside the store: a local path, or the path on the URL's filesystem."""
@@ -176,7 +178,7 @@ def _require_filesystem(protocol: str, url: str) -> None:
     import fsspec
 
     try:
-        fsspec.get_filesystem_class(protocol)
+        filesystem = fsspec.get_filesystem_class(protocol)
     except ImportError as err:
         package = _PACKAGES.get(protocol)
         install = f"pip install {package}" if package else "install its fsspec filesystem"
@@ -190,6 +192,7 @@ def _require_filesystem(protocol: str, url: str) -> None:
         raise OptionError(f"store {url!r}: unknown protocol {protocol!r}",
                           hint="Give a local path or an fsspec URL such as s3://bucket/x.zarr.",
                           ) from err
+    check_release(filesystem.__module__.split(".")[0], url)
 
 
 def as_location(target: str | Path | StoreLocation,

@@ -210,3 +210,19 @@ def test_a_piped_error_line_is_never_wrapped(piped):
     assert proc.returncode == 3, describe(proc)
     first = proc.stderr.splitlines()[0]
     assert first.startswith("error:") and str(piped["missing_path"]) in first
+
+
+@pytest.mark.parametrize("args", [
+    ("show",), ("show", "--json"), ("metrics", "--metric", "tl"),
+    ("metrics", "--metric", "tl", "--format", "csv"),
+], ids=["show", "show-json", "metrics", "metrics-csv"])
+def test_a_reader_that_closed_stdout_ends_the_command_quietly_with_exit_0(piped, args):
+    """``flq-audit ... | head -1``: the reader is gone before the command writes (its end of
+    the pipe is closed at once), so every write meets a broken pipe."""
+    from tests._helpers.cli import popen_cli
+
+    proc = popen_cli(args[0], piped["store"], *args[1:], env=cli_env())
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert err == "", err
