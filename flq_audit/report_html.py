@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from flq_audit._format import human_size
 from flq_audit.report import LAYER_COLUMNS, layer_rows
 
 PAGE_NAME = "index.html"
@@ -149,9 +150,9 @@ def _data_section(netcdf: Path | None, folder: Path) -> list[str]:
     if netcdf is None:
         return []
     href = os.path.relpath(netcdf, folder).replace(os.sep, "/")
-    size = netcdf.stat().st_size / 1024 if netcdf.exists() else 0.0
+    size = human_size(netcdf.stat().st_size if netcdf.exists() else 0)
     return ['<h2 id="data">Data</h2>',
-            f'<p><a href="{escape(href)}">{escape(href)}</a> ({size:.0f} KiB): NetCDF4 export '
+            f'<p><a href="{escape(href)}">{escape(href)}</a> ({size}): NetCDF4 export '
             "of the metrics, coordinates and bookkeeping; open it with "
             f"<code>xarray.open_dataset({escape(repr(href))})</code>.</p>"]
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flq_audit import api
+from flq_audit._format import human_size, one_line
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
@@ -234,22 +235,23 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     out = _output.stdout
     out.print(f"source  {summary['source']}")
     refusal = summary["store_refusal"]
-    action = (f"refused: {refusal['message'].splitlines()[0]}" if refusal is not None
-              else summary["store_status"])
-    out.print(f"store   {summary['store']} ({action}; "
-              f"~{summary['store_bytes_estimate'] / 2**20:.1f} MiB uncompressed)")
+    estimate = f"~{human_size(summary['store_bytes_estimate'])} uncompressed"
+    if refusal is not None:
+        out.print(f"store   {summary['store']} ({estimate}): refused: {one_line(refusal['message'])}")
+    else:
+        out.print(f"store   {summary['store']} ({summary['store_status']}; {estimate})")
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
     table = Table(title="checkpoints")
     step_from = any(ckpt["step_from"] != "name" for ckpt in summary["checkpoints"])
-    for column in ("step", "label", "step from", "format", "MiB", "status"):
+    for column in ("step", "label", "step from", "format", "size", "status"):
         if column != "step from" or step_from:
             table.add_column(column)
     for ckpt in summary["checkpoints"]:
         status = "done" if ckpt["step"] in summary["already_done"] else "to do"
         cells = [str(ckpt["step"]), ckpt["label"], ckpt["step_from"], ckpt["format"],
-                 f"{ckpt['bytes'] / 2**20:.2f}", status]
+                 human_size(ckpt["bytes"]), status]
         table.add_row(*(cells if step_from else cells[:2] + cells[3:]))
     out.print(table)
     if summary["not_audited"]:

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flq_audit._format import human_size
 from flq_audit.sources import CheckpointRef
 
 #: Line width when the stream is not a terminal: tables are written whole, never cut.
@@ -232,7 +233,7 @@ class RichProgress:
         """Bytes of the current step's download, shown in the step bar's description."""
         if self._steps is not None and done:
             self._progress.update(self._steps, description=(
-                f"{self._step_text} ↓ {done / 2**20:.1f}/{total / 2**20:.1f} MiB"))
+                f"{self._step_text} ↓ {human_size(done)}/{human_size(total)}"))
 
     def batch_done(self) -> None:
         self._progress.advance(self._batches)

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flq_audit import api
+from flq_audit._format import human_size
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
@@ -165,7 +166,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
         _write_show_tables(summary, fmt)
         return
     out = _output.stdout
-    out.print(f"store   {store} ({size / 2**20:.1f} MiB on disk)")
+    out.print(f"store   {store} ({human_size(size)} on disk)")
     out.print(f"source  {summary['source']}")
     probe = summary["probe"]
     if probe:
@@ -228,4 +229,4 @@ def export_command(
     if as_json:
         _output.print_json({"netcdf": str(path), "bytes": path.stat().st_size})
     else:
-        _output.stdout.print(f"wrote {path} ({path.stat().st_size / 2**10:.1f} KiB)")
+        _output.stdout.print(f"wrote {path} ({human_size(path.stat().st_size)})")

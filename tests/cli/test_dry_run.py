@@ -64,3 +64,13 @@ def test_dry_run_says_resume_only_when_the_real_run_resumes(probe_store, tmp_pat
     fresh = invoke("audit", run, "--out", tmp_path / "new.zarr", "--dry-run", "--json")
     assert json.loads(fresh.stdout)["store_status"] == "new"
     assert not (tmp_path / "new.zarr").exists()
+
+
+def test_the_refusal_line_reads_as_one_sentence_with_the_differences(probe_store):
+    run, store = probe_store
+    dry = invoke("audit", run, "--out", store, "--weights-only", "--dry-run")
+    line = next(text for text in dry.stdout.splitlines() if text.startswith("store"))
+    assert ":;" not in line and "different audit: " in line, line
+    # the first difference follows the colon, as it follows the line break in the error
+    first_difference = dry.stderr.split("different audit:", 1)[1].split("\n")[1].strip()
+    assert f"different audit: {first_difference}" in line, (line, dry.stderr)
