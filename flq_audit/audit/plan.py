@@ -366,10 +366,12 @@ def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
         )
     from transformers import AutoTokenizer
 
+    from flq_audit.models.hf import quiet_transformers
     from flq_audit.probes.text import load_text_probe
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:
         raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
     return load_text_probe(

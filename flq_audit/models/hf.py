@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,23 @@ def _transformers():
         raise ModelBuildError(
             "this checkpoint needs transformers: pip install 'flq-audit[hf]'"
         ) from err
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     return transformers
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own log lines and progress bars off while flq-audit calls it, and the
+    caller's settings back afterwards (also usable as a decorator)."""
+    logging = _transformers().utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def config_digest(config_dir: str | Path) -> str:
@@ -37,6 +53,7 @@ def config_digest(config_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+@quiet_transformers()
 def build_hf_model(config_dir: str | Path, *, trust_remote_code: bool = False) -> BuiltModel:
     """Instantiate the architecture of ``config_dir/config.json`` with random weights."""
     config_file = Path(config_dir) / "config.json"
@@ -103,6 +120,7 @@ def _model_class(config_dir: str | Path, *, trust_remote_code: bool) -> tuple[An
 _BENIGN_UNEXPECTED = ("rotary_emb.inv_freq", "attn.masked_bias", "attn.bias", "position_ids")
 
 
+@quiet_transformers()
 def load_hf_checkpoint(
     folder: str | Path, *, step: int | None = None, trust_remote_code: bool = False
 ) -> BuiltModel:

@@ -131,3 +131,20 @@ def test_residual_stream_capture(tmp_path):
         states = built.module(**ids, output_hidden_states=True).hidden_states
     np.testing.assert_allclose(ds.activations.sel(step=0, layer="hidden_states.1").values[0, :32],
                                states[1][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_an_audit_leaves_transformers_logging_and_progress_bars_as_the_caller_had_them(tmp_path):
+    from transformers.utils import logging
+
+    run = trainer_run(tmp_path / "run", "neox", steps=(0,))
+    before = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_info()
+    logging.enable_progress_bar()
+    try:
+        api.plan_audit(str(run), probe=str(run / "probe.jsonl"), out=tmp_path / "p.zarr")
+        assert (logging.get_verbosity(), logging.is_progress_bar_enabled()) == (logging.INFO, True)
+        api.audit(str(run), probe=str(run / "probe.jsonl"), out=tmp_path / "s.zarr")
+        assert (logging.get_verbosity(), logging.is_progress_bar_enabled()) == (logging.INFO, True)
+    finally:
+        logging.set_verbosity(before[0])
+        (logging.enable_progress_bar if before[1] else logging.disable_progress_bar)()
