@@ -168,14 +168,27 @@ def _fmt(value: float) -> str:
 
 @contextmanager
 def dask_progress(scheduler: str | None) -> Iterator[None]:
-    """dask's progress bar on stderr while metrics compute: in a terminal, and only for the
-    local schedulers (a ``dask.distributed`` cluster has its own dashboard)."""
+    """One live bar on stderr over every dask computation of a command, cleared at the end:
+    in a terminal, and only for the local schedulers (a ``dask.distributed`` cluster has its
+    own dashboard). A command computes many graphs; dask's own bar would leave a line each."""
     if not stderr.is_terminal or (scheduler is not None and "://" in scheduler):
         yield
         return
-    from dask.diagnostics import ProgressBar
+    from dask.callbacks import Callback
 
-    with ProgressBar(out=sys.stderr):
+    progress = Progress(TextColumn("computing metrics"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=stderr, transient=True)
+    task = progress.add_task("metrics", total=0)
+
+    class _Tasks(Callback):
+        def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
+            count = sum(len(state.get(kind, ())) for kind in ("ready", "waiting", "running", "finished"))
+            progress.update(task, total=(progress.tasks[0].total or 0) + count)
+
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            progress.advance(task)
+
+    with progress, _Tasks():
         yield
 
 

@@ -72,17 +72,28 @@ def _stderr_on_a_terminal(*args) -> tuple[int, str, str]:
     return proc.wait(timeout=60), out, b"".join(chunks).decode(errors="replace")
 
 
-def test_metrics_shows_a_dask_bar_in_a_terminal_and_none_in_a_pipe(tmp_path):
+def _final_screen(raw: str, columns: int = 240, lines: int = 400) -> list[str]:
+    """What a terminal shows once ``raw`` (with its cursor moves and erases) is drawn."""
+    import pyte
+
+    screen = pyte.Screen(columns, lines)
+    pyte.Stream(screen).feed(raw.replace("\n", "\r\n"))
+    return [line.rstrip() for line in screen.display if line.strip()]
+
+
+def test_metrics_draws_one_live_bar_in_a_terminal_cleared_at_the_end_and_none_in_a_pipe(tmp_path):
     run = make_run(tmp_path / "run")
     store = tmp_path / "S.zarr"
     api.audit(str(run), out=store)
-    code, out, err = _stderr_on_a_terminal("metrics", store)
+    code, out, err = _stderr_on_a_terminal(
+        "metrics", store, "--metric", "tl,surrogate,gram,dynamics,nc")
     assert code == 0, err
-    assert "% Completed" in err and "target_linearity" in out
-    assert "Completed" not in out
+    assert "computing metrics" in err and "target_linearity" in out  # drawn while it ran
+    assert _final_screen(err) == [], err  # and nothing of it left on the screen
+    assert "Completed" not in err + out
     piped = run_cli("metrics", store, "--recompute")
     assert piped.returncode == 0, describe(piped)
-    assert "Completed" not in piped.stderr + piped.stdout
+    assert "computing metrics" not in piped.stderr + piped.stdout
 
 
 @pytest.mark.hub
