@@ -88,3 +88,36 @@ def test_tl_records_stay_out_of_the_tables_but_not_out_of_json(three_step_store)
     assert "target_linearity_rank (step × layer)" not in result.stdout
     as_json = invoke("metrics", three_step_store, "--metric", "tl", "--json")
     assert "target_linearity_rank" in as_json.stdout
+
+
+CNN_SPEC = {"type": "cnn", "in_channels": 1, "input_size": [8, 8], "channels": [4],
+            "kernel_sizes": [3], "num_classes": 3, "activation": "relu"}
+
+
+@pytest.fixture(scope="module")
+def conv_store(tmp_path_factory):
+    """A CNN whose layers are wider (64 and 256 features) than the 40-sample probe."""
+    root = tmp_path_factory.mktemp("cnn")
+    run = make_run(root / "run", steps=(0, 10), spec=CNN_SPEC)
+    rng = np.random.default_rng(1)
+    np.savez(run / "probe.npz", inputs=rng.normal(size=(40, 64)).astype(np.float32),
+             targets=rng.integers(0, 3, 40), num_classes=np.int64(3))
+    store = root / "cnn.zarr"
+    assert not api.audit(str(run), out=store).failed
+    return store
+
+
+def test_tl_of_wide_conv_layers_does_not_depend_on_the_other_groups(conv_store, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy.zarr"
+    shutil.copytree(conv_store, other)
+    alone = api.compute_metrics(conv_store, metrics=["tl"], recompute=True)
+    together = api.compute_metrics(other, metrics=["tl", "surrogate"], recompute=True)
+    # the dual (n × n) solve for layers wider than the probe, in both calls
+    assert (alone["target_linearity_dual"].values == 1).all()
+    assert (together["target_linearity_dual"].values == 1).all()
+    # 40 samples, 64+ features: the fit interpolates, TL is 1 to the round-off of that solve
+    np.testing.assert_allclose(alone["target_linearity"].values, 1.0, atol=1e-12)
+    np.testing.assert_allclose(together["target_linearity"].values,
+                               alone["target_linearity"].values, rtol=0, atol=1e-12)
