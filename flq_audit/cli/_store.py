@@ -185,7 +185,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
                                          ds["width"].values, ds["gram_width"].values,
                                          strict=True)],
         "n_samples": int(ds.sizes.get("sample", 0)), "bytes_on_disk": size,
-        "metrics": metric_variables(ds),
+        **_metric_summary(ds),
     }
     if fmt == "json":
         _output.print_json(summary)
@@ -218,6 +218,24 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
         layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
     out.print(layers)
     out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
+    if summary["stale_metrics"]:
+        out.print(f"stale   {', '.join(summary['stale_metrics'])} (computed from other done "
+                  "steps: `flq-audit metrics` recomputes them)")
+    if summary["incomplete_metrics"]:
+        out.print(f"incomplete {', '.join(summary['incomplete_metrics'])} (written without "
+                  f"their stamp: the run was interrupted; `flq-audit metrics {store}` "
+                  "completes them)")
+
+
+def _metric_summary(ds: xr.Dataset) -> dict[str, list[str]]:
+    """Persisted metric variables by state: complete (stamped), of which stale (stamped from
+    other done steps), and incomplete (written without their stamp)."""
+    from flq_audit._stamps import metric_status
+
+    status = metric_status(ds)
+    return {"metrics": [n for n in metric_variables(ds) if status.get(n) != "incomplete"],
+            "stale_metrics": [n for n, s in status.items() if s == "stale"],
+            "incomplete_metrics": [n for n, s in status.items() if s == "incomplete"]}
 
 
 def _storage_options(text: str | None) -> dict | None:
