@@ -51,12 +51,14 @@ def to_netcdf(
         if var.dtype == np.float16:
             subset[name] = var.astype(np.float32)
         if var.dtype == bool:
-            subset[name] = var.astype(np.int8).assign_attrs(var.attrs, flag_values="0, 1")
-        subset[name].attrs = _clean_attrs(subset[name].attrs)
+            subset[name] = var.astype(np.int8)
+        subset[name].attrs = _clean_attrs(var.attrs)
         subset[name].encoding = {}
+        if var.dtype == bool:  # CF: flag_values of the variable's own type, with meanings
+            subset[name].attrs.update(flag_values=np.array([0, 1], dtype=np.int8),
+                                      flag_meanings="false true")
         if var.dtype == object or var.dtype.kind in "TU":
-            strings = np.asarray([str(v) for v in np.ravel(var.values)], dtype=object)
-            subset[name] = var.copy(data=strings.reshape(var.shape))
+            subset[name] = _char_array(subset[name])
     partial = out.parent / f".{out.name}.partial"
     try:
         subset.to_netcdf(partial, engine=NETCDF_ENGINE, format="NETCDF4")
@@ -68,6 +70,15 @@ def to_netcdf(
     except Exception as err:
         partial.unlink(missing_ok=True)
         raise ExportError(f"cannot write NetCDF {str(out)!r} ({err})", path=out) from err
+    return out
+
+
+def _char_array(var: xr.DataArray) -> xr.DataArray:
+    """Strings as CF character arrays (UTF-8 bytes along a ``string<N>`` dimension): the
+    CF conventions know no variable-length string type."""
+    strings = np.asarray([str(v) for v in np.ravel(var.values)], dtype=object)
+    out = var.copy(data=strings.reshape(var.shape))
+    out.encoding = {"dtype": "S1"}
     return out
 
 

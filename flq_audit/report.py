@@ -8,35 +8,73 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-LAYER_COLUMNS = ("layer", "TL first", "TL last", "t90", "surrogate last", "alignment last",
-                 "NC1 last")
-#: The same columns as machine-readable names (TSV, CSV and JSON output).
-LAYER_FIELDS = ("layer", "tl_first", "tl_last", "t90", "surrogate_last", "alignment_last",
-                "nc1_last")
+LAYER_COLUMNS = ("layer", "TL first", "TL last", "floor last", "t90", "surrogate last",
+                 "alignment last", "NC1 last")
+#: The same columns as machine-readable names (TSV, CSV and JSON output), and whether the
+#: layer's TL is at or near its chance floor at the last step (:func:`near_floor`).
+LAYER_FIELDS = ("layer", "tl_first", "tl_last", "chance_floor_last", "t90", "surrogate_last",
+                "alignment_last", "nc1_last", "near_floor")
+#: A chance floor rank/N at least this high leaves TL little room above chance
+#: (docs/concepts.md#the-chance-floor-rankn).
+NEAR_FLOOR_RATIO = 0.5
+FLOOR = "target_linearity_chance_floor"
 
 
-def layer_values(metrics: xr.Dataset) -> list[tuple[str, float, float, float, float, float, float]]:
-    """One row per layer (see :data:`LAYER_COLUMNS`), unrounded; NaN where a value is missing."""
+def _last(metrics: xr.Dataset, name: str, layer: str) -> float:
+    kept = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
+    return float(kept[-1]) if len(kept) else float("nan")
+
+
+def near_floor(tl: float, floor: float) -> bool:
+    """Whether a TL value says little about the targets: its chance floor rank/N is at least
+    :data:`NEAR_FLOOR_RATIO`, or TL does not exceed the floor."""
+    return bool(np.isfinite(floor) and (floor >= NEAR_FLOOR_RATIO
+                                        or (np.isfinite(tl) and tl <= floor)))
+
+
+def layer_values(metrics: xr.Dataset) -> list[tuple[Any, ...]]:
+    """One row per layer (see :data:`LAYER_FIELDS`), unrounded; NaN where a value is missing."""
     tl = metrics["target_linearity"].dropna("step", how="all")
-
-    def last(name: str, layer: str) -> float:
-        kept = metrics[name].sel(layer=layer).dropna("step").values if name in metrics else []
-        return float(kept[-1]) if len(kept) else float("nan")
-
     rows = []
     for layer in tl["layer"].values:
         values = tl.sel(layer=layer).values
-        rows.append((str(layer), float(values[0]), float(values[-1]),
-                     float(metrics["t90"].sel(layer=layer).item()), last("surrogate", layer),
-                     last("alignment", layer), last("nc1", layer)))
+        floor = _last(metrics, FLOOR, layer)
+        rows.append((str(layer), float(values[0]), float(values[-1]), floor,
+                     float(metrics["t90"].sel(layer=layer).item()),
+                     _last(metrics, "surrogate", layer), _last(metrics, "alignment", layer),
+                     _last(metrics, "nc1", layer), near_floor(float(values[-1]), floor)))
     return rows
 
 
 def layer_rows(metrics: xr.Dataset) -> list[list[str]]:
-    """:func:`layer_values` formatted for people; ``—`` where a value is missing."""
-    formats = ("{:.3f}", "{:.3f}", "{:.0f}", "{:.3g}", "{:.3g}", "{:.3g}")
-    return [[name, *(_number(v, f) for v, f in zip(values, formats, strict=True))]
-            for name, *values in layer_values(metrics)]
+    """:func:`layer_values` formatted for people (see :data:`LAYER_COLUMNS`); ``—`` where a
+    value is missing; a floor at or near the layer's TL is marked ``(at floor)``."""
+    formats = ("{:.3f}", "{:.3f}", "{:.3f}", "{:.0f}", "{:.3g}", "{:.3g}", "{:.3g}")
+    rows = []
+    for name, *values, flagged in layer_values(metrics):
+        cells = [_number(v, f) for v, f in zip(values, formats, strict=True)]
+        if flagged:
+            cells[2] += " (at floor)"
+        rows.append([name, *cells])
+    return rows
+
+
+def floor_layers(metrics: xr.Dataset) -> list[tuple[str, float, float]]:
+    """(layer, TL, floor) at the last step of the layers whose TL is at or near its floor."""
+    return [(row[0], row[2], row[3]) for row in layer_values(metrics) if row[-1]]
+
+
+def floor_lines(metrics: xr.Dataset) -> list[str]:
+    """What the report says about layers whose TL is at or near the chance floor."""
+    flagged = floor_layers(metrics)
+    if not flagged:
+        return []
+    named = ", ".join(f"{layer} (TL {tl:.3f}, floor {floor:.3f})"
+                      for layer, tl, floor in flagged[:MAX_NAMED])
+    more = f" and {len(flagged) - MAX_NAMED} more" if len(flagged) > MAX_NAMED else ""
+    return [f"chance floor: TL of {len(flagged)} layer(s) is at or near its chance floor rank/N "
+            f"at the last step (floor ≥ {NEAR_FLOOR_RATIO:g}, or TL ≤ floor), so it says little "
+            f"about the targets: {named}{more}; use more probe samples than features, or --pca"]
 
 
 def _number(value: float, fmt: str = "{:.3f}") -> str:
@@ -52,15 +90,49 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def sequential_verdict(t90: xr.DataArray, spearman_last: float) -> str:
-    """One line: does t90 increase with depth, and how is depth ordered at the last step?"""
-    times = t90.values.astype(float)
+def sequential_verdict(metrics: xr.Dataset) -> str:
+    """One line: does t90 increase with depth, and is depth ordered at the last step? The
+    verdict is "observed" only when the data supports it; otherwise it says why not."""
+    t90_text, rises = _t90_order(metrics)
+    rho = _last_finite(metrics["depth_spearman"]) if "depth_spearman" in metrics else np.nan
+    rho_text = "undefined" if not np.isfinite(rho) else f"{rho:.2f}"
+    against = [] if np.isfinite(rho) and rho > 0.5 else [
+        f"ρ {'is undefined' if not np.isfinite(rho) else 'is not above 0.5'} at the last step"]
+    steps, holds = depth_order_holds(metrics["target_linearity"])
+    if steps.size and not holds[-1]:
+        against.append(f"the depth order of TL does not hold at the last step ({steps[-1]}; it "
+                       f"holds at {int(holds.sum())} of {steps.size} steps)")
+    flagged = floor_layers(metrics)
+    if flagged:
+        against.append(f"TL of {', '.join(layer for layer, _, _ in flagged[:MAX_NAMED])} is at "
+                       "or near the chance floor")
+    observed = rises and not against
+    text = (f"{t90_text}; Spearman ρ(depth, TL) at the last step = {rho_text} → sequential "
+            f"linearization {'observed' if observed else 'not observed'}")
+    return text + (f" ({'; '.join(against)})" if against else "")
+
+
+def _last_finite(values: xr.DataArray) -> float:
+    kept = values.dropna("step")
+    return float(kept.values[-1]) if kept.size else float("nan")
+
+
+def _t90_order(metrics: xr.Dataset) -> tuple[str, bool]:
+    """What t90 over depth shows, and whether it increases (never decreasing, rising at
+    least once): equal times, or every layer at the first done step, show no order."""
+    times = np.asarray(metrics["t90"].values, dtype=float)
     finite = times[np.isfinite(times)]
-    monotone = finite.size >= 2 and bool(np.all(np.diff(finite) >= 0))
-    order = "increases" if monotone else "does not increase"
-    return (f"t90 {order} with depth; Spearman ρ(depth, TL) at the last step = "
-            f"{spearman_last:.2f} → sequential linearization "
-            f"{'observed' if monotone and spearman_last > 0.5 else 'not observed'}")
+    if finite.size < 2:
+        return "t90 is known for fewer than two layers (no order over depth)", False
+    if np.ptp(finite) == 0:
+        first = metrics["target_linearity"].dropna("step", how="all")["step"].values
+        at_first = first.size > 0 and finite[0] == float(first[0])
+        return (f"t90 is step {finite[0]:g} for every layer"
+                + (" (the first done step: no layer's TL rises later)" if at_first else "")
+                + ", so it shows no order over depth"), False
+    if bool(np.all(np.diff(finite) >= 0)):
+        return "t90 increases with depth", True
+    return "t90 does not increase with depth", False
 
 
 def report_groups() -> list[str]:
@@ -251,6 +323,7 @@ def findings(metrics: xr.Dataset, store: xr.Dataset | None = None) -> list[str]:
     if order is not None:
         lines.append(order)
     lines += crossing_lines(metrics)
+    lines += floor_lines(metrics)
     sources = [metrics] if store is None else [metrics, store]
     for reader in (fl_step_lines, cutoff_lines):
         for ds in sources:

@@ -80,7 +80,7 @@ def render_page(
     from flq_audit import __version__
 
     source = str(store.attrs.get("source", store.encoding.get("source", "")))
-    observed = verdict.endswith("observed") and not verdict.endswith("not observed")
+    observed = "→ sequential linearization observed" in verdict
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -131,8 +131,10 @@ def _layer_section(metrics: xr.Dataset) -> list[str]:
         table = _table(header, [[row[0], label, *row[1:]]
                                 for row, label in zip(rows, labels, strict=True)], 2)
     return ['<h2 id="layers">Per layer</h2>',
-            "<p>TL at the first and last done step, t90, and the last values of surrogate, "
-            "alignment and NC1 (— where there is none).</p>", table]
+            "<p>TL at the first and last done step, its chance floor rank/N at the last step "
+            "(marked <em>at floor</em> where the floor is 0.5 or more, or TL does not exceed "
+            "it: such a TL says little about the targets), t90, and the last values of "
+            "surrogate, alignment and NC1 (— where there is none).</p>", table]
 
 
 def _figure_section(figures: list[Path]) -> list[str]:

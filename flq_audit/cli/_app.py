@@ -82,8 +82,7 @@ def demo_command(
     tl = result.metrics["target_linearity"]
     _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
     _output.stdout.print(layer_table(result.metrics))
-    rho = result.metrics["depth_spearman"].dropna("step").values
-    _output.stdout.print(sequential_verdict(result.metrics["t90"], float(rho[-1])))
+    _output.stdout.print(sequential_verdict(result.metrics))
     _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
 
 

@@ -71,9 +71,7 @@ def report_command(
     notes = _output.stdout if fmt == "table" else _output.stderr
     for line in nonfinite_lines(ds):
         notes.print(line)
-    last = metrics["depth_spearman"].dropna("step")
-    rho = float(last.values[-1]) if last.size else float("nan")
-    verdict = sequential_verdict(metrics["t90"], rho)
+    verdict = sequential_verdict(metrics)
     notes.print(verdict)
     said = findings(metrics, ds)
     for line in said:
@@ -99,7 +97,8 @@ def report_command(
 
 
 def layer_table(metrics: xr.Dataset) -> Table:
-    """One row per layer: TL at the first and last done step, t90, surrogate, alignment, NC1."""
+    """One row per layer: TL at the first and last done step, its chance floor at the last
+    (marked where TL is at or near it), t90, surrogate, alignment, NC1."""
     table = Table(title="per layer")
     for column in LAYER_COLUMNS:
         table.add_column(column, justify="right" if column != "layer" else "left")

@@ -50,6 +50,8 @@ def metrics_command(
 
     Example: flq-audit metrics run.zarr --metric tl --pca 256
     """
+    from flq_audit.metrics._spec import is_record  # dask: only when computing
+
     fmt = _output.output_format(output_format, as_json)
     names = [m.strip() for m in metric.split(",") if m.strip()]
     with _output.dask_progress(scheduler):
@@ -59,10 +61,8 @@ def metrics_command(
             scheduler=scheduler, recompute=recompute,
             storage_options=_storage_options(storage_options),
         )
-    counts = ("_n_samples", "_n_features", "_rank", "_chance_floor",  # shown via --json
-              "_cutoff", "_kept_ratio", "_dropped_ratio", "_dual")
-    tables = [v for v, var in result.data_vars.items() if var.dims == ("step", "layer")
-              and not str(v).endswith(counts) and not str(v).startswith("tl_chance")]
+    tables = [v for v, var in result.data_vars.items()  # records: in --json, csv, tsv
+              if var.dims == ("step", "layer") and not is_record(var.attrs)]
     if fmt in ("tsv", "csv"):
         _output.write_rows(("metric", "step", "layer", "value"), metric_rows(result), fmt)
         return
@@ -89,6 +89,35 @@ def metrics_command(
     if floors:
         floor = result[floors[0]].max().item()
         _output.stdout.print(f"chance floor (rank/N) at most {floor:.3f}")
+    for line in undefined_lines(result, store):
+        _output.stdout.print(line)
+
+
+def undefined_lines(result: xr.Dataset, store: object) -> list[str]:
+    """Why shown variables hold no value at all: on a store with one done step, the ones
+    that compare steps (drift to the previous step, crossing times)."""
+    empty = [str(v) for v, var in result.data_vars.items()
+             if set(var.dims) <= {"step", "layer"} and var.size
+             and not np.isfinite(np.asarray(var.values, dtype=float)).any()]
+    if not empty:
+        return []
+    done = _steps_with_values(result)
+    if len(done) == 1:
+        return [f"{', '.join(empty)}: not defined on store {store} with one done step "
+                f"(step {done[0]}): they compare steps; audit more steps to get them"]
+    return [f"{', '.join(empty)}: no finite value at any step"]
+
+
+def _steps_with_values(result: xr.Dataset) -> list[int]:
+    """The steps at which any step variable holds a finite value (the done steps)."""
+    if "step" not in result.dims:
+        return []
+    seen = np.zeros(result.sizes["step"], dtype=bool)
+    for var in result.data_vars.values():
+        if "step" in var.dims:
+            values = np.asarray(var.transpose("step", ...).values, dtype=float)
+            seen |= np.isfinite(values.reshape(values.shape[0], -1)).any(axis=1)
+    return [int(s) for s, flag in zip(result["step"].values, seen, strict=True) if flag]
 
 
 def metric_rows(result: xr.Dataset) -> list[tuple[str, object, object, float]]:
@@ -157,7 +186,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
                                          ds["width"].values, ds["gram_width"].values,
                                          strict=True)],
         "n_samples": int(ds.sizes.get("sample", 0)), "bytes_on_disk": size,
-        "metrics": metric_variables(ds),
+        **_metric_summary(ds),
     }
     if fmt == "json":
         _output.print_json(summary)
@@ -190,6 +219,24 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
         layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
     out.print(layers)
     out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
+    if summary["stale_metrics"]:
+        out.print(f"stale   {', '.join(summary['stale_metrics'])} (computed from other done "
+                  "steps: `flq-audit metrics` recomputes them)")
+    if summary["incomplete_metrics"]:
+        out.print(f"incomplete {', '.join(summary['incomplete_metrics'])} (written without "
+                  f"their stamp: the run was interrupted; `flq-audit metrics {store}` "
+                  "completes them)")
+
+
+def _metric_summary(ds: xr.Dataset) -> dict[str, list[str]]:
+    """Persisted metric variables by state: complete (stamped), of which stale (stamped from
+    other done steps), and incomplete (written without their stamp)."""
+    from flq_audit._stamps import metric_status
+
+    status = metric_status(ds)
+    return {"metrics": [n for n in metric_variables(ds) if status.get(n) != "incomplete"],
+            "stale_metrics": [n for n, s in status.items() if s == "stale"],
+            "incomplete_metrics": [n for n, s in status.items() if s == "incomplete"]}
 
 
 def _storage_options(text: str | None) -> dict | None:

@@ -44,8 +44,8 @@ def _from_tl(context: GroupContext) -> xr.Dataset:
 
 SPEC = MetricSpec(
     group="dynamics", needs=frozenset({"tl"}), outputs={
-        name: Output(name) for name in ("t50", "t90", "depth_spearman", "tl_gap",
-                                        "tl_chance_corrected")},
+        **{name: Output(name) for name in ("t50", "t90", "depth_spearman", "tl_gap")},
+        "tl_chance_corrected": Output("tl_chance_corrected", record=True)},
     options=TLOptions, build=_from_tl,
     description="t50, t90 (per layer), depth_spearman, tl_gap (per step), tl_chance_corrected",
 )

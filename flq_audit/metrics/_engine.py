@@ -14,7 +14,7 @@ import xarray as xr
 from flq_audit._faults import fault_point
 from flq_audit.errors import MetricError, OptionError
 from flq_audit.metrics._graph import GroupContext, group_dataset, mask_nonfinite
-from flq_audit.metrics._lazy import layer_moments
+from flq_audit.metrics._lazy import LayerMoments, layer_moments
 from flq_audit.metrics._options import (
     TLOptions,
     options_attrs,
@@ -175,12 +175,11 @@ def _compute_fresh(
 ) -> dict[str, xr.Dataset]:
     """Groups that need only the store in one pass (shared moments), then the others."""
     first = [g for g in todo if not (specs[g].needs - INPUTS)]
-    readers = [g for g in first if "moments" in specs[g].needs]
-    # the dual (n × n) form for layers wider than the probe, unless a group needs the primal
-    dual = all(specs[g].accepts_dual(plans[g].options) for g in readers)
-    moments = layer_moments(ds, dual=dual) if readers else None
+    moments = _moments_by_form(ds, [(specs[g], plans[g].options) for g in first])
     lazy = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
-        ds, plans[g].options, shared_moments=moments)), ds) for g in first}
+        ds, plans[g].options,
+        shared_moments=moments.get(specs[g].accepts_dual(plans[g].options)))), ds)
+        for g in first}
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
     for g in todo:
         if g in fresh:
@@ -189,6 +188,20 @@ def _compute_fresh(
         fresh[g] = _compute([mask_nonfinite(group_dataset(specs[g], context), ds)],
                             scheduler)[0]
     return fresh
+
+
+def _moments_by_form(ds: xr.Dataset, readers: Sequence[tuple[MetricSpec, object | None]]
+                     ) -> dict[bool, LayerMoments]:
+    """The moments each reading group gets, by whether it accepts the dual form: a group's
+    form is its own, whatever other groups share the pass (layers that stay primal in both
+    forms share one graph)."""
+    forms = {spec.accepts_dual(options) for spec, options in readers if "moments" in spec.needs}
+    out: dict[bool, LayerMoments] = {}
+    if False in forms:
+        out[False] = layer_moments(ds)
+    if True in forms:
+        out[True] = layer_moments(ds, dual=True, primal=out.get(False))
+    return out
 
 
 def _named(result: xr.Dataset | None, plan: _Plan) -> xr.Dataset:

@@ -35,6 +35,16 @@ def _pairwise(func: Callable[[np.ndarray, np.ndarray], float]):
     return kernel
 
 
+def previous_step(gram: xr.DataArray) -> xr.DataArray:
+    """Each step's previous stored step (the first step: NaN), built by indexing rather than
+    ``shift``, whose padding fails on dask arrays of one step."""
+    count = gram.sizes["step"]
+    previous = gram.isel(step=np.maximum(np.arange(count) - 1, 0))
+    previous = previous.assign_coords(step=gram["step"])
+    first = xr.DataArray(np.arange(count) == 0, dims="step", coords={"step": gram["step"]})
+    return previous.where(~first)
+
+
 def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
     """Per layer, on its Grams sliced to ``gram_width``; stacked on the layer axis."""
     ds, out = context.ds, context.blocks
@@ -44,7 +54,7 @@ def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
              "gram_cosine_to_final": "⟨G_t, G_final⟩_F / (‖G_t‖_F ‖G_final‖_F)"}
     values: dict[str, list[xr.DataArray]] = {name: [] for name in texts}
     for gram in layer_grams(ds):
-        pairs = {"gram_drift": (gram.shift(step=1), gram, gram_drift),
+        pairs = {"gram_drift": (previous_step(gram), gram, gram_drift),
                  "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), gram_cosine)}
         for name, (a, b, func) in pairs.items():
             values[name].append(xr.apply_ufunc(

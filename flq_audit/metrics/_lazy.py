@@ -65,14 +65,16 @@ class LayerMoments:
         return bool(self.per_layer[index].attrs["dual"])
 
 
-def layer_moments(ds: xr.Dataset, *, dual: bool = False) -> LayerMoments:
+def layer_moments(ds: xr.Dataset, *, dual: bool = False,
+                  primal: LayerMoments | None = None) -> LayerMoments:
     """Per-layer statistics as lazy dask arrays (see :class:`LayerMoments`).
 
     Primal: one task per stored chunk (one step, one block of samples) computes the block's
     moments at the layer's width; blocks are summed over samples by dask's tree reduction, so
     memory holds a few chunks and O(d²) per (step, layer), whatever the number of samples or
     steps. Dual (``dual=True`` and ``n < d + k + 1``): one task per step builds ``HHᵀ`` from
-    column blocks of the layer, O(n²) memory.
+    column blocks of the layer, O(n²) memory. ``primal``: the primal moments already built
+    for this store; layers that stay primal reuse them (one graph, read once).
     """
     acts = ds["activations"].data
     if not isinstance(acts, da.Array):
@@ -83,8 +85,11 @@ def layer_moments(ds: xr.Dataset, *, dual: bool = False) -> LayerMoments:
     names = tuple(str(name) for name in ds["layer"].values)
     per_layer = []
     for j, width in enumerate(widths):
-        h = acts[:, j, :, :width]
         form = dual and use_dual(n, width, k)
+        if primal is not None and not form and not primal.is_dual(j):
+            per_layer.append(primal.per_layer[j])
+            continue
+        h = acts[:, j, :, :width]
         total = _dual_kernel(h) if form else _primal_moments(h, targets)
         side = total.shape[1]
         steps_per_block = max(1, BLOCK_BYTES // (side * side * 8))

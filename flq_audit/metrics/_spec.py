@@ -20,13 +20,18 @@ INPUTS = frozenset({"moments", "gram", "classifier", "predictions"})
 
 @dataclass(frozen=True)
 class Output:
-    """One stored variable of a group: its description, units and extra dimensions."""
+    """One stored variable of a group: its description, units and extra dimensions.
+
+    ``record``: a count or bookkeeping value that qualifies another output (the samples or
+    rank a fit rests on); tables of values leave records out, JSON, CSV and TSV keep them.
+    """
 
     long_name: str
     units: str | None = None
     dims: tuple[str, ...] = ()
     sizes: Mapping[str, int] = field(default_factory=dict)
     reference: str | None = None
+    record: bool = False
 
     def attrs(self) -> dict[str, Any]:
         out: dict[str, Any] = {"long_name": self.long_name}
@@ -136,6 +141,14 @@ def registry() -> dict[str, MetricSpec]:
     return dict(_REGISTRY)
 
 
+def is_record(attrs: Mapping[str, Any]) -> bool:
+    """Whether a computed variable (by its ``flq_group`` and ``flq_output`` attributes) is a
+    record of its group (:attr:`Output.record`) rather than a value to tabulate."""
+    spec = registry().get(str(attrs.get("flq_group", "")))
+    output = spec.outputs.get(str(attrs.get("flq_output", ""))) if spec is not None else None
+    return bool(output is not None and output.record)
+
+
 def get_spec(group: str) -> MetricSpec:
     specs = registry()
     if group not in specs:
@@ -143,5 +156,5 @@ def get_spec(group: str) -> MetricSpec:
     return specs[group]
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Block", "MetricSpec", "Output", "get_spec", "register_metric",
-           "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "Block", "MetricSpec", "Output", "get_spec", "is_record",
+           "register_metric", "registry"]

@@ -16,23 +16,24 @@ RECORDS = "docs/concepts.md#rank-records"
 OUTPUTS = {
     "target_linearity": Output("Target Linearity (in-sample R² of a no-intercept linear fit)",
                                "1", reference=REFERENCE),
-    "target_linearity_n_samples": Output("probe samples the fit rests on"),
-    "target_linearity_n_features": Output("features entering the fit"),
-    "target_linearity_rank": Output("numerical rank of HᵀH"),
+    "target_linearity_n_samples": Output("probe samples the fit rests on", record=True),
+    "target_linearity_n_features": Output("features entering the fit", record=True),
+    "target_linearity_rank": Output("numerical rank of HᵀH", record=True),
     "target_linearity_chance_floor": Output(
         "expected TL of target-independent features (rank / n_samples)", "1",
-        reference="docs/concepts.md#the-chance-floor-rankn"),
+        reference="docs/concepts.md#the-chance-floor-rankn", record=True),
     "target_linearity_cutoff": Output(
         "relative singular-value cut-off of the rank rule (sqrt(rtol))", "1",
-        reference=RECORDS),
+        reference=RECORDS, record=True),
     "target_linearity_kept_ratio": Output(
-        "smallest kept singular value of H over the largest", "1", reference=RECORDS),
+        "smallest kept singular value of H over the largest", "1", reference=RECORDS,
+        record=True),
     "target_linearity_dropped_ratio": Output(
         "largest dropped singular value of H over the largest (0: none dropped)", "1",
-        reference=RECORDS),
+        reference=RECORDS, record=True),
     "target_linearity_dual": Output(
         "1 where TL was solved in the dual (n × n kernel) form, 0 in the primal (d × d)",
-        reference="docs/concepts.md#primal-and-dual-forms"),
+        reference="docs/concepts.md#primal-and-dual-forms", record=True),
 }
 #: Default factor by which a singular-value ratio must clear the cut-off for a TL value not
 #: to depend on it (see :func:`cutoff_sensitive`).

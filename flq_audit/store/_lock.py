@@ -1,30 +1,44 @@
-"""A local store's kernel lock (``fcntl.flock``), not a file's content: held while an audit
-creates or checks the template (steps are claimed per step, :mod:`flq_audit.store._claims`)
-and for the whole of a ``metrics`` run.
+"""A local store's kernel lock, held while an audit creates or checks the template (steps
+are claimed per step, :mod:`flq_audit.store._claims`) and for the whole of a ``metrics`` run.
 
-The lock file ``STORE.lock`` sits beside the store. The kernel releases the lock when the
-holding process exits, however it exits (SIGKILL included), so a lock is never stale and
-nothing needs to be taken over or removed by hand: a file left by a killed process is just
-locked again by the next run. The holder deletes the file while still holding the lock; a
-process that locked a file after it was deleted (or replaced) sees that its file is no longer
-the one at ``STORE.lock`` and starts again, so two processes never hold two different files.
+On Linux the lock is a Unix socket bound in the abstract namespace under a name derived from
+the store's resolved path: binding it is exclusive, and the kernel frees the name when the
+holding process exits, however it exits (SIGKILL included). Nothing is written to disk, so
+no lock file can outlive its process. Elsewhere, ``fcntl.flock`` on ``STORE.lock`` beside the
+store (:func:`lock_path`); its holder deletes the file when it releases the lock, and a file
+left by a killed process is simply locked again.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
+import hashlib
 import os
+import socket
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from flq_audit.errors import StoreLockedError
 
+#: Seconds between tries of a waiting lock.
+POLL_S = 0.02
+_ABSTRACT = sys.platform.startswith("linux")
+
 
 def lock_path(store: str | Path) -> Path:
-    """``STORE.lock``, beside the store."""
+    """``STORE.lock`` beside the store: the lock file where there is no abstract namespace
+    (and what versions up to 0.2 left behind after a kill)."""
     return Path(str(store).rstrip("/") + ".lock")
+
+
+def lock_name(store: str | Path) -> bytes:
+    """The abstract socket name of a store's lock: one per resolved path."""
+    resolved = os.path.realpath(str(store).rstrip("/") or "/")
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()
+    return b"\0flq-audit-store-lock/" + digest.encode("ascii")
 
 
 @contextmanager
@@ -34,19 +48,46 @@ def store_lock(path: str | Path, *, wait: bool = False) -> Iterator[None]:
     Raises :class:`StoreLockedError` at once when another live process holds it (or, with
     ``wait=True``, blocks until it is free).
     """
-    lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(lock, path, wait=wait)
+    if not _ABSTRACT:
+        with _file_lock(path, wait=wait):
+            yield
+        return
+    held = _bind(path, wait=wait)
     try:
-        _note_holder(fd)
         yield
     finally:
-        lock.unlink(missing_ok=True)  # still held: nobody can lock this file and keep it
-        os.close(fd)  # closing the descriptor releases the lock
+        held.close()  # the name is free again
 
 
-def _acquire(lock: Path, store: str | Path, *, wait: bool) -> int:
-    """Lock ``lock``; retry while the file we locked is not the one at the path any more."""
+def _locked(store: str | Path, where: str) -> StoreLockedError:
+    return StoreLockedError(
+        f"store {str(store)!r} is being written by another process ({where})", path=store,
+        hint="Wait for it to finish; the lock is freed when that process exits, however it "
+        "exits.")
+
+
+def _bind(store: str | Path, *, wait: bool) -> socket.socket:
+    name = lock_name(store)
+    while True:
+        held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # not inherited by exec
+        try:
+            held.bind(name)
+            return held
+        except OSError as err:
+            held.close()
+            if err.errno != errno.EADDRINUSE:
+                raise
+            if not wait:
+                raise _locked(store, "its kernel lock is held") from None
+            time.sleep(POLL_S)
+
+
+@contextmanager
+def _file_lock(path: str | Path, *, wait: bool) -> Iterator[None]:
+    import fcntl
+
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -55,14 +96,15 @@ def _acquire(lock: Path, store: str | Path, *, wait: bool) -> int:
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
-            raise StoreLockedError(
-                f"store {str(store)!r} is being written by another process (lock {str(lock)!r})",
-                path=store, hint="Wait for it to finish; the lock is freed when that process "
-                "exits, however it exits.",
-            ) from None
+            raise _locked(path, f"lock {str(lock)!r}") from None
         if _same_file(fd, lock):
-            return fd
+            break
         os.close(fd)  # the holder deleted it after we opened it: lock the current file
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # still held: nobody can lock this file and keep it
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _same_file(fd: int, lock: Path) -> bool:
@@ -74,13 +116,4 @@ def _same_file(fd: int, lock: Path) -> bool:
     return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
-def _note_holder(fd: int) -> None:
-    """Write our PID into the lock file (for people; the lock itself is the kernel's)."""
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
-
-
-__all__ = ["lock_path", "store_lock"]
+__all__ = ["lock_name", "lock_path", "store_lock"]

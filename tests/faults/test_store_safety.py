@@ -113,7 +113,8 @@ def test_a_held_lock_refuses_and_a_killed_holders_lock_is_free_at_once(tmp_path)
             pass
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-        assert lock_path(store).exists()  # the file stays; the kernel's lock is gone
+        assert not lock_path(store).exists()  # no lock file outlives its process
+        assert not list(tmp_path.iterdir())  # nothing at all beside the store
         with store_lock(store):  # no wait, no takeover, no removal by hand
             pass
     finally:

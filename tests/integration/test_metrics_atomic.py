@@ -19,7 +19,7 @@ import xarray as xr
 
 from flq_audit import api
 from flq_audit.errors import MetricError
-from flq_audit.store import store_lock
+from flq_audit.store import lock_path, store_lock
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 
 pytestmark = pytest.mark.slow
@@ -69,6 +69,18 @@ def test_kill_during_metrics_then_rerun_is_bitwise_an_uninterrupted_run(
         assert any(var.attrs.get("flq_group") == group for var in ds.data_vars.values())
         with pytest.raises(MetricError, match="incomplete"):
             ds.flq.metric(FIRST_OUTPUT[group])
+        written = sorted(v for v, var in ds.data_vars.items()
+                         if var.attrs.get("flq_group") == group)
+    assert not lock_path(store).exists()  # no lock file outlives the killed run
+    shown = invoke("show", store, "--json")
+    assert shown.exit_code == 0, describe(shown)
+    summary = json.loads(shown.stdout)
+    assert sorted(summary["incomplete_metrics"]) == written
+    assert not set(written) & set(summary["metrics"])
+    assert "target_linearity_rank" in summary["metrics"] or group == "tl"
+    table = invoke("show", store)
+    assert_says(table.stdout, f"incomplete {', '.join(n for n in summary['incomplete_metrics'])}",
+                "interrupted")
     for args in (("report", store, "--out", tmp_path / "figures"),
                  ("export", store, tmp_path / "m.nc")):
         refused = invoke(*args)

@@ -150,3 +150,92 @@ def test_findings_of_a_synthetic_store_are_sentences(count):
     lines = findings(metrics)
     assert lines[0].startswith("the depth order of TL")
     assert all(isinstance(line, str) and line for line in lines)
+
+
+# ------------------------------------------------------------------ verdict and chance floor
+def _verdict_metrics(tl_rows, t90, floor=0.1) -> xr.Dataset:
+    """TL (step × 4 layers), t90 per layer, ρ per step from the TL rows, a constant floor."""
+    from scipy.stats import spearmanr
+
+    tl = np.asarray(tl_rows, dtype=float)
+    steps = np.arange(tl.shape[0]) * 10
+    rho = [spearmanr(np.arange(tl.shape[1]), row).statistic for row in tl]
+    return xr.Dataset(
+        {"target_linearity": (("step", "layer"), tl),
+         "target_linearity_chance_floor": (("step", "layer"), np.full(tl.shape, floor)),
+         "t90": (("layer",), np.asarray(t90, dtype=float)),
+         "depth_spearman": (("step",), np.asarray(rho, dtype=float))},
+        coords={"step": steps, "layer": LAYERS})
+
+
+RISING = [[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, 0.9]]
+
+
+def test_verdict_observed_when_t90_rises_and_depth_is_ordered():
+    from flq_audit.report import sequential_verdict
+
+    verdict = sequential_verdict(_verdict_metrics(RISING, [0, 10, 10, 10]))
+    assert verdict.endswith("→ sequential linearization observed"), verdict
+    assert verdict.startswith("t90 increases with depth")
+
+
+def test_verdict_with_every_t90_equal_says_no_order():
+    from flq_audit.report import sequential_verdict
+
+    verdict = sequential_verdict(_verdict_metrics(RISING, [0, 0, 0, 0]))
+    assert "increases" not in verdict
+    assert "t90 is step 0 for every layer (the first done step" in verdict
+    assert "sequential linearization not observed" in verdict
+
+
+def test_verdict_refuses_when_the_depth_order_fails_at_the_last_step():
+    from flq_audit.report import sequential_verdict
+
+    # ρ = 0.8 > 0.5 at the last step, yet layer 3 is below layer 2: the order does not hold
+    rows = [[0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.4, 0.3]]
+    verdict = sequential_verdict(_verdict_metrics(rows, [0, 10, 10, 10]))
+    assert "not observed" in verdict
+    assert "the depth order of TL does not hold at the last step (10; it holds at 1 of 2 " \
+           "steps)" in verdict
+
+
+@pytest.mark.parametrize(("floor", "tl_last", "flagged"), [
+    (0.833, 0.667, True),   # TL below its floor
+    (0.6, 0.9, True),       # floor rank/N ≥ 0.5
+    (1.0, 1.0, True),       # the trivial regime N ≤ d
+    (0.1, 0.9, False),
+])
+def test_layers_at_or_near_the_chance_floor_are_flagged(floor, tl_last, flagged):
+    from flq_audit.report import findings, layer_rows, layer_values, sequential_verdict
+
+    rows = [[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, tl_last]]
+    metrics = _verdict_metrics(rows, [0, 10, 10, 10])
+    floors = np.full((2, 4), 0.1)
+    floors[:, 3] = floor
+    metrics["target_linearity_chance_floor"] = (("step", "layer"), floors)
+    values = layer_values(metrics)
+    assert [row[-1] for row in values] == [False, False, False, flagged]
+    assert values[3][3] == floor
+    assert layer_rows(metrics)[3][3].endswith("(at floor)") == flagged
+    said = [line for line in findings(metrics) if line.startswith("chance floor")]
+    verdict = sequential_verdict(metrics)
+    if flagged:
+        assert f"fc3 (TL {tl_last:.3f}, floor {floor:.3f})" in said[0]
+        assert "TL of fc3 is at or near the chance floor" in verdict
+        assert "not observed" in verdict
+    else:
+        assert not said
+        assert "floor" not in verdict
+
+
+def test_the_html_table_marks_a_layer_at_its_floor():
+    from flq_audit.report_html import _layer_section
+
+    metrics = _verdict_metrics([[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, 0.667]], [0, 10, 10, 10])
+    floors = np.full((2, 4), 0.1)
+    floors[:, 3] = 0.833
+    metrics["target_linearity_chance_floor"] = (("step", "layer"), floors)
+    html = "".join(_layer_section(metrics))
+    assert "<th>floor last</th>" in html
+    assert "<td>0.833 (at floor)</td>" in html
+    assert html.count("(at floor)") == 1

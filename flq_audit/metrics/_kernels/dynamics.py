@@ -8,14 +8,15 @@ from flq_audit.metrics._kernels.moments import F64
 
 
 def linearization_time(steps: F64, curve: F64, fraction: float) -> float:
-    """First step where ``curve ≥ fraction · max(curve)`` (NaN when the curve is all NaN).
+    """First step where ``curve ≥ fraction · max(curve)``; NaN when fewer than two steps are
+    finite (one value is no curve: nothing crosses).
 
     >>> linearization_time(np.array([0, 10, 20, 30]), np.array([0.1, 0.5, 0.95, 1.0]), 0.9)
     20.0
     """
     curve = np.asarray(curve, dtype=np.float64)
     finite = np.isfinite(curve)
-    if not finite.any():
+    if finite.sum() < 2:
         return float("nan")
     threshold = fraction * np.nanmax(curve)
     hits = np.flatnonzero(finite & (curve >= threshold))
