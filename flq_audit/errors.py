@@ -112,6 +112,10 @@ class ProbeError(FlqAuditError, ValueError):
     """A probe dataset is missing, malformed, or does not fit the model."""
 
 
+class ProbeShapeError(ProbeError):
+    """The probe's inputs do not fit the model's first layer."""
+
+
 class ProbeNotFoundError(ProbeError, FileNotFoundError):
     """A probe file does not exist."""
 
@@ -236,6 +240,12 @@ class ExportError(FlqAuditError):
     """Exporting a store to NetCDF, CSV or figures failed."""
 
 
+class ExportFolderNotFoundError(ExportError, FileNotFoundError):
+    """The folder an export target names does not exist."""
+
+    exit_code = EXIT_INPUT_MISSING
+
+
 # ---------------------------------------------------------------- WARNINGS
 class FlqAuditWarning(UserWarning):
     """Something worth knowing that does not stop the audit."""
@@ -249,6 +259,7 @@ __all__ = [
     "CaptureError",
     "CheckpointNotFoundError",
     "ExportError",
+    "ExportFolderNotFoundError",
     "FlqAuditError",
     "FlqAuditWarning",
     "IntegrityError",
@@ -260,6 +271,7 @@ __all__ = [
     "OptionError",
     "ProbeError",
     "ProbeNotFoundError",
+    "ProbeShapeError",
     "SourceError",
     "StepSelectionError",
     "StepSyntaxError",

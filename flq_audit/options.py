@@ -334,7 +334,7 @@ def _load_training_probe(path: str, keys: tuple[str, str] | None) -> Any:
     from flq_audit.probes import load_probe
 
     try:
-        return load_probe(path, keys)
+        return load_probe(path, keys, fallback=True)  # --probe-keys may name --probe's arrays
     except ProbeError as err:
         raise type(err)(f"--fl-probe: {err.message}", path=err.path, hint=err.hint) from err
 
