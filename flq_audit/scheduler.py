@@ -47,7 +47,7 @@ def scheduler_client(address: str) -> Client:
                           "pip install 'flq-audit[distributed]'") from err
     timeout = connect_timeout()
     scheme, host, port = _parse(address)
-    if scheme in _TCP:
+    if port is not None:  # a HOST:PORT scheme (tcp, tls, ws, http ...)
         _require_listener(address, host, port, timeout)
         if scheme in _WEB:
             raise NetworkError(
@@ -79,7 +79,7 @@ def _parse(address: str) -> tuple[str, str, int | None]:
     return scheme, host, int(port)
 
 
-def _require_listener(address: str, host: str, port: int | None, timeout: float) -> None:
+def _require_listener(address: str, host: str, port: int, timeout: float) -> None:
     """Something accepts TCP connections at ``host:port``, or :class:`NetworkError`."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
