@@ -36,6 +36,7 @@ from flq_audit.errors import (
     ProbeError,
     ProbeShapeError,
 )
+from flq_audit.models import first_layer_takes
 from flq_audit.probes.batches import BatchSource, NotPerTokenError, OneBatch, ProbeBatch, batches_of
 from flq_audit.store._records import LayerInfo
 
@@ -384,26 +385,9 @@ def _call(model: nn.Module, batch: ProbeBatch, device: str, compute: torch.dtype
 def _probe_error(batch: ProbeBatch, err: Exception, model: nn.Module) -> ProbeError:
     shape = tuple(batch.inputs.shape[1:]) if not isinstance(batch.inputs, dict) else (
         {k: tuple(v.shape[1:]) for k, v in batch.inputs.items()})
-    first = first_layer_input(model)
-    takes = f", whose first layer {first[0]!r} takes {first[1]}" if first else ""
-    return ProbeShapeError(
-        f"probe inputs of shape {shape} per sample do not fit the model{takes} "
-        f"({str(err).splitlines()[0]})",
-        hint="Check that --probe and --model belong together.",
-    )
-
-
-def first_layer_input(model: nn.Module) -> tuple[str, str] | None:
-    """The first weight layer (in module order) and what it takes, when it is a linear or a
-    convolution (``("layers.0", "6 input features")``); else None."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            return name, f"{module.in_features} input features"
-        if isinstance(module, nn.modules.conv._ConvNd):
-            return name, f"{module.in_channels} input channels"
-        if any(True for _ in module.parameters(recurse=False)):
-            return None
-    return None
+    return ProbeShapeError(f"probe inputs of shape {shape} per sample do not fit the model"
+                           f"{first_layer_takes(model)} ({str(err).splitlines()[0]})",
+                           hint="Check that --probe and --model belong together.")
 
 
 def resolve_device(device: str) -> str:
