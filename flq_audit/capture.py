@@ -34,7 +34,9 @@ from flq_audit.errors import (
     FlqAuditWarning,
     LayerNotFoundError,
     ProbeError,
+    ProbeShapeError,
 )
+from flq_audit.models import first_layer_takes
 from flq_audit.probes.batches import BatchSource, NotPerTokenError, OneBatch, ProbeBatch, batches_of
 from flq_audit.store._records import LayerInfo
 
@@ -147,7 +149,7 @@ def parameter_layers(
         try:
             forward()  # without the function mode: does the probe fit the model at all?
         except Exception as plain:
-            raise _probe_error(first, plain) from plain
+            raise _probe_error(first, plain, module) from plain
         warnings.warn(f"parameters were not checked for use as layers: the forward pass under "
                       f"a torch function mode raised {err!r}", FlqAuditWarning, stacklevel=3)
         return {}, {}
@@ -352,7 +354,7 @@ def replay(
             except FlqAuditError:
                 raise
             except RuntimeError as err:
-                raise _probe_error(batch, err) from err
+                raise _probe_error(batch, err, model) from err
             for name, seen in uses.items():
                 parts = [p for p in seen if p is not None]
                 captured[name] = to_numpy(torch.cat(parts, dim=1)) if parts else None  # type: ignore[assignment]
@@ -380,14 +382,12 @@ def _call(model: nn.Module, batch: ProbeBatch, device: str, compute: torch.dtype
     return model(_cast(batch.inputs, compute, device))
 
 
-def _probe_error(batch: ProbeBatch, err: Exception) -> ProbeError:
+def _probe_error(batch: ProbeBatch, err: Exception, model: nn.Module) -> ProbeError:
     shape = tuple(batch.inputs.shape[1:]) if not isinstance(batch.inputs, dict) else (
         {k: tuple(v.shape[1:]) for k, v in batch.inputs.items()})
-    return ProbeError(
-        f"probe inputs of shape {shape} per sample do not fit "
-        f"the model: {str(err).splitlines()[0]}",
-        hint="Check that --probe and --model belong together.",
-    )
+    return ProbeShapeError(f"probe inputs of shape {shape} per sample do not fit the model"
+                           f"{first_layer_takes(model)} ({str(err).splitlines()[0]})",
+                           hint="Check that --probe and --model belong together.")
 
 
 def resolve_device(device: str) -> str:

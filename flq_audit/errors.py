@@ -112,6 +112,10 @@ class ProbeError(FlqAuditError, ValueError):
     """A probe dataset is missing, malformed, or does not fit the model."""
 
 
+class ProbeShapeError(ProbeError):
+    """The probe's inputs do not fit the model's first layer."""
+
+
 class ProbeNotFoundError(ProbeError, FileNotFoundError):
     """A probe file does not exist."""
 
@@ -177,6 +181,25 @@ _OS_REASONS = {
 _RESUME = "finished steps are kept: fix the cause and rerun the same command to resume"
 
 
+#: Packages whose every exception is a failure on the network.
+_HTTP_CLIENTS = ("httpx", "httpcore", "requests", "urllib3")
+#: Packages of object-store clients: their connection and HTTP-client errors are network ones.
+_OBJECT_STORE_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs")
+_NETWORK_BASES = frozenset({"ConnectionError", "ClientConnectionError", "HTTPClientError",
+                            "ServerTimeoutError", "ConnectTimeoutError", "ReadTimeoutError"})
+
+
+def is_network_error(err: BaseException) -> bool:
+    """Whether ``err`` is a failure to reach or hear from a server (exit 7)."""
+    if isinstance(err, ConnectionError | TimeoutError):
+        return True
+    package = type(err).__module__.split(".")[0]
+    if package in _HTTP_CLIENTS:
+        return True
+    return package in _OBJECT_STORE_CLIENTS and any(
+        base.__name__ in _NETWORK_BASES for base in type(err).__mro__)
+
+
 def from_os_error(err: BaseException, *, step: int | None = None) -> FlqAuditError:
     """One error, with a one-line message, for an operating-system or network failure.
 
@@ -195,7 +218,7 @@ def from_os_error(err: BaseException, *, step: int | None = None) -> FlqAuditErr
     if code in _OS_REASONS:
         return SystemResourceError(f"{_OS_REASONS[code]}{target}{where}; {resume}",
                                    path=filename, step=step)
-    if isinstance(err, ConnectionError | TimeoutError) or not isinstance(err, OSError):
+    if is_network_error(err) or not isinstance(err, OSError):
         return NetworkError(
             f"network failure{where}: {type(err).__name__}: {_first_line(err)}; {resume}",
             step=step)
@@ -217,6 +240,12 @@ class ExportError(FlqAuditError):
     """Exporting a store to NetCDF, CSV or figures failed."""
 
 
+class ExportFolderNotFoundError(ExportError, FileNotFoundError):
+    """The folder an export target names does not exist."""
+
+    exit_code = EXIT_INPUT_MISSING
+
+
 # ---------------------------------------------------------------- WARNINGS
 class FlqAuditWarning(UserWarning):
     """Something worth knowing that does not stop the audit."""
@@ -230,6 +259,7 @@ __all__ = [
     "CaptureError",
     "CheckpointNotFoundError",
     "ExportError",
+    "ExportFolderNotFoundError",
     "FlqAuditError",
     "FlqAuditWarning",
     "IntegrityError",
@@ -241,6 +271,7 @@ __all__ = [
     "OptionError",
     "ProbeError",
     "ProbeNotFoundError",
+    "ProbeShapeError",
     "SourceError",
     "StepSelectionError",
     "StepSyntaxError",
@@ -254,4 +285,5 @@ __all__ = [
     "UnsafeDeletionError",
     "WeightsError",
     "from_os_error",
+    "is_network_error",
 ]

@@ -27,6 +27,9 @@ TEXT_TASKS = ("sequence", "token", "next-token")
 POOLINGS = ("cls", "last", "mean")
 CACHE_MODES = ("keep", "drop")
 FL_LOSSES = ("ce", "mse")
+#: The most torch intra-op threads ``--threads`` takes (more only contend for the cores, and
+#: the operating system refuses to start tens of thousands of threads).
+MAX_THREADS = 1024
 
 
 def _one_of(option: str, value: object, allowed: Sequence[object]) -> None:
@@ -100,6 +103,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         _positive_int("--batch-size (batch_size)", self.batch_size)
         _positive_int("--threads (threads)", self.threads, allow_none=True)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise OptionError(f"--threads (threads) must be between 1 and {MAX_THREADS}; got "
+                              f"{self.threads}", hint="A value near the number of CPU cores is "
+                              "fastest; leave --threads out for torch's own choice.")
         _cluster_options(self.workers, self.scheduler)
         object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
@@ -327,7 +334,7 @@ def _load_training_probe(path: str, keys: tuple[str, str] | None) -> Any:
     from flq_audit.probes import load_probe
 
     try:
-        return load_probe(path, keys)
+        return load_probe(path, keys, fallback=True)  # --probe-keys may name --probe's arrays
     except ProbeError as err:
         raise type(err)(f"--fl-probe: {err.message}", path=err.path, hint=err.hint) from err
 
@@ -376,6 +383,7 @@ def _read_json(path: str | Path, flag: str) -> dict[str, Any]:
 __all__ = [
     "DEFAULT_CAPTURE",
     "DEFAULT_RUN",
+    "MAX_THREADS",
     "CaptureOptions",
     "FLOptions",
     "HubOptions",

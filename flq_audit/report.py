@@ -143,7 +143,8 @@ def report_groups() -> list[str]:
 
 
 def nonfinite_entries(ds: xr.Dataset) -> list[tuple[int, str]]:
-    """(step, layer) entries whose weights the audit flagged as non-finite (NaN or Inf)."""
+    """(step, layer) entries whose weights or stored activations the audit flagged as
+    non-finite (NaN or Inf)."""
     if "nonfinite" not in ds:
         return []
     flags = np.asarray(ds["nonfinite"].transpose("step", "layer").values, dtype=bool)
@@ -156,9 +157,9 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
     entries = nonfinite_entries(ds)
     if not entries:
         return []
-    return [f"left out {len(entries)} (step, layer) entries: their weights hold NaN or Inf, "
-            "so every metric of them is NaN"] + [f"  step {s}, layer {layer}: non-finite weights"
-                                                 for s, layer in entries]
+    return [f"left out {len(entries)} (step, layer) entries: their weights or stored "
+            "activations hold NaN or Inf, so every metric of them is NaN"] + [
+        f"  step {s}, layer {layer}: non-finite weights or activations" for s, layer in entries]
 
 
 #: fl_r_step is 0 for a plain SGD step (up to the rounding of the stored weights); a median

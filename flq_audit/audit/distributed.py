@@ -45,8 +45,9 @@ from flq_audit.audit.runner import (
     _Silent,
     set_threads,
 )
-from flq_audit.errors import NetworkError, OptionError
+from flq_audit.errors import OptionError
 from flq_audit.options import RunOptions
+from flq_audit.scheduler import scheduler_client
 from flq_audit.sources import CheckpointRef
 from flq_audit.store import StepClaims, create_or_resume
 
@@ -291,16 +292,7 @@ def connect(run: RunOptions) -> Iterator[Client]:
         raise OptionError("--workers and --scheduler need dask.distributed: "
                           "pip install 'flq-audit[distributed]'") from err
     if run.scheduler is not None:
-        try:
-            client = Client(run.scheduler)
-        except (OSError, TimeoutError) as err:
-            raise NetworkError(
-                f"cannot reach the dask scheduler at {run.scheduler!r} ({err})",
-                hint="Check the address (`dask scheduler` prints it), or that a firewall lets "
-                "this machine reach it.") from err
-        except ValueError as err:
-            raise OptionError(f"--scheduler {run.scheduler!r} is not a scheduler address "
-                              f"({err}); expected e.g. tcp://HOST:8786") from err
+        client = scheduler_client(run.scheduler)
         with client:
             yield client
         return

@@ -28,6 +28,7 @@ from flq_audit.errors import (
     ModelNotFoundError,
     ProbeError,
     ProbeNotFoundError,
+    ProbeShapeError,
     StoreMismatchError,
     UnauditedFilesWarning,
 )
@@ -223,11 +224,15 @@ def _model_plan(
         loaded = load_probe(probe_spec, run.probe_keys)
     if capture.max_samples is not None:
         loaded = loaded.head(capture.max_samples)
-    chosen = select_layers(built.module, capture.layers, probe=loaded)
     hidden = capture.hidden_states
-    if hidden:
-        require_transformers(built)
-    infos = layer_infos(built.module, chosen, loaded, hidden_states=hidden)
+    try:
+        chosen = select_layers(built.module, capture.layers, probe=loaded)
+        if hidden:
+            require_transformers(built)
+        infos = layer_infos(built.module, chosen, loaded, hidden_states=hidden)
+    except ProbeShapeError as err:  # name the probe file
+        raise ProbeShapeError(f"probe {str(probe_spec)!r}: {err.message.removeprefix('probe ')}",
+                              path=probe_spec, hint=err.hint) from err
     builtin: list[StepExtension] = [NonFiniteWeights()]
     predictions, classifier = _classification_outputs(built, loaded, chosen, infos)
     if predictions:

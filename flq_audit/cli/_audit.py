@@ -123,8 +123,9 @@ def audit_command(
         help="FL residual: the training set the batch indices point into (a probe file); "
         "default: --probe.")] = None,
     probe_keys: Annotated[str | None, typer.Option(
-        help="Array names in the --probe and --fl-probe files, INPUTS,TARGETS; otherwise the "
-        "first pair a file holds of inputs,targets, x,y, X,y, X,Y and data,labels.")] = None,
+        help="Array names in the --probe file (and in --fl-probe when it holds them), "
+        "INPUTS,TARGETS; otherwise the first pair a file holds of inputs,targets, x,y, X,y, "
+        "X,Y and data,labels.")] = None,
     task: Annotated[str, typer.Option(
         help="Text probes: sequence (one row per text), token (one per word) or next-token.")
     ] = "sequence",

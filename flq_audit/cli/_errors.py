@@ -36,6 +36,7 @@ from flq_audit.errors import (
     EXIT_USAGE,
     FlqAuditError,
     from_os_error,
+    is_network_error,
 )
 
 EXIT_OK = 0
@@ -68,6 +69,8 @@ def exit_code_for(err: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(err, FlqAuditError):
         return err.exit_code
+    if is_network_error(err):
+        return EXIT_NETWORK
     if isinstance(err, OSError):
         return from_os_error(err).exit_code
     if isinstance(err, ValueError):
@@ -79,16 +82,11 @@ def _known(err: BaseException) -> FlqAuditError | None:
     """The error as an FlqAuditError, or None for an unexpected one (a bug)."""
     if isinstance(err, FlqAuditError):
         return err
-    if isinstance(err, OSError) or _is_network(err):
+    if isinstance(err, OSError) or is_network_error(err):
         return from_os_error(err, step=_output.CURRENT.get("step"))
     if isinstance(err, ValueError):
         return FlqAuditError(str(err))
     return None
-
-
-def _is_network(err: BaseException) -> bool:
-    module = type(err).__module__.split(".")[0]
-    return module in ("httpx", "httpcore", "requests", "urllib3")
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

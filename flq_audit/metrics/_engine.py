@@ -256,14 +256,9 @@ def _compute(datasets: list[xr.Dataset], scheduler: str | None) -> list[xr.Datas
         with threadpool_limits(limits=1, user_api="blas"):
             computed = merged.compute(scheduler=scheduler or "threads")
     else:
-        try:
-            from dask.distributed import Client
-        except ImportError as err:
-            raise MetricError(
-                f"--scheduler {scheduler!r} needs dask.distributed: "
-                "pip install 'flq-audit[distributed]'"
-            ) from err
-        with Client(scheduler):
+        from flq_audit.scheduler import scheduler_client
+
+        with scheduler_client(scheduler):
             computed = merged.compute()
     return [computed[list(d.data_vars)].assign_attrs(d.attrs) for d in datasets]
 

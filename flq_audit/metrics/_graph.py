@@ -148,7 +148,8 @@ def group_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
 
 
 def mask_nonfinite(result: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
-    """NaN for the (step, layer) entries whose weights the audit flagged as non-finite."""
+    """NaN for the (step, layer) entries whose weights or stored activations the audit
+    flagged as non-finite."""
     if NONFINITE not in ds:
         return result
     keep = ~ds[NONFINITE].astype(bool)

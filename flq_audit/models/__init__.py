@@ -121,7 +121,27 @@ def _short(items: list[str], limit: int = 8) -> str:
     return f"[{shown}{', ...' if len(items) > limit else ''}] ({len(items)})"
 
 
+def first_layer_takes(model: nn.Module) -> str:
+    """``", whose first layer 'layers.0' takes 6 input features"`` when the first weight layer
+    (in module order) is a linear or a convolution, else ``""`` (for probe messages)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            return f", whose first layer {name!r} takes {module.in_features} input features"
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return f", whose first layer {name!r} takes {module.in_channels} input channels"
+        if any(True for _ in module.parameters(recurse=False)):
+            return ""
+    return ""
+
+
 __all__ = [
-    "CNN", "MLP", "BuiltModel", "build_from_spec", "build_model", "load_spec", "load_weights",
+    "CNN",
+    "MLP",
+    "BuiltModel",
+    "build_from_spec",
+    "build_model",
+    "first_layer_takes",
+    "load_spec",
+    "load_weights",
     "map_keys",
 ]

@@ -102,12 +102,19 @@ def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Modu
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
             raise ModelBuildError(f"{origin}: {key} must be positive integers, got "
                                   f"{params[key]!r}", path=origin)
+    for key, (wanted, what) in _TYPED.items():
+        if key in params and not isinstance(params[key], wanted):
+            raise ModelBuildError(f"{origin}: {key} must be {what}, got {params[key]!r} "
+                                  f"({type(params[key]).__name__})", path=origin)
     try:
         return _BUILDERS[kind](**params)
     except (TypeError, ValueError, RuntimeError, MemoryError) as err:
         raise ModelBuildError(f"{origin}: invalid {kind} spec ({err})", path=origin) from err
 
 
+#: Spec fields of one JSON type: the type and how messages name it.
+_TYPED: dict[str, tuple[type, str]] = {"bias": (bool, "true or false (a JSON boolean)"),
+                                       "activation": (str, "a string")}
 #: Spec fields that are sizes: positive integers (or lists of them).
 _SIZES = {"in_features", "out_features", "widths", "in_channels", "channels", "kernel_sizes",
           "num_classes"}

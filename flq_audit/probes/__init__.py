@@ -66,11 +66,13 @@ PROBE_KEY_PAIRS = (("inputs", "targets"), ("x", "y"), ("X", "y"), ("X", "Y"),
                    ("data", "labels"))
 
 
-def load_probe(spec: str | Path, keys: tuple[str, str] | None = None) -> Probe:
+def load_probe(spec: str | Path, keys: tuple[str, str] | None = None, *,
+               fallback: bool = False) -> Probe:
     """Load a builtin probe by name or a probe file, validated; raises :class:`ProbeError`.
 
-    ``keys`` names the (inputs, targets) arrays of a file; otherwise (or when the file lacks
-    them) the first pair of :data:`PROBE_KEY_PAIRS` the file holds is used.
+    ``keys`` names the (inputs, targets) arrays of a file, which must hold them (unless
+    ``fallback``: then a file that lacks them is read as without ``keys``); without ``keys``
+    the first pair of :data:`PROBE_KEY_PAIRS` the file holds is used.
     """
     text = str(spec)
     if text in BUILTIN_PROBES:
@@ -82,6 +84,8 @@ def load_probe(spec: str | Path, keys: tuple[str, str] | None = None) -> Probe:
             "file", path=text,
         )
     arrays = _read_file(path)
+    if fallback and keys is not None and not all(key in arrays for key in keys):
+        keys = None
     inputs_key, targets_key = probe_keys(arrays, text, keys)
     num_classes = arrays.get("num_classes")
     classes = None if num_classes is None else int(np.asarray(num_classes).reshape(-1)[0])
@@ -91,16 +95,24 @@ def load_probe(spec: str | Path, keys: tuple[str, str] | None = None) -> Probe:
 def probe_keys(
     arrays: dict[str, np.ndarray], text: str, keys: tuple[str, str] | None = None
 ) -> tuple[str, str]:
-    """The (inputs, targets) names to read from a probe file's ``arrays``: ``keys`` when the
-    file holds both, else the first pair of :data:`PROBE_KEY_PAIRS` it holds."""
-    for pair in (keys, *PROBE_KEY_PAIRS) if keys is not None else PROBE_KEY_PAIRS:
+    """The (inputs, targets) names to read from a probe file's ``arrays``: ``keys``
+    (``--probe-keys``), which the file must hold, else the first pair of
+    :data:`PROBE_KEY_PAIRS` it holds."""
+    if keys is not None:
+        missing = [key for key in keys if key not in arrays]
+        if missing:
+            raise ProbeError(
+                f"probe file {text!r} holds no array {' or '.join(map(repr, missing))} "
+                f"(--probe-keys {','.join(keys)}); it holds {sorted(arrays)}", path=text,
+                hint="Name two of its arrays with --probe-keys INPUTS,TARGETS.")
+        return keys
+    for pair in PROBE_KEY_PAIRS:
         if all(key in arrays for key in pair):
             return pair
     pairs = ", ".join("/".join(pair) for pair in PROBE_KEY_PAIRS)
-    wanted = (f"arrays 'inputs' and 'targets' (or {pairs.split(', ', 1)[1]})" if keys is None
-              else f"arrays {keys[0]!r} and {keys[1]!r} (--probe-keys) or one of {pairs}")
     raise ProbeError(
-        f"probe file {text!r} must hold {wanted}; it holds {sorted(arrays)}", path=text,
+        f"probe file {text!r} must hold arrays 'inputs' and 'targets' (or "
+        f"{pairs.split(', ', 1)[1]}); it holds {sorted(arrays)}", path=text,
         hint="Name the arrays with --probe-keys INPUTS,TARGETS.",
     )
 

@@ -12,15 +12,23 @@ taken for a local folder with a colon in its name.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flq_audit.errors import OptionError
+from flq_audit.errors import (
+    FlqAuditError,
+    NetworkError,
+    OptionError,
+    StoreNotFoundError,
+    is_network_error,
+)
 from flq_audit.store._filesystems import check_release, checked
 
 if TYPE_CHECKING:
@@ -32,6 +40,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs",
              "abfs": "adlfs", "abfss": "adlfs", "adl": "adlfs", "hf": "huggingface_hub",
              "http": "aiohttp", "https": "aiohttp", "sftp": "paramiko", "ssh": "paramiko"}
+#: Protocols whose first path component is a bucket (or container) that must exist.
+_BUCKETS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
 #: Extras of flq-audit that install a protocol's filesystem.
 _EXTRAS = {"s3": "s3", "s3a": "s3"}
 
@@ -49,6 +59,56 @@ def parse_storage_options(text: str | None) -> dict[str, Any]:
         raise OptionError(f"--storage-options must be a JSON object, got {type(value).__name__}",
                           hint="Give a JSON object, e.g. '{\"anon\": true}'.")
     return value
+
+
+#: Storage options fsspec filesystems read with one JSON type (s3fs, gcsfs, adlfs ...).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "anon": (bool,), "use_ssl": (bool,), "requester_pays": (bool,), "version_aware": (bool,),
+    "use_listings_cache": (bool,), "skip_instance_cache": (bool,), "asynchronous": (bool,),
+    "key": (str,), "secret": (str,), "token": (str, dict), "profile": (str,),
+    "endpoint_url": (str,), "region_name": (str,), "username": (str,), "password": (str,),
+    "account_name": (str,), "account_key": (str,), "connection_string": (str,),
+    "project": (str,), "default_block_size": (int,), "listings_expiry_time": (int, float),
+}
+_JSON_TYPES = {bool: "true or false", str: "a string", dict: "a JSON object",
+               int: "an integer", float: "a number"}
+
+
+def check_storage_options(options: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse option values of the wrong JSON type before a filesystem sees them (exit 2).
+
+    Keys ending in ``_kwargs`` (``client_kwargs``, ``config_kwargs`` ...) are keyword arguments
+    passed on as they are: JSON objects, checked in turn; the keys of :data:`_OPTION_TYPES`
+    have one type. Other keys are left to the filesystem.
+    """
+    for key, value in options.items():
+        name = f"--storage-options: {prefix + key!r}"
+        if key.endswith("_kwargs"):
+            if not isinstance(value, dict):
+                raise OptionError(f"{name} must be a JSON object; got {_json_type(value)}",
+                                  hint='e.g. \'{"client_kwargs": {"endpoint_url": '
+                                  '"http://127.0.0.1:9000"}}\'')
+            check_storage_options(value, f"{prefix}{key}.")
+            continue
+        wanted = _OPTION_TYPES.get(key)
+        if wanted is not None and value is not None and not _fits(value, wanted):
+            expected = " or ".join(_JSON_TYPES[t] for t in wanted)
+            raise OptionError(f"{name} must be {expected}; got {_json_type(value)}")
+
+
+def _fits(value: object, wanted: tuple[type, ...]) -> bool:
+    """``value`` has one of the JSON types ``wanted`` (a boolean is no number; an integer is)."""
+    if isinstance(value, bool):
+        return bool in wanted
+    if isinstance(value, int) and float in wanted:
+        return True
+    return isinstance(value, wanted)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", str: "a string", int: "an integer", float: "a number",
+             list: "a list", dict: "a JSON object", type(None): "null"}
+    return f"{names.get(type(value), type(value).__name__)} ({json.dumps(value, default=str)})"
 
 
 @dataclass(frozen=True)
@@ -75,6 +135,7 @@ class StoreLocation:
         if protocol in ("file", "local"):
             return cls(text[match.end():] or "/", options)
         _require_filesystem(protocol, text)
+        check_storage_options(options)
         return cls(text.rstrip("/"), options)
 
     # ------------------------------------------------------------------ naming
@@ -137,11 +198,18 @@ class StoreLocation:
         return f"{self.filesystem()[1].rstrip('/')}/{key}"
 
     def exists(self) -> bool:
-        """Anything is at this location (a folder, a file, a link, or objects under the prefix)."""
+        """Anything is at this location (a folder, a file, a link, or objects under the prefix).
+
+        Raises :class:`StoreNotFoundError` when the URL's bucket does not exist (no store can
+        be made there) and :class:`NetworkError` when its endpoint cannot be reached."""
         if self.is_local:
             return self.path.exists() or self.path.is_symlink()
         fs, root = self.filesystem()
-        return bool(fs.exists(root))
+        with self.remote():
+            if fs.exists(root):
+                return True
+            self._require_bucket(fs, root)
+        return False
 
     def read_bytes(self, key: str) -> bytes | None:
         """The bytes of ``key`` inside the store, or None when it is missing."""
@@ -149,7 +217,8 @@ class StoreLocation:
             if self.is_local:
                 return (self.path / key).read_bytes()
             fs, root = self.filesystem()
-            return bytes(fs.cat_file(f"{root.rstrip('/')}/{key}"))
+            with self.remote():
+                return bytes(fs.cat_file(f"{root.rstrip('/')}/{key}"))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
@@ -162,15 +231,60 @@ class StoreLocation:
                 shutil.rmtree(self.path)
             return
         fs, root = self.filesystem()
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
+        with self.remote():
+            if fs.exists(root):
+                fs.rm(root, recursive=True)
 
     def size_bytes(self) -> int:
         """Bytes stored under this location."""
         if self.is_local:
             return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         fs, root = self.filesystem()
-        return int(fs.du(root)) if fs.exists(root) else 0
+        with self.remote():
+            return int(fs.du(root)) if fs.exists(root) else 0
+
+    # ------------------------------------------------------------------ remote failures
+    @property
+    def endpoint(self) -> str:
+        """The server a URL store talks to, as messages name it."""
+        client = self.storage_options.get("client_kwargs")
+        given = self.storage_options.get("endpoint_url") or (
+            client.get("endpoint_url") if isinstance(client, Mapping) else None)
+        if self.protocol in ("s3", "s3a"):
+            given = given or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+                "AWS_ENDPOINT_URL")
+        return repr(str(given)) if given else f"the default {self.protocol}:// endpoint"
+
+    @contextlib.contextmanager
+    def remote(self) -> Iterator[None]:
+        """Turn a failure to reach the store's server into :class:`NetworkError` (exit 7)
+        naming the endpoint and the store."""
+        try:
+            yield
+        except FlqAuditError:
+            raise
+        except Exception as err:
+            if not is_network_error(err):
+                raise
+            text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise NetworkError(
+                f"cannot reach {self.endpoint}, the endpoint of store {self.url!r} "
+                f"({type(err).__name__}: {text})", path=self.url,
+                hint="Check the endpoint (--storage-options '{\"client_kwargs\": "
+                "{\"endpoint_url\": ...}}' or AWS_ENDPOINT_URL) and that its server runs.",
+            ) from err
+
+    def _require_bucket(self, fs: Any, root: str) -> None:
+        """Refuse a store in a bucket that does not exist (exit 3), naming the bucket."""
+        bucket = root.strip("/").split("/", 1)[0]
+        if self.protocol not in _BUCKETS or not bucket or bucket == root.strip("/"):
+            return
+        if not fs.exists(bucket):
+            raise StoreNotFoundError(
+                f"bucket {bucket!r} of store {self.url!r} does not exist (or these "
+                f"credentials cannot see it) at {self.endpoint}", path=self.url,
+                hint=f"Create the bucket first (e.g. `aws s3 mb {self.protocol}://{bucket}`), "
+                "or check the URL and --storage-options.")
 
 
 def _require_filesystem(protocol: str, url: str) -> None:
@@ -201,4 +315,4 @@ def as_location(target: str | Path | StoreLocation,
     return StoreLocation.parse(target, storage_options)
 
 
-__all__ = ["StoreLocation", "as_location", "parse_storage_options"]
+__all__ = ["StoreLocation", "as_location", "check_storage_options", "parse_storage_options"]

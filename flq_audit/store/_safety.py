@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from flq_audit.errors import UnsafeDeletionError
+from flq_audit.errors import ExportFolderNotFoundError, UnsafeDeletionError
 from flq_audit.store._location import StoreLocation
 
 #: File written first into a store being built; its presence marks the build as unfinished.
@@ -149,11 +149,23 @@ def check_export_target(out: str | Path, store: str | Path | None = None) -> Non
     elif target.is_file() and not _looks_like_netcdf(target):
         reason = "is an existing file that is not NetCDF/HDF5"
     else:
+        _require_folder(out)
         return
     raise UnsafeDeletionError(
         f"export target {str(out)!r} {reason}; nothing was written", path=out,
         hint="Give a new file name ending in .nc, outside any store.",
     )
+
+
+def _require_folder(out: str | Path) -> None:
+    """The folder of an export target exists (exit 3 naming it; nothing is created)."""
+    folder = Path(out).expanduser().parent
+    if folder.is_dir():
+        return
+    state = "is not a folder" if folder.exists() else "does not exist"
+    raise ExportFolderNotFoundError(
+        f"export target {str(out)!r}: the folder {str(folder)!r} {state}; nothing was written",
+        path=folder, hint="Give a file in an existing folder (or create the folder first).")
 
 
 def check_report_folder(folder: str | Path) -> None:

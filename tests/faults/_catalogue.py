@@ -56,6 +56,7 @@ def build_world(root: Path) -> dict[str, Path]:
         "huge_width": {**SMALL_SPEC, "widths": [10**12, 8]},
         "wrong_in_features": {**SMALL_SPEC, "in_features": 7},
         "float_width": {**SMALL_SPEC, "widths": [8.5, 8]},
+        "bias_text": {**SMALL_SPEC, "bias": "yes"},
     }
     for name, spec in bad_specs.items():
         (specs / f"{name}.json").write_text(json.dumps(spec))
@@ -120,6 +121,19 @@ CASES: list[Case] = [
     Case("max-samples-0", (*AUDIT, "--max-samples", "0"), 2, "Usage:"),
     Case("max-length-0", (*AUDIT, "--max-length", "0"), 2, "Usage:"),
     Case("top-k-0", (*AUDIT, "--top-k", "0"), 2, "Usage:"),
+    Case("threads-huge", (*AUDIT, "--threads", "100000"), 2,
+         "--threads (threads) must be between 1 and 1024; got 100000"),
+    Case("storage-options-kwargs-not-object",
+         (*AUDIT[:3], "memory://flq-catalogue/out.zarr", "--storage-options",
+          '{{"client_kwargs": 5}}'), 2,
+         "--storage-options: 'client_kwargs' must be a JSON object; got an integer (5)"),
+    Case("storage-options-endpoint-not-text",
+         ("show", "memory://flq-catalogue/x.zarr", "--storage-options",
+          '{{"client_kwargs": {{"endpoint_url": 9000}}}}'), 2,
+         "--storage-options: 'client_kwargs.endpoint_url' must be a string; got an integer"),
+    Case("storage-options-anon-text",
+         ("show", "memory://flq-catalogue/x.zarr", "--storage-options", '{{"anon": "yes"}}'), 2,
+         "--storage-options: 'anon' must be true or false; got a string"),
     Case("activation-dtype", (*AUDIT, "--activation-dtype", "float8"), 2,
          "--activation-dtype (activation_dtype) must be one of float32, float16, float64"),
     Case("gram-dtype", (*AUDIT, "--gram-dtype", "int8"), 2,
@@ -183,6 +197,12 @@ CASES: list[Case] = [
     Case("model-missing-py", (*AUDIT, "--model", "{root}/nope.py:make"), 3, "model"),
     Case("probe-missing", (*AUDIT, "--probe", "{root}/nope.npz"), 3, "probe"),
     Case("probe-unknown-builtin", (*AUDIT, "--probe", "mnist-ish"), 3, "probe"),
+    Case("export-missing-folder", ("export", "{store}", "{root}/missing/dir/out.nc"), 3,
+         "export target '{root}/missing/dir/out.nc': the folder '{root}/missing/dir' does not "
+         "exist; nothing was written"),
+    Case("export-folder-is-a-file", ("export", "{store}", "{root}/notes.txt/out.nc"), 3,
+         "export target '{root}/notes.txt/out.nc': the folder '{root}/notes.txt' is not a "
+         "folder"),
     *[Case(f"{cmd}-missing-store", (cmd, "{root}/nope.zarr", *extra), 3, "store")
       for cmd, extra in (("show", ()), ("metrics", ()), ("export", ("{root}/o.nc",)),
                          ("report", ()))],
@@ -208,7 +228,10 @@ CASES: list[Case] = [
           ("unknown_activation", "unknown activation 'swoosh'"),
           ("missing_in_features", "{root}/specs/missing_in_features.json: invalid mlp spec"),
           ("huge_width", "{root}/specs/huge_width.json: invalid mlp spec"),
-          ("wrong_in_features", "probe inputs of shape (6,) per sample do not fit the model"),
+          ("wrong_in_features", "probe '{run}/probe.npz': inputs of shape (6,) per sample do "
+           "not fit the model, whose first layer 'layers.0' takes 7 input features"),
+          ("bias_text", "{root}/specs/bias_text.json: bias must be true or false (a JSON "
+           "boolean), got 'yes' (str)"),
           ("float_width", "{root}/specs/float_width.json: widths must be positive"),
           ("not_json", "model spec '{root}/specs/not_json.json' is not valid JSON"),
           ("array", "model spec '{root}/specs/array.json' must be a JSON object"),
@@ -223,13 +246,18 @@ CASES: list[Case] = [
     *[Case(f"probe-{name}", (*AUDIT, "--probe", f"{{root}}/probes/{name}"), 4, first)
       for name, first in (
           ("no_targets.npz", "probe file '{root}/probes/no_targets.npz' must hold arrays"),
-          ("wrong_features.npz", "probe inputs of shape (5,) per sample do not fit the model"),
+          ("wrong_features.npz", "probe '{root}/probes/wrong_features.npz': inputs of shape "
+           "(5,) per sample do not fit the model, whose first layer 'layers.0' takes 6 input "
+           "features"),
           ("length_mismatch.npz", "probe 'length_mismatch.npz': 10 inputs but 7 targets"),
           ("empty.npz", "probe 'empty.npz': inputs must be (N, ...) with N > 0"),
           ("label_too_big.npz", "probe 'label_too_big.npz': labels must lie in [0, 3)"),
           ("nan_inputs.npz", "probe 'nan_inputs.npz': 10 input sample(s) contain NaN"),
           ("garbage.npz", "cannot read probe file '{root}/probes/garbage.npz'"),
           ("garbage.safetensors", "cannot read probe file '{root}/probes/garbage.safetensors'"))],
+    Case("probe-keys-missing", (*AUDIT, "--probe-keys", "foo,bar"), 4,
+         "probe file '{run}/probe.npz' holds no array 'foo' or 'bar' (--probe-keys foo,bar); "
+         "it holds ['inputs', 'num_classes', 'targets']"),
     Case("layers-no-match", (*AUDIT, "--layers", "nothing.*"), 4,
          "layer pattern 'nothing.*' matches no weight layer"),
     Case("foreign-store", ("audit", "{wrong_shapes}", "--out", "{store}", "--steps", "0"), 4,

@@ -148,11 +148,20 @@ def test_probe_keys_name_the_arrays_and_win_over_known_names(tmp_path):
 def test_unknown_probe_layout_lists_the_arrays_found(tmp_path):
     path = tmp_path / "p.npz"
     np.savez(path, images=np.zeros((3, 2)), classes=np.zeros(3))
-    with pytest.raises(ProbeError, match=r"'a' and 'b' \(--probe-keys\) or one of "
-                       r"inputs/targets, x/y, X/y, X/Y, data/labels; it holds "
-                       r"\['classes', 'images'\]") as err:
-        load_probe(path, ("a", "b"))
+    with pytest.raises(ProbeError, match=r"'inputs' and 'targets' \(or x/y, X/y, X/Y, "
+                       r"data/labels\); it holds \['classes', 'images'\]") as err:
+        load_probe(path)
     assert "--probe-keys INPUTS,TARGETS" in str(err.value)
+
+
+def test_probe_keys_the_file_lacks_are_refused_listing_its_arrays(tmp_path):
+    path = tmp_path / "p.npz"
+    np.savez(path, inputs=np.zeros((3, 2)), targets=np.zeros(3, np.int64),
+             num_classes=np.int64(2))
+    with pytest.raises(ProbeError, match=r"holds no array 'foo' or 'bar' \(--probe-keys "
+                       r"foo,bar\); it holds \['inputs', 'num_classes', 'targets'\]"):
+        load_probe(path, ("foo", "bar"))
+    assert load_probe(path, ("foo", "bar"), fallback=True).inputs.shape == (3, 2)
 
 
 def test_pt_file_that_is_not_a_dict(tmp_path):

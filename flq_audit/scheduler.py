@@ -1,0 +1,127 @@
+"""Connect to a ``dask.distributed`` scheduler by address (``--scheduler``), in bounded time.
+
+Both the audit (``--scheduler`` of ``flq-audit SOURCE``) and ``metrics --scheduler`` connect
+here. Before the client starts, two probes bounded by dask's connect timeout
+(``distributed.comm.timeouts.connect``, 30 s unless configured) tell the failures apart:
+nothing listens at the address (exit 7, "cannot reach"), or something listens but does not
+answer dask's handshake, such as a web server or a dashboard (exit 7, "not a dask
+scheduler"; dask's own client would wait for that answer forever). A malformed address is a
+usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from flq_audit.errors import NetworkError, OptionError
+
+if TYPE_CHECKING:
+    from dask.distributed import Client
+
+#: Schemes of web servers: a dask scheduler never speaks them (its dashboard does).
+_WEB = ("http", "https")
+#: Schemes whose address is ``HOST:PORT`` on TCP (the probes apply).
+_TCP = ("tcp", "tls", "ws", "wss", *_WEB)
+_HINT = "A scheduler's address is tcp://HOST:8786 (`dask scheduler` prints it)."
+
+
+def connect_timeout() -> float:
+    """dask's connect timeout in seconds (``distributed.comm.timeouts.connect``)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"),
+                                 default="seconds"))
+
+
+def scheduler_client(address: str) -> Client:
+    """A client of the scheduler at ``address``, or a :class:`NetworkError` (exit 7) that says
+    why none could be made, within the connect timeout."""
+    try:
+        from dask.distributed import Client
+    except ImportError as err:
+        raise OptionError("--scheduler needs dask.distributed: "
+                          "pip install 'flq-audit[distributed]'") from err
+    timeout = connect_timeout()
+    scheme, host, port = _parse(address)
+    if port is not None:  # a HOST:PORT scheme (tcp, tls, ws, http ...)
+        _require_listener(address, host, port, timeout)
+        if scheme in _WEB:
+            raise NetworkError(
+                f"{address!r} is not a dask scheduler: a server listens there, but an "
+                f"{scheme}:// address is a web server's (a dask dashboard's, for one)",
+                hint=_HINT)
+        _require_handshake(address, timeout)
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as err:
+        raise _unreachable(address, err) from err
+    except ValueError as err:
+        raise _malformed(address, err) from err
+
+
+def _parse(address: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)``; ``port`` is None for schemes without one (``inproc`` ...)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in _TCP:
+            return scheme, location, None
+        host, port = parse_host_port(location)
+    except ValueError as err:
+        raise _malformed(address, err) from err
+    if port is None:
+        raise _malformed(address, ValueError("no port"))
+    return scheme, host, int(port)
+
+
+def _require_listener(address: str, host: str, port: int, timeout: float) -> None:
+    """Something accepts TCP connections at ``host:port``, or :class:`NetworkError`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise _unreachable(address, err) from err
+
+
+def _require_handshake(address: str, timeout: float) -> None:
+    """What listens at ``address`` answers dask's handshake within ``timeout``."""
+    with ThreadPoolExecutor(1) as pool:  # its own event loop, whatever loop the caller runs
+        answered = pool.submit(asyncio.run, _handshake(address, timeout)).result()
+    if not answered:
+        raise NetworkError(
+            f"{address!r} is not a dask scheduler: something accepts connections there but "
+            f"did not answer dask's handshake within {timeout:g} s (the connect timeout, "
+            "distributed.comm.timeouts.connect)", hint=_HINT)
+
+
+async def _handshake(address: str, timeout: float) -> bool:
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    args = Security().get_connection_args("client")
+    try:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout, **args), timeout)
+    except Exception:  # timed out, closed or garbled: not dask's answer
+        return False
+    await comm.close()
+    return True
+
+
+def _unreachable(address: str, err: BaseException) -> NetworkError:
+    return NetworkError(
+        f"cannot reach the dask scheduler at {address!r} ({err or type(err).__name__})",
+        hint="Check the address (`dask scheduler` prints it), or that a firewall lets "
+        "this machine reach it.")
+
+
+def _malformed(address: str, err: BaseException) -> OptionError:
+    return OptionError(f"--scheduler {address!r} is not a scheduler address ({err}); "
+                       "expected e.g. tcp://HOST:8786")
+
+
+__all__ = ["connect_timeout", "scheduler_client"]
