@@ -2,8 +2,8 @@
 
 Every figure stays readable from 2 to 200 layers and 3 to 1000 steps: panel grids wrap at
 :data:`MAX_COLUMNS`, the pixel size is bounded by :data:`MAX_WIDTH_PX` × :data:`MAX_HEIGHT_PX`,
-layer names are shortened by :func:`short_labels`, step 0 stays on a symlog step axis, and
-legends sit outside the data.
+layer names are shortened by :func:`short_labels`, the step and value axes follow the data
+(:mod:`flq_audit._figure_axes`), and legends sit outside the data.
 """
 
 from __future__ import annotations
@@ -17,7 +17,16 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from flq_audit._figure_axes import (
+    BOUNDED,
+    colour_range,
+    spaced_step_ticks,
+    spacing_note,
+    step_axis,
+    step_scale,  # noqa: F401  (public: the step axis rule, re-exported)
+    value_axis,
+)
 
 DPI = 100
 MAX_WIDTH_PX = 2400
@@ -90,16 +99,6 @@ def layer_note(names: list[str]) -> str:
     return f"layers: prefix {prefix!r} removed" if prefix else ""
 
 
-def step_scale(steps: np.ndarray) -> dict | None:
-    """Keyword arguments for ``set_xscale``: symlog (step 0 kept) when steps are log-spaced."""
-    positive = steps[steps > 0]
-    if positive.size < 3 or positive.max() / positive.min() < 100:
-        return None
-    if positive.size == steps.size:
-        return {"value": "log"}
-    return {"value": "symlog", "linthresh": float(positive.min()), "linscale": 0.5}
-
-
 def _figure(width_in: float, height_in: float) -> Figure:
     width = min(width_in, MAX_WIDTH_PX / DPI)
     height = min(height_in, MAX_HEIGHT_PX / DPI)
@@ -128,20 +127,6 @@ def _grid(count: int, columns: int = MAX_COLUMNS) -> tuple[int, int]:
     return rows, math.ceil(count / rows)
 
 
-def _step_axis(ax, steps: np.ndarray) -> None:
-    scale = step_scale(steps)
-    if scale is not None:
-        ax.set_xscale(**scale)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    label = "training step"
-    if scale and scale["value"] == "symlog":
-        label += f" (symlog; linear below {scale['linthresh']:g})"
-    elif scale:
-        label += " (log scale)"
-    ax.set_xlabel(label)
-
-
 def heatmap_figure(tl: xr.DataArray, *, title: str | None = None) -> Figure:
     """Step × layer heatmap of Target Linearity with labelled axes and a colorbar."""
     values = np.asarray(tl.transpose("layer", "step").values, dtype=float)
@@ -151,30 +136,25 @@ def heatmap_figure(tl: xr.DataArray, *, title: str | None = None) -> Figure:
     fig = _figure(min(20.0, max(7.0, 4.0 + 0.45 * len(steps))),
                   min(16.0, max(3.8, 1.8 + 0.26 * len(names))))
     ax = fig.add_subplot()
-    finite = values[np.isfinite(values)]
-    low = float(np.floor(finite.min() * 20) / 20) if finite.size else 0.0
-    high = float(finite.max()) if finite.size else 1.0
+    low, high = colour_range(values)
     image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
-                      vmin=low, vmax=max(high, low + 1e-9))
-    xs = range(0, len(steps), _stride(len(steps), 25))
-    ax.set_xticks(list(xs), [str(steps[i]) for i in xs], rotation=45, ha="right")
+                      vmin=low, vmax=high)
     ys = range(0, len(names), _stride(len(names)))
     ax.set_yticks(list(ys), [labels[i] for i in ys], fontsize=9 if len(names) <= 30 else 7)
-    axis = "training step (checkpoint"
-    axis += ", log-spaced)" if step_scale(np.asarray(steps)) is not None else ")"
-    ax.set_xlabel(axis)
-    ax.set_ylabel("layer (input of)")
+    spacing = spacing_note(np.asarray(steps))
+    axis = f"training step (checkpoint{', ' + spacing if spacing else ''})"
     note = layer_note(names)
-    if note:
-        ax.set_xlabel(f"{axis}; {note}")
+    ax.set_xlabel(_wrapped(f"{axis}; {note}" if note else axis, fig, 10))
+    ax.set_ylabel("layer (input of)")
+    fig.colorbar(image, ax=ax, label="Target Linearity\n(R², no intercept)")
+    fig.suptitle(_wrapped(title or "Target Linearity per layer over training", fig, 12),
+                 fontsize=12)
+    spaced_step_ticks(ax, steps, _stride(len(steps), 25), rotation=45, ha="right")
     if len(steps) <= MAX_CELL_NUMBERS[0] and len(names) <= MAX_CELL_NUMBERS[1]:
         for (i, j), value in np.ndenumerate(values):
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if value < (low + high) / 2 else "black")
-    fig.colorbar(image, ax=ax, label="Target Linearity\n(R², no intercept)")
-    fig.suptitle(_wrapped(title or "Target Linearity per layer over training", fig, 12),
-                 fontsize=12)
     return fig
 
 
@@ -192,9 +172,9 @@ def curves_figure(metrics: xr.Dataset, names: list[str], *, title: str) -> Figur
         for colour, layer, label in zip(colours, layer_names, labels, strict=True):
             ax.plot(steps, metrics[name].sel(layer=layer).values, marker=marker, markersize=3,
                     color=colour, label=label, linewidth=1.2)
-        _step_axis(ax, steps)
-        ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_ylabel(AXIS_LABELS.get(name, name))
+        step_axis(ax, steps)
+        scale = value_axis(ax, metrics[name].values, bounded=name in BOUNDED)
+        ax.set_ylabel(AXIS_LABELS.get(name, name) + (" (log scale)" if scale == "log" else ""))
         ax.set_title(name)
         ax.grid(alpha=0.3)
     for ax in axes[len(names):]:
@@ -266,7 +246,7 @@ def spectrum_figure(top: xr.DataArray, *, eps: float | None = None,
         for k in range(values.shape[1]):
             ax.plot(steps, values[:, k], color=magma(0.85 * k / max(1, values.shape[1] - 1)),
                     label=f"λ{k + 1}" if k < 3 else None)
-        _step_axis(ax, steps)
+        step_axis(ax, steps)
         ax.set_yscale("log")
         ax.set_title(labels[index], fontsize=9)
         ax.grid(alpha=0.3)
