@@ -207,8 +207,9 @@ def _model_plan(
     capture: CaptureOptions, text: TextProbeOptions | None, fl: FLOptions | None,
     run: RunOptions,
 ) -> AuditPlan:
-    model_spec = model or _default_model(root, folder)
-    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeNotFoundError)
+    model_spec = model or _default_model(src, root, folder)
+    probe_spec = probe or _default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
+                                        ProbeNotFoundError)
     if model_spec == "hf":
         if folder is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
@@ -350,12 +351,12 @@ def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | No
     return None if folder is None else Path(folder)
 
 
-def _default_model(root: Path, folder: Path | None) -> str:
+def _default_model(src: CheckpointSource, root: Path, folder: Path | None) -> str:
     if root.is_dir() and (root / DEFAULT_MODEL_FILE).is_file():
         return str(root / DEFAULT_MODEL_FILE)
     if folder is not None and (folder / "config.json").is_file():
         return "hf"
-    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
+    return _default_file(src, root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
 
 
 def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
@@ -379,11 +380,32 @@ def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
     )
 
 
-def _default_file(root: Path, name: str, flag: str, error: type[FlqAuditError]) -> str:
+#: What each defaulted option takes (said when its default file is missing).
+_TAKES = {
+    "--model": "a JSON spec (model_spec.json) or file.py:function",
+    "--probe": "digits, swissroll, a .npz/.safetensors/.pt file or a .jsonl/.csv text probe",
+}
+#: Where the options of the audit are listed.
+AUDIT_HELP = "`flq-audit audit --help`"
+
+
+def _default_file(
+    src: CheckpointSource, root: Path, name: str, flag: str, error: type[FlqAuditError]
+) -> str:
+    """``root/name`` when the source is a local folder that holds it; else a clear error."""
     candidate = root / name
     if root.is_dir() and candidate.is_file():
         return str(candidate)
+    takes = _TAKES.get(flag, "a value")
+    if not root.is_dir():  # a Hub repo (or another remote source) has no default files
+        weights_only = " or --weights-only (alias --no-probe) for weight Grams only" \
+            if flag == "--probe" else ""
+        raise error(
+            f"{src.describe()} is a {src.name} source, not a local folder: it has no default "
+            f"{name}; pass {flag}{weights_only}",
+            hint=f"{flag} takes {takes} (see {AUDIT_HELP}).",
+        )
     raise error(
         f"no {flag} given and {str(candidate)!r} does not exist",
-        hint=f"Pass {flag} explicitly (see `flq-audit --help`).",
+        hint=f"Pass {flag} ({takes}); see {AUDIT_HELP}.",
     )

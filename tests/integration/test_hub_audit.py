@@ -137,3 +137,13 @@ def test_missing_repo_and_unmatched_pattern_exit_3(hub, tmp_path):
                       "--probe", probe, "--dry-run"], endpoint, tmp_path / "home")
     assert unmatched.returncode == 3, unmatched.stderr
     assert "step0" in unmatched.stderr  # the branches that exist are listed
+
+
+def test_hub_source_without_probe_says_to_pass_probe_or_weights_only(hub, tmp_path):
+    endpoint, _, _ = hub
+    dry = _cli(["EleutherAI/pythia-tiny", "--dry-run"], endpoint, tmp_path / "home")
+    assert dry.returncode == 3, dry.stderr
+    said = " ".join(dry.stderr.split())
+    assert "EleutherAI/pythia-tiny" in said and "--probe" in said
+    assert "--weights-only" in said and "--no-probe" in said
+    assert "does not exist" not in said  # not a local-path message
