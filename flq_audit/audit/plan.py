@@ -32,7 +32,7 @@ from flq_audit.errors import (
     UnauditedFilesWarning,
 )
 from flq_audit.models import BuiltModel, build_model
-from flq_audit.models.hf import build_hf_model
+from flq_audit.models.hf import build_hf_model, default_pooling
 from flq_audit.options import (
     DEFAULT_CAPTURE,
     DEFAULT_RUN,
@@ -86,6 +86,8 @@ class AuditPlan:
     store_refusal: StoreMismatchError | None = None
     #: Entries of the source that are not audited, with the reason and the option to use.
     left_out: tuple[LeftOut, ...] = ()
+    #: Text probes: where ``text.pooling`` came from (``--pooling`` or the model's default).
+    pooling_from: str | None = None
 
     @property
     def mode(self) -> Literal["module", "hf", "weights"]:
@@ -122,7 +124,7 @@ class AuditPlan:
             "probe": None if self.probe is None else {
                 "name": self.probe.name, "n_samples": self.probe.n_samples,
                 "kind": self.probe.kind, "num_classes": self.probe.num_classes,
-                "fingerprint": self.probe.fingerprint},
+                "fingerprint": self.probe.fingerprint, **self._text_summary()},
             "layers": [
                 {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
                 for li in self.layers
@@ -134,6 +136,14 @@ class AuditPlan:
             "sample_chunk": self.layout.sample_chunk,
             "capture_config": self.config,
         }
+
+
+    def _text_summary(self) -> dict[str, Any]:
+        """A text probe's task and pooling, and where the pooling came from."""
+        if self.text is None:
+            return {}
+        return {"task": self.text.task, "pooling": self.text.pooling,
+                "pooling_from": self.pooling_from}
 
 
 def capture_config(
@@ -216,8 +226,9 @@ def _model_plan(
         built = build_hf_model(folder, trust_remote_code=run.trust_remote_code)
     else:
         built = build_model(model_spec)
+    pooling_from = None
     if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
-        text = text or TextProbeOptions()
+        text, pooling_from = _resolved_pooling(text or TextProbeOptions(), built)
         loaded = _text_probe(probe_spec, folder, text)
     else:
         text = None
@@ -252,7 +263,7 @@ def _model_plan(
     return AuditPlan(
         source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
         model=str(model_spec), built=built, probe=loaded, layers=tuple(infos), capture=capture,
-        layout=layout, text=text, fl=fl, extensions=tuple(builtin),
+        layout=layout, text=text, fl=fl, extensions=tuple(builtin), pooling_from=pooling_from,
     )
 
 
@@ -359,6 +370,18 @@ def _default_model(src: CheckpointSource, root: Path, folder: Path | None) -> st
     return _default_file(src, root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
 
 
+def _resolved_pooling(
+    text: TextProbeOptions, built: BuiltModel
+) -> tuple[TextProbeOptions, str]:
+    """The text options with the pooling the audit uses, and where that pooling came from."""
+    if text.pooling is not None:
+        return text, "--pooling"
+    if text.task != "sequence":  # rows are tokens: nothing is pooled
+        return replace(text, pooling="cls"), f"unused by the {text.task} task"
+    pooling, why = default_pooling(built.module)
+    return replace(text, pooling=pooling), why  # type: ignore[arg-type]
+
+
 def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
     if folder is None:
         raise ProbeError(
@@ -375,7 +398,7 @@ def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
         raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
     return load_text_probe(
         spec, tokenizer, task=text.task, text_column=text.text_column,
-        label_column=text.label_column, pooling=text.pooling,
+        label_column=text.label_column, pooling=text.pooling or "cls",
         max_length=text.max_length, top_k=text.top_k,
     )
 

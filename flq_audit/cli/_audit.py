@@ -127,8 +127,10 @@ def audit_command(
     task: Annotated[str, typer.Option(
         help="Text probes: sequence (one row per text), token (one per word) or next-token.")
     ] = "sequence",
-    pooling: Annotated[str, typer.Option(
-        help="Text probes, sequence task: cls, last or mean over real tokens.")] = "cls",
+    pooling: Annotated[str | None, typer.Option(
+        help="Text probes, sequence task: cls (first token), last (last real token) or mean "
+        "over real tokens; default: last for a causal LM (from its config), cls otherwise.")
+    ] = None,
     text_column: Annotated[str, typer.Option(help="Text probes: the text column.")] = "text",
     label_column: Annotated[str, typer.Option(help="Text probes: the label column.")] = "label",
     max_length: Annotated[int, typer.Option(min=1, help="Text probes: tokens per text.")] = 128,
@@ -241,6 +243,8 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
+    if probe is not None and probe.get("pooling_from"):
+        out.print(f"pooling {probe['pooling']} ({probe['pooling_from']})")
     table = Table(title="checkpoints")
     step_from = any(ckpt["step_from"] != "name" for ckpt in summary["checkpoints"])
     for column in ("step", "label", "step from", "format", "MiB", "status"):
