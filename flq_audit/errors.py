@@ -226,6 +226,10 @@ class UnauditedFilesWarning(FlqAuditWarning):
     """Files in the checkpoint folder that the audit leaves out (one warning lists them all)."""
 
 
+class NotPlainSGDWarning(FlqAuditWarning):
+    """The FL residual's checkpoints are not plain SGD steps (``fl_r_step`` well above 0)."""
+
+
 __all__ = [
     "CaptureError",
     "CheckpointNotFoundError",
@@ -238,6 +242,7 @@ __all__ = [
     "ModelBuildError",
     "ModelNotFoundError",
     "NetworkError",
+    "NotPlainSGDWarning",
     "OptionError",
     "ProbeError",
     "ProbeNotFoundError",

@@ -72,11 +72,28 @@ def run_audit(
     plan: AuditPlan, run: RunOptions = DEFAULT_RUN, progress: Progress | None = None,
     *, version: str = __version__,
 ) -> AuditResult:
-    """Write every selected step that is not yet done; a rerun resumes where this one stopped."""
+    """Write every selected step that is not yet done; a rerun resumes where this one stopped.
+
+    Each extension's ``after_audit`` runs at the end (the FL residual warns there when the
+    checkpoints were not plain SGD steps).
+    """
     if run.workers is not None or run.scheduler is not None:  # one dask task per step
         from flq_audit.audit.distributed import run_distributed
 
-        return run_distributed(plan, run, progress, version=version)
+        result: AuditResult = run_distributed(plan, run, progress, version=version)
+    else:
+        result = _run_here(plan, run, progress, version=version)
+    for ext in plan.extensions:
+        after = getattr(ext, "after_audit", None)  # optional in the protocol
+        if callable(after):
+            after(plan)
+    return result
+
+
+def _run_here(
+    plan: AuditPlan, run: RunOptions, progress: Progress | None, *, version: str,
+) -> AuditResult:
+    """The audit in this process, one step after the other."""
     progress = progress or _Silent()
     device = resolve_device(run.device)
     result = AuditResult(store=plan.store)
