@@ -91,6 +91,9 @@ class RunOptions:
     threads: int | None = None
     #: Fetch and load step k+1 on a background thread while step k replays.
     prefetch: bool = True
+    #: Re-audit the done steps whose Hub branch now points at another commit than the one
+    #: the store pinned (into the same store; every other step is kept).
+    reaudit_moved: bool = False
 
     #: Run the steps on a LocalCluster of this many single-threaded worker processes.
     workers: int | None = None

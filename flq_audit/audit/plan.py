@@ -14,6 +14,7 @@ from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
+from flq_audit.audit.moved import MovedStep, moved_steps
 from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
     layer_infos,
@@ -88,6 +89,11 @@ class AuditPlan:
     left_out: tuple[LeftOut, ...] = ()
     #: Text probes: where ``text.pooling`` came from (``--pooling`` or the model's default).
     pooling_from: str | None = None
+    #: Done steps whose branch moved since they were written (re-audited with
+    #: ``--reaudit-moved``, else kept and named in a warning).
+    moved: tuple[MovedStep, ...] = ()
+    #: Whether the run re-audits ``moved`` (``--reaudit-moved``).
+    reaudit_moved: bool = False
 
     @property
     def mode(self) -> Literal["module", "hf", "weights"]:
@@ -112,6 +118,9 @@ class AuditPlan:
                 "message": str(self.store_refusal), "exit_code": self.store_refusal.exit_code},
             "steps": [r.step for r in self.refs],
             "already_done": list(self.already_done),
+            "moved": [{"step": m.step, "label": m.label, "stored_commit": m.stored,
+                       "current_commit": m.current, "reaudit": self.reaudit_moved}
+                      for m in self.moved],
             "checkpoints": [
                 {"step": r.step, "label": r.label, "step_from": r.extra.get("step_from", "name"),
                  "format": r.fmt, "bytes": r.size_bytes,
@@ -201,14 +210,17 @@ def plan_audit(
     plan = replace(_with_extensions(plan, list(extensions)), left_out=tuple(src.left_out()))
     for ext in plan.extensions:
         ext.preflight(plan)
-    return _with_store_status(plan, overwrite=run.overwrite)
+    return _with_store_status(plan, overwrite=run.overwrite, reaudit_moved=run.reaudit_moved)
 
 
-def _with_store_status(plan: AuditPlan, *, overwrite: bool) -> AuditPlan:
+def _with_store_status(plan: AuditPlan, *, overwrite: bool, reaudit_moved: bool) -> AuditPlan:
     """The plan with what the real run will do with its store (the same checks, read only)."""
     status, refusal = store_action(plan.store, plan.layout, overwrite=overwrite)
-    done = _already_done(plan) if status == "resume" else ()
-    return replace(plan, store_status=status, store_refusal=refusal, already_done=done)
+    done, moved = _already_done(plan) if status == "resume" else ((), ())
+    if reaudit_moved:
+        done = tuple(s for s in done if s not in {m.step for m in moved})
+    return replace(plan, store_status=status, store_refusal=refusal, already_done=done,
+                   moved=moved, reaudit_moved=reaudit_moved)
 
 
 def _model_plan(
@@ -279,19 +291,22 @@ def _with_extensions(plan: AuditPlan, extra: list[StepExtension]) -> AuditPlan:
     return replace(plan, extensions=extensions, layout=layout)
 
 
-def _already_done(plan: AuditPlan) -> tuple[int, ...]:
-    """Selected steps an existing store holds already (a dry run reports them)."""
+def _already_done(plan: AuditPlan) -> tuple[tuple[int, ...], tuple[MovedStep, ...]]:
+    """Selected steps an existing store holds already (a dry run reports them), and those of
+    them whose Hub branch now points at another commit than the one the store pinned."""
     if not plan.store.exists():
-        return ()
+        return (), ()
     try:
         from flq_audit.store import open_dataset
 
-        done = open_dataset(plan.store)["done"]
+        ds = open_dataset(plan.store, dask=False)
+        flags = ds["done"].values.astype(bool)
+        stored = dict(zip(ds["step"].values.tolist(), ds["commit"].values.tolist(), strict=True))
     except Exception:  # an unreadable store is reported by the real run
-        return ()
-    selected = {r.step for r in plan.refs}
-    return tuple(int(s) for s in done["step"].values[done.values.astype(bool)]
-                 if int(s) in selected)
+        return (), ()
+    selected = {r.step: r for r in plan.refs}
+    done = tuple(int(s) for s in ds["step"].values[flags] if int(s) in selected)
+    return done, moved_steps([selected[s] for s in done], stored)
 
 
 def _weights_only_plan(

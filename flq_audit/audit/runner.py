@@ -16,6 +16,7 @@ import numpy as np
 from flq_audit import __version__
 from flq_audit._faults import fault_point
 from flq_audit.audit.extensions.base import StepContext
+from flq_audit.audit.moved import warn_moved
 from flq_audit.audit.plan import AuditPlan, checkpoint_folder
 from flq_audit.audit.prefetch import Fetched, Prefetcher, checksums, checksums_in_background
 from flq_audit.capture import as_matrix, replay, resolve_device, weight_matrix
@@ -101,6 +102,7 @@ def _run_here(
     try:
         writer = create_or_resume(plan.store, plan.layout, overwrite=run.overwrite,
                                   version=version, claims=claims)
+        reopen_moved(plan, run, writer)
         done = set(writer.done_steps())
         todo = [r for r in plan.refs if r.step not in done]
         result.skipped = [r.step for r in plan.refs if r.step in done]
@@ -127,6 +129,17 @@ def _run_here(
     finally:
         claims.close()
     return result
+
+
+def reopen_moved(plan: AuditPlan, run: RunOptions, writer: StepWriter) -> None:
+    """Steps whose Hub branch moved since they were written: re-audited with
+    ``--reaudit-moved`` (their ``done`` flag cleared), else one warning names them."""
+    if not plan.moved:
+        return
+    if run.reaudit_moved:
+        writer.reopen([m.step for m in plan.moved])
+    else:
+        warn_moved(plan)
 
 
 def set_threads(threads: int | None) -> None:
@@ -256,7 +269,8 @@ def _one_step(
     original = dict(plan.layout.duplicates).get(ref.step)
     copyable = all(ext.copy_duplicates for ext in plan.extensions)
     if original is not None and copyable and original in writer.done_steps():
-        with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256) as step:
+        with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256,
+                         commit=ref.commit) as step:
             step.copy_from(writer.index_of(original))
         return
     if fetched is None:
@@ -266,7 +280,8 @@ def _one_step(
     paths = fetched.paths
     position = plan.refs.index(ref)
     next_ref = plan.refs[position + 1] if position + 1 < len(plan.refs) else None
-    with writer.step(index, files=[str(p) for p in paths], sha256=fetched.sha256) as step:
+    with writer.step(index, files=[str(p) for p in paths], sha256=fetched.sha256,
+                     commit=ref.commit) as step:
         if fetched.load_error is not None:
             raise fetched.load_error
         if plan.probe is None:
