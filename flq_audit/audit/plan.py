@@ -9,6 +9,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from flq_audit.audit.defaults import (
+    DEFAULT_PROBE_FILE,
+    default_file,
+    default_model,
+    resolved_pooling,
+    text_probe,
+)
 from flq_audit.audit.extensions.base import StepExtension
 from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
@@ -24,16 +31,13 @@ from flq_audit.capture import (
     weight_matrix,
 )
 from flq_audit.errors import (
-    FlqAuditError,
     ModelBuildError,
-    ModelNotFoundError,
-    ProbeError,
     ProbeNotFoundError,
     StoreMismatchError,
     UnauditedFilesWarning,
 )
 from flq_audit.models import BuiltModel, build_model
-from flq_audit.models.hf import build_hf_model, default_pooling
+from flq_audit.models.hf import build_hf_model
 from flq_audit.options import (
     DEFAULT_CAPTURE,
     DEFAULT_RUN,
@@ -54,8 +58,6 @@ from flq_audit.sources import (
 )
 from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, StoreLocation, store_action
 
-DEFAULT_MODEL_FILE = "model_spec.json"
-DEFAULT_PROBE_FILE = "probe.npz"
 WEIGHTS_ONLY_MODEL = "none (weights only)"
 
 
@@ -229,9 +231,9 @@ def _model_plan(
     capture: CaptureOptions, text: TextProbeOptions | None, fl: FLOptions | None,
     run: RunOptions,
 ) -> AuditPlan:
-    model_spec = model or _default_model(src, root, folder)
-    probe_spec = probe or _default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
-                                        ProbeNotFoundError)
+    model_spec = model or default_model(src, root, folder)
+    probe_spec = probe or default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
+                                       ProbeNotFoundError)
     if model_spec == "hf":
         if folder is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
@@ -240,8 +242,8 @@ def _model_plan(
         built = build_model(model_spec)
     pooling_from = None
     if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
-        text, pooling_from = _resolved_pooling(text or TextProbeOptions(), built)
-        loaded = _text_probe(probe_spec, folder, text)
+        text, pooling_from = resolved_pooling(text or TextProbeOptions(), built)
+        loaded = text_probe(probe_spec, folder, text)
     else:
         text = None
         loaded = load_probe(probe_spec, run.probe_keys)
@@ -375,75 +377,3 @@ def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | No
     """The folder holding a checkpoint's config/tokenizer files, when it has one."""
     folder = source.config_dir(ref)
     return None if folder is None else Path(folder)
-
-
-def _default_model(src: CheckpointSource, root: Path, folder: Path | None) -> str:
-    if root.is_dir() and (root / DEFAULT_MODEL_FILE).is_file():
-        return str(root / DEFAULT_MODEL_FILE)
-    if folder is not None and (folder / "config.json").is_file():
-        return "hf"
-    return _default_file(src, root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
-
-
-def _resolved_pooling(
-    text: TextProbeOptions, built: BuiltModel
-) -> tuple[TextProbeOptions, str]:
-    """The text options with the pooling the audit uses, and where that pooling came from."""
-    if text.pooling is not None:
-        return text, "--pooling"
-    if text.task != "sequence":  # rows are tokens: nothing is pooled
-        return replace(text, pooling="cls"), f"unused by the {text.task} task"
-    pooling, why = default_pooling(built.module)
-    return replace(text, pooling=pooling), why  # type: ignore[arg-type]
-
-
-def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
-    if folder is None:
-        raise ProbeError(
-            f"text probe {spec!r} needs a tokenizer, and the checkpoints have no folder with "
-            "tokenizer files", hint="Text probes work with transformers checkpoints.",
-        )
-    from transformers import AutoTokenizer
-
-    from flq_audit.probes.text import load_text_probe
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:
-        raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
-    return load_text_probe(
-        spec, tokenizer, task=text.task, text_column=text.text_column,
-        label_column=text.label_column, pooling=text.pooling or "cls",
-        max_length=text.max_length, top_k=text.top_k,
-    )
-
-
-#: What each defaulted option takes (said when its default file is missing).
-_TAKES = {
-    "--model": "a JSON spec (model_spec.json) or file.py:function",
-    "--probe": "digits, swissroll, a .npz/.safetensors/.pt file or a .jsonl/.csv text probe",
-}
-#: Where the options of the audit are listed.
-AUDIT_HELP = "`flq-audit audit --help`"
-
-
-def _default_file(
-    src: CheckpointSource, root: Path, name: str, flag: str, error: type[FlqAuditError]
-) -> str:
-    """``root/name`` when the source is a local folder that holds it; else a clear error."""
-    candidate = root / name
-    if root.is_dir() and candidate.is_file():
-        return str(candidate)
-    takes = _TAKES.get(flag, "a value")
-    if not root.is_dir():  # a Hub repo (or another remote source) has no default files
-        weights_only = " or --weights-only (alias --no-probe) for weight Grams only" \
-            if flag == "--probe" else ""
-        raise error(
-            f"{src.describe()} is a {src.name} source, not a local folder: it has no default "
-            f"{name}; pass {flag}{weights_only}",
-            hint=f"{flag} takes {takes} (see {AUDIT_HELP}).",
-        )
-    raise error(
-        f"no {flag} given and {str(candidate)!r} does not exist",
-        hint=f"Pass {flag} ({takes}); see {AUDIT_HELP}.",
-    )
