@@ -255,6 +255,14 @@ class UnauditedFilesWarning(FlqAuditWarning):
     """Files in the checkpoint folder that the audit leaves out (one warning lists them all)."""
 
 
+class MovedRevisionWarning(FlqAuditWarning):
+    """Done steps whose Hub branch now points at another commit than the store pinned."""
+
+
+class NotPlainSGDWarning(FlqAuditWarning):
+    """The FL residual's checkpoints are not plain SGD steps (``fl_r_step`` well above 0)."""
+
+
 __all__ = [
     "CaptureError",
     "CheckpointNotFoundError",
@@ -267,7 +275,9 @@ __all__ = [
     "MetricError",
     "ModelBuildError",
     "ModelNotFoundError",
+    "MovedRevisionWarning",
     "NetworkError",
+    "NotPlainSGDWarning",
     "OptionError",
     "ProbeError",
     "ProbeNotFoundError",

@@ -94,6 +94,9 @@ class RunOptions:
     threads: int | None = None
     #: Fetch and load step k+1 on a background thread while step k replays.
     prefetch: bool = True
+    #: Re-audit the done steps whose Hub branch now points at another commit than the one
+    #: the store pinned (into the same store; every other step is kept).
+    reaudit_moved: bool = False
 
     #: Run the steps on a LocalCluster of this many single-threaded worker processes.
     workers: int | None = None
@@ -157,7 +160,9 @@ class TextProbeOptions:
     """How a text probe (``.jsonl``/``.csv``) becomes rows (see :mod:`flq_audit.probes.text`)."""
 
     task: Literal["sequence", "token", "next-token"] = "sequence"
-    pooling: Literal["cls", "last", "mean"] = "cls"
+    #: ``None``: chosen from the model when the audit is planned (``last`` for a causal LM,
+    #: ``cls`` otherwise; see :func:`flq_audit.models.hf.default_pooling`).
+    pooling: Literal["cls", "last", "mean"] | None = None
     text_column: str = "text"
     label_column: str = "label"
     max_length: int = 128
@@ -165,7 +170,8 @@ class TextProbeOptions:
 
     def __post_init__(self) -> None:
         _one_of("--task (task)", self.task, TEXT_TASKS)
-        _one_of("--pooling (pooling)", self.pooling, POOLINGS)
+        if self.pooling is not None:
+            _one_of("--pooling (pooling)", self.pooling, POOLINGS)
         _positive_int("--max-length (max_length)", self.max_length)
         _positive_int("--top-k (top_k)", self.top_k)
 

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from flq_audit.fl_steps import diagnose_fl_steps
+
 LAYER_COLUMNS = ("layer", "TL first", "TL last", "floor last", "t90", "surrogate last",
                  "alignment last", "NC1 last")
 #: The same columns as machine-readable names (TSV, CSV and JSON output), and whether the
@@ -162,9 +164,6 @@ def nonfinite_lines(ds: xr.Dataset) -> list[str]:
         f"  step {s}, layer {layer}: non-finite weights or activations" for s, layer in entries]
 
 
-#: fl_r_step is 0 for a plain SGD step (up to the rounding of the stored weights); a median
-#: above this says the checkpoints are not plain SGD steps on the recorded batches.
-R_STEP_SGD_LIMIT = 0.05
 #: Prefix of the rank records the ``tl`` metric group stores (``_rank``, ``_cutoff`` ...).
 TL_RECORDS = "target_linearity"
 #: TL differences below this count as ties in the depth order (float32 activations give TL
@@ -254,32 +253,11 @@ def crossing_lines(metrics: xr.Dataset) -> list[str]:
 
 
 def fl_step_lines(ds: xr.Dataset) -> list[str]:
-    """Whether the FL replay saw plain SGD steps (fl_r_step ≈ 0) and what that means."""
+    """Whether the FL replay saw plain SGD steps (fl_r_step ≈ 0) and what that means (the
+    rule the audit also warns by: :func:`flq_audit.fl_steps.diagnose_fl_steps`)."""
     if "fl_r_step" not in ds:
         return []
-    r_step = np.asarray(ds["fl_r_step"].transpose("step", "layer").values, dtype=float)
-    finite = r_step[np.isfinite(r_step)]
-    if finite.size == 0:
-        return []
-    median = float(np.median(finite))
-    if median <= R_STEP_SGD_LIMIT:
-        return [f"FL: median fl_r_step = {median:.2g} (plain SGD gives 0 up to the rounding of "
-                "the stored weights): the checkpoints are plain SGD steps on the recorded "
-                "batches, so fl_residual tests Theorem 1"]
-    lines = [f"FL: the checkpoints are not plain SGD steps on the recorded batches: median "
-             f"fl_r_step = {median:.2g} (range {finite.min():.2g} to {finite.max():.2g}; plain "
-             f"SGD gives 0 up to the rounding of the stored weights, flagged above "
-             f"{R_STEP_SGD_LIMIT:g}). The update was not η·∇_W L on that batch (momentum, "
-             "Adam, weight decay, clipping, another lr or batch, or checkpoints several steps "
-             "apart), so fl_r_vcs and fl_residual measure the optimizer, not Theorem 1; "
-             "fl_gram_change and gram_drift remain meaningful"]
-    rows = [row[np.isfinite(row)] for row in r_step]
-    rows = [row for row in rows if row.size]
-    if len(rows) >= 3 and np.median(rows[0]) <= R_STEP_SGD_LIMIT and all(
-            np.median(row) > R_STEP_SGD_LIMIT for row in rows[1:]):
-        lines.append("FL: the first update is plain SGD and the later ones are not: the "
-                     "signature of momentum, whose buffer starts empty")
-    return lines
+    return list(diagnose_fl_steps(ds["fl_r_step"].transpose("step", "layer").values).lines)
 
 
 def cutoff_lines(ds: xr.Dataset) -> list[str]:

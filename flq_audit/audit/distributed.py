@@ -43,6 +43,7 @@ from flq_audit.audit.runner import (
     Progress,
     _one_step,
     _Silent,
+    reopen_moved,
     set_threads,
 )
 from flq_audit.errors import OptionError
@@ -197,6 +198,7 @@ def run_distributed(
         with connect(run) as client:  # an unreachable cluster: no store
             writer = create_or_resume(plan.store, plan.layout, overwrite=run.overwrite,
                                       version=version, claims=claims)
+            reopen_moved(plan, run, writer)
             try:
                 done = set(writer.done_steps())
                 todo = [r for r in plan.refs if r.step not in done]

@@ -9,11 +9,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from flq_audit.audit.defaults import (
+    DEFAULT_PROBE_FILE,
+    default_file,
+    default_model,
+    resolved_pooling,
+    text_probe,
+)
 from flq_audit.audit.extensions.base import StepExtension
 from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
+from flq_audit.audit.moved import MovedStep, moved_steps
 from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
     layer_infos,
@@ -23,10 +31,7 @@ from flq_audit.capture import (
     weight_matrix,
 )
 from flq_audit.errors import (
-    FlqAuditError,
     ModelBuildError,
-    ModelNotFoundError,
-    ProbeError,
     ProbeNotFoundError,
     ProbeShapeError,
     StoreMismatchError,
@@ -54,8 +59,6 @@ from flq_audit.sources import (
 )
 from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, StoreLocation, store_action
 
-DEFAULT_MODEL_FILE = "model_spec.json"
-DEFAULT_PROBE_FILE = "probe.npz"
 WEIGHTS_ONLY_MODEL = "none (weights only)"
 
 
@@ -87,6 +90,13 @@ class AuditPlan:
     store_refusal: StoreMismatchError | None = None
     #: Entries of the source that are not audited, with the reason and the option to use.
     left_out: tuple[LeftOut, ...] = ()
+    #: Text probes: where ``text.pooling`` came from (``--pooling`` or the model's default).
+    pooling_from: str | None = None
+    #: Done steps whose branch moved since they were written (re-audited with
+    #: ``--reaudit-moved``, else kept and named in a warning).
+    moved: tuple[MovedStep, ...] = ()
+    #: Whether the run re-audits ``moved`` (``--reaudit-moved``).
+    reaudit_moved: bool = False
 
     @property
     def mode(self) -> Literal["module", "hf", "weights"]:
@@ -111,6 +121,9 @@ class AuditPlan:
                 "message": str(self.store_refusal), "exit_code": self.store_refusal.exit_code},
             "steps": [r.step for r in self.refs],
             "already_done": list(self.already_done),
+            "moved": [{"step": m.step, "label": m.label, "stored_commit": m.stored,
+                       "current_commit": m.current, "reaudit": self.reaudit_moved}
+                      for m in self.moved],
             "checkpoints": [
                 {"step": r.step, "label": r.label, "step_from": r.extra.get("step_from", "name"),
                  "format": r.fmt, "bytes": r.size_bytes,
@@ -123,7 +136,7 @@ class AuditPlan:
             "probe": None if self.probe is None else {
                 "name": self.probe.name, "n_samples": self.probe.n_samples,
                 "kind": self.probe.kind, "num_classes": self.probe.num_classes,
-                "fingerprint": self.probe.fingerprint},
+                "fingerprint": self.probe.fingerprint, **self._text_summary()},
             "layers": [
                 {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
                 for li in self.layers
@@ -135,6 +148,14 @@ class AuditPlan:
             "sample_chunk": self.layout.sample_chunk,
             "capture_config": self.config,
         }
+
+
+    def _text_summary(self) -> dict[str, Any]:
+        """A text probe's task and pooling, and where the pooling came from."""
+        if self.text is None:
+            return {}
+        return {"task": self.text.task, "pooling": self.text.pooling,
+                "pooling_from": self.pooling_from}
 
 
 def capture_config(
@@ -192,14 +213,17 @@ def plan_audit(
     plan = replace(_with_extensions(plan, list(extensions)), left_out=tuple(src.left_out()))
     for ext in plan.extensions:
         ext.preflight(plan)
-    return _with_store_status(plan, overwrite=run.overwrite)
+    return _with_store_status(plan, overwrite=run.overwrite, reaudit_moved=run.reaudit_moved)
 
 
-def _with_store_status(plan: AuditPlan, *, overwrite: bool) -> AuditPlan:
+def _with_store_status(plan: AuditPlan, *, overwrite: bool, reaudit_moved: bool) -> AuditPlan:
     """The plan with what the real run will do with its store (the same checks, read only)."""
     status, refusal = store_action(plan.store, plan.layout, overwrite=overwrite)
-    done = _already_done(plan) if status == "resume" else ()
-    return replace(plan, store_status=status, store_refusal=refusal, already_done=done)
+    done, moved = _already_done(plan) if status == "resume" else ((), ())
+    if reaudit_moved:
+        done = tuple(s for s in done if s not in {m.step for m in moved})
+    return replace(plan, store_status=status, store_refusal=refusal, already_done=done,
+                   moved=moved, reaudit_moved=reaudit_moved)
 
 
 def _model_plan(
@@ -208,17 +232,19 @@ def _model_plan(
     capture: CaptureOptions, text: TextProbeOptions | None, fl: FLOptions | None,
     run: RunOptions,
 ) -> AuditPlan:
-    model_spec = model or _default_model(root, folder)
-    probe_spec = probe or _default_file(root, DEFAULT_PROBE_FILE, "--probe", ProbeNotFoundError)
+    model_spec = model or default_model(src, root, folder)
+    probe_spec = probe or default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
+                                       ProbeNotFoundError)
     if model_spec == "hf":
         if folder is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
         built = build_hf_model(folder, trust_remote_code=run.trust_remote_code)
     else:
         built = build_model(model_spec)
+    pooling_from = None
     if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
-        text = text or TextProbeOptions()
-        loaded = _text_probe(probe_spec, folder, text)
+        text, pooling_from = resolved_pooling(text or TextProbeOptions(), built)
+        loaded = text_probe(probe_spec, folder, text)
     else:
         text = None
         loaded = load_probe(probe_spec, run.probe_keys)
@@ -256,7 +282,7 @@ def _model_plan(
     return AuditPlan(
         source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
         model=str(model_spec), built=built, probe=loaded, layers=tuple(infos), capture=capture,
-        layout=layout, text=text, fl=fl, extensions=tuple(builtin),
+        layout=layout, text=text, fl=fl, extensions=tuple(builtin), pooling_from=pooling_from,
     )
 
 
@@ -272,19 +298,22 @@ def _with_extensions(plan: AuditPlan, extra: list[StepExtension]) -> AuditPlan:
     return replace(plan, extensions=extensions, layout=layout)
 
 
-def _already_done(plan: AuditPlan) -> tuple[int, ...]:
-    """Selected steps an existing store holds already (a dry run reports them)."""
+def _already_done(plan: AuditPlan) -> tuple[tuple[int, ...], tuple[MovedStep, ...]]:
+    """Selected steps an existing store holds already (a dry run reports them), and those of
+    them whose Hub branch now points at another commit than the one the store pinned."""
     if not plan.store.exists():
-        return ()
+        return (), ()
     try:
         from flq_audit.store import open_dataset
 
-        done = open_dataset(plan.store)["done"]
+        ds = open_dataset(plan.store, dask=False)
+        flags = ds["done"].values.astype(bool)
+        stored = dict(zip(ds["step"].values.tolist(), ds["commit"].values.tolist(), strict=True))
     except Exception:  # an unreadable store is reported by the real run
-        return ()
-    selected = {r.step for r in plan.refs}
-    return tuple(int(s) for s in done["step"].values[done.values.astype(bool)]
-                 if int(s) in selected)
+        return (), ()
+    selected = {r.step: r for r in plan.refs}
+    done = tuple(int(s) for s in ds["step"].values[flags] if int(s) in selected)
+    return done, moved_steps([selected[s] for s in done], stored)
 
 
 def _weights_only_plan(
@@ -353,44 +382,3 @@ def checkpoint_folder(source: CheckpointSource, ref: CheckpointRef) -> Path | No
     """The folder holding a checkpoint's config/tokenizer files, when it has one."""
     folder = source.config_dir(ref)
     return None if folder is None else Path(folder)
-
-
-def _default_model(root: Path, folder: Path | None) -> str:
-    if root.is_dir() and (root / DEFAULT_MODEL_FILE).is_file():
-        return str(root / DEFAULT_MODEL_FILE)
-    if folder is not None and (folder / "config.json").is_file():
-        return "hf"
-    return _default_file(root, DEFAULT_MODEL_FILE, "--model", ModelNotFoundError)
-
-
-def _text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:
-    if folder is None:
-        raise ProbeError(
-            f"text probe {spec!r} needs a tokenizer, and the checkpoints have no folder with "
-            "tokenizer files", hint="Text probes work with transformers checkpoints.",
-        )
-    from transformers import AutoTokenizer
-
-    from flq_audit.models.hf import quiet_transformers
-    from flq_audit.probes.text import load_text_probe
-
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as err:
-        raise ProbeError(f"no usable tokenizer in {str(folder)!r} ({err})", path=folder) from err
-    return load_text_probe(
-        spec, tokenizer, task=text.task, text_column=text.text_column,
-        label_column=text.label_column, pooling=text.pooling,
-        max_length=text.max_length, top_k=text.top_k,
-    )
-
-
-def _default_file(root: Path, name: str, flag: str, error: type[FlqAuditError]) -> str:
-    candidate = root / name
-    if root.is_dir() and candidate.is_file():
-        return str(candidate)
-    raise error(
-        f"no {flag} given and {str(candidate)!r} does not exist",
-        hint=f"Pass {flag} explicitly (see `flq-audit --help`).",
-    )

@@ -16,6 +16,7 @@ import numpy as np
 from flq_audit import __version__
 from flq_audit._faults import fault_point
 from flq_audit.audit.extensions.base import StepContext
+from flq_audit.audit.moved import warn_moved
 from flq_audit.audit.plan import AuditPlan, checkpoint_folder
 from flq_audit.audit.prefetch import Fetched, Prefetcher, checksums, checksums_in_background
 from flq_audit.capture import as_matrix, replay, resolve_device, weight_matrix
@@ -72,11 +73,28 @@ def run_audit(
     plan: AuditPlan, run: RunOptions = DEFAULT_RUN, progress: Progress | None = None,
     *, version: str = __version__,
 ) -> AuditResult:
-    """Write every selected step that is not yet done; a rerun resumes where this one stopped."""
+    """Write every selected step that is not yet done; a rerun resumes where this one stopped.
+
+    Each extension's ``after_audit`` runs at the end (the FL residual warns there when the
+    checkpoints were not plain SGD steps).
+    """
     if run.workers is not None or run.scheduler is not None:  # one dask task per step
         from flq_audit.audit.distributed import run_distributed
 
-        return run_distributed(plan, run, progress, version=version)
+        result: AuditResult = run_distributed(plan, run, progress, version=version)
+    else:
+        result = _run_here(plan, run, progress, version=version)
+    for ext in plan.extensions:
+        after = getattr(ext, "after_audit", None)  # optional in the protocol
+        if callable(after):
+            after(plan)
+    return result
+
+
+def _run_here(
+    plan: AuditPlan, run: RunOptions, progress: Progress | None, *, version: str,
+) -> AuditResult:
+    """The audit in this process, one step after the other."""
     progress = progress or _Silent()
     device = resolve_device(run.device)
     result = AuditResult(store=plan.store)
@@ -84,6 +102,7 @@ def run_audit(
     try:
         writer = create_or_resume(plan.store, plan.layout, overwrite=run.overwrite,
                                   version=version, claims=claims)
+        reopen_moved(plan, run, writer)
         done = set(writer.done_steps())
         todo = [r for r in plan.refs if r.step not in done]
         result.skipped = [r.step for r in plan.refs if r.step in done]
@@ -110,6 +129,17 @@ def run_audit(
     finally:
         claims.close()
     return result
+
+
+def reopen_moved(plan: AuditPlan, run: RunOptions, writer: StepWriter) -> None:
+    """Steps whose Hub branch moved since they were written: re-audited with
+    ``--reaudit-moved`` (their ``done`` flag cleared), else one warning names them."""
+    if not plan.moved:
+        return
+    if run.reaudit_moved:
+        writer.reopen([m.step for m in plan.moved])
+    else:
+        warn_moved(plan)
 
 
 def set_threads(threads: int | None) -> None:
@@ -239,7 +269,8 @@ def _one_step(
     original = dict(plan.layout.duplicates).get(ref.step)
     copyable = all(ext.copy_duplicates for ext in plan.extensions)
     if original is not None and copyable and original in writer.done_steps():
-        with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256) as step:
+        with writer.step(index, files=list(ref.files), sha256=ref.lfs_sha256,
+                         commit=ref.commit) as step:
             step.copy_from(writer.index_of(original))
         return
     if fetched is None:
@@ -249,7 +280,8 @@ def _one_step(
     paths = fetched.paths
     position = plan.refs.index(ref)
     next_ref = plan.refs[position + 1] if position + 1 < len(plan.refs) else None
-    with writer.step(index, files=[str(p) for p in paths], sha256=fetched.sha256) as step:
+    with writer.step(index, files=[str(p) for p in paths], sha256=fetched.sha256,
+                     commit=ref.commit) as step:
         if fetched.load_error is not None:
             raise fetched.load_error
         if plan.probe is None:

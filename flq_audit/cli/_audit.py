@@ -12,7 +12,7 @@ from flq_audit._format import human_size, one_line
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
-from flq_audit.errors import OptionError, UnauditedFilesWarning
+from flq_audit.errors import MovedRevisionWarning, OptionError, UnauditedFilesWarning
 from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
 
 if TYPE_CHECKING:
@@ -129,8 +129,10 @@ def audit_command(
     task: Annotated[str, typer.Option(
         help="Text probes: sequence (one row per text), token (one per word) or next-token.")
     ] = "sequence",
-    pooling: Annotated[str, typer.Option(
-        help="Text probes, sequence task: cls, last or mean over real tokens.")] = "cls",
+    pooling: Annotated[str | None, typer.Option(
+        help="Text probes, sequence task: cls (first token), last (last real token) or mean "
+        "over real tokens; default: last for a causal LM (from its config), cls otherwise.")
+    ] = None,
     text_column: Annotated[str, typer.Option(help="Text probes: the text column.")] = "text",
     label_column: Annotated[str, typer.Option(help="Text probes: the label column.")] = "label",
     max_length: Annotated[int, typer.Option(min=1, help="Text probes: tokens per text.")] = 128,
@@ -162,6 +164,10 @@ def audit_command(
         "--hidden-states", help="transformers: also capture the residual stream "
         "(hidden_states.0 = embeddings ... hidden_states.L), pooled like the probe; no Gram.")
     ] = False,
+    reaudit_moved: Annotated[bool, typer.Option(
+        "--reaudit-moved", help="Hub: re-audit the done steps whose branch now points at "
+        "another commit than the store pinned (same store; every other step is kept).")
+    ] = False,
     weights_only: Annotated[bool, typer.Option(
         "--weights-only", "--no-probe",
         help="Grams of every weight matrix only: no model, no probe.")
@@ -180,7 +186,7 @@ def audit_command(
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
                      probe_keys=probe_keys,  # type: ignore[arg-type]
-                     threads=threads, prefetch=prefetch,
+                     threads=threads, prefetch=prefetch, reaudit_moved=reaudit_moved,
                      workers=workers, scheduler=scheduler)
     hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
                      template_steps=tuple(_steps_list(template_steps) or ()),
@@ -193,21 +199,31 @@ def audit_command(
                           capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)
+        from flq_audit.audit.moved import moved_message
+
+        moved = None if as_json or plan.reaudit_moved else moved_message(plan)
+        if moved is not None:
+            _output.warning(moved)
         if plan.store_refusal is not None:  # the real run would stop here, with this code
             _output.error(f"refused: {plan.store_refusal}")
             raise typer.Exit(plan.store_refusal.exit_code)
         return
+    from flq_audit.audit.moved import moved_message
     from flq_audit.audit.plan import left_out_message
 
     left_out = left_out_message(plan)
     if left_out is not None:
         _output.warning(left_out)
+    moved = moved_message(plan)
+    if moved is not None and not run.reaudit_moved:
+        _output.warning(moved)
     with _output.RichProgress(quiet=quiet or as_json) as progress:
         report_downloads = getattr(plan.source, "report_downloads", None)
         if report_downloads is not None:  # Hub sources: bytes inside the step bar
             report_downloads(progress.downloaded)
         with warnings.catch_warnings():  # said once above, in the CLI's own words
             warnings.simplefilter("ignore", UnauditedFilesWarning)
+            warnings.simplefilter("ignore", MovedRevisionWarning)
             result = api.run_audit(plan, run, progress)
     if as_json:
         _output.print_json(result.to_dict())
@@ -244,13 +260,18 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
+    if probe is not None and probe.get("pooling_from"):
+        out.print(f"pooling {probe['pooling']} ({probe['pooling_from']})")
     table = Table(title="checkpoints")
     step_from = any(ckpt["step_from"] != "name" for ckpt in summary["checkpoints"])
     for column in ("step", "label", "step from", "format", "size", "status"):
         if column != "step from" or step_from:
             table.add_column(column)
+    moved = {m["step"] for m in summary["moved"]}
     for ckpt in summary["checkpoints"]:
         status = "done" if ckpt["step"] in summary["already_done"] else "to do"
+        if ckpt["step"] in moved:
+            status = "moved: re-audit" if plan.reaudit_moved else "done; branch moved"
         cells = [str(ckpt["step"]), ckpt["label"], ckpt["step_from"], ckpt["format"],
                  human_size(ckpt["bytes"]), status]
         table.add_row(*(cells if step_from else cells[:2] + cells[3:]))

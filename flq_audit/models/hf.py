@@ -116,6 +116,41 @@ def _model_class(config_dir: str | Path, *, trust_remote_code: bool) -> tuple[An
     return type(built.module), built.origin
 
 
+def causal_lm_reason(module: Any) -> str | None:
+    """Why ``module`` is a causal (decoder-only) LM, read from its transformers config;
+    ``None`` when it is not one (an encoder, an encoder-decoder, or no config at all)."""
+    config = getattr(module, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    name = (list(getattr(config, "architectures", None) or []) or [type(module).__name__])[0]
+    if getattr(config, "is_decoder", False):
+        return f"{name} has is_decoder set in its config"
+    if name.endswith("ForCausalLM"):
+        return f"{name} is a causal LM"
+    model_type = getattr(config, "model_type", None)
+    try:
+        from transformers.models.auto import modeling_auto as auto
+    except ImportError:
+        return None
+    if (model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        return f"{name}: model type {model_type!r} is decoder-only"
+    return None
+
+
+def default_pooling(module: Any) -> tuple[str, str]:
+    """The sequence pooling a text probe gets when ``--pooling`` is not given, and why.
+
+    A causal LM's first token has attended to nothing but itself, so its summary of the
+    sequence is the last real token (``last``); other models pool their first token
+    (``cls``).
+    """
+    reason = causal_lm_reason(module)
+    if reason is not None:
+        return "last", f"default for a causal LM ({reason})"
+    return "cls", "default for a model that is not a causal LM"
+
+
 # Buffers that older checkpoints carry and current transformers recomputes.
 _BENIGN_UNEXPECTED = ("rotary_emb.inv_freq", "attn.masked_bias", "attn.bias", "position_ids")
 

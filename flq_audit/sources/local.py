@@ -49,6 +49,9 @@ FROM_NAME = "name"
 FROM_PATTERN = "--name-pattern"
 FROM_INIT = "init name: step 0"
 FROM_AFTER_LAST = "final name: after the last step"
+#: Keys that may hold a final checkpoint's own step when the other checkpoints say nothing
+#: about their units (names such as ``model_100.pth``), strongest first.
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "epoch")
 
 
 @dataclass(frozen=True)
@@ -248,8 +251,13 @@ class LocalFolderSource(CheckpointSource):
                 self._left_out.append(LeftOut(final.label, f"the same file as {same.label}"))
                 continue
             keys = _final_keys(final, like, self.step_from_key)
-            inside = stored_steps(final.files[0]) if keys else {}
+            inside = stored_steps(final.files[0])
             key = next((k for k in keys if k in inside), None)
+            after = max(by_step, default=-1) + 1
+            if key is None and not self.step_from_key:
+                key, why_not = _own_step_key(inside, after)
+            else:
+                why_not = ""
             if key is not None and inside[key] in by_step:
                 taken = by_step[inside[key]]
                 self._left_out.append(LeftOut(
@@ -265,9 +273,8 @@ class LocalFolderSource(CheckpointSource):
                     "and neither carries its step", path=final.entry,
                     hint="Move one of them out of the folder, or give --step-from-key KEY.")
             else:
-                after = max(by_step, default=-1) + 1
                 ref = self._ref(final.entry, final.label, final.files, final.fmt, after,
-                                FROM_AFTER_LAST)
+                                FROM_AFTER_LAST + why_not)
                 after_last.append(final)
             if ref.step in by_step:
                 raise StepSelectionError(
@@ -328,6 +335,22 @@ def _final_keys(final: _Candidate, like: tuple[str, ...], step_from_key: str | N
     if final.files[0].suffix.lower() == ".ckpt":
         return (LIGHTNING_STEP_KEY, *like)
     return like
+
+
+def _own_step_key(inside: dict[str, int], after: int) -> tuple[str | None, str]:
+    """The key of a final checkpoint's own step (``STEP_KEYS``) when it comes after every
+    other step, else ``None`` and why a stored value was not taken (``""``: none stored).
+
+    A value at or below the last step is in other units (an epoch count beside step-named
+    files) or an older state: the final checkpoint then goes after the last step.
+    """
+    for key in STEP_KEYS:
+        if key in inside and inside[key] >= after:
+            return key, ""
+    stored = [f"{k!r} inside is {inside[k]}" for k in STEP_KEYS if k in inside]
+    if not stored:
+        return None, ""
+    return None, f" ({', '.join(stored)}: not after step {after - 1}, so not its step)"
 
 
 def _keys_like(refs: list[CheckpointRef]) -> tuple[str, ...]:

@@ -85,6 +85,12 @@ class StepWriter:
         flags = np.asarray(self.done[:], dtype=bool)
         return [s for s, flag in zip(self.steps, flags, strict=True) if flag]
 
+    def reopen(self, steps: Sequence[int]) -> None:
+        """Clear the ``done`` flag of ``steps`` so that this run writes them again (their
+        old values stay until then; a run cut short leaves them to do, not half done)."""
+        for step in steps:
+            self.done[self.index_of(step)] = False
+
     def index_of(self, step: int) -> int:
         """Position of ``step`` on the store's step axis."""
         return self.steps.index(step)
@@ -93,9 +99,12 @@ class StepWriter:
     @contextlib.contextmanager
     def step(
         self, index: int, *, files: Sequence[str] = (),
-        sha256: Sequence[str] | Future[list[str]] = (),
+        sha256: Sequence[str] | Future[list[str]] = (), commit: str | None = None,
     ) -> Iterator[StepTransaction]:
         """Write one step: ``done(step)`` is set last, once every write has landed.
+
+        ``commit`` (a Hub revision's pinned SHA) replaces the step's ``commit`` coordinate,
+        so the store names the commit its values come from.
 
         ``sha256`` may be a future (files hashed while the step runs). On an exception the
         step is recorded in ``error(step)`` with ``done`` false (its partial data is
@@ -115,10 +124,13 @@ class StepWriter:
             self.done[index] = False
             raise
         fault_point("step-commit", step=self.steps[index])
-        self._commit(index, [Path(f).name for f in files], hashes)
+        self._commit(index, [Path(f).name for f in files], hashes, commit)
 
-    def _commit(self, index: int, names: list[str], hashes: list[str]) -> None:
+    def _commit(self, index: int, names: list[str], hashes: list[str],
+                commit: str | None = None) -> None:
         """The step's bookkeeping, written side by side on the pool; ``done`` last, alone."""
+        if commit:
+            self._submit(zarr_array(self.group, "commit"), (index,), commit)
         self._submit(self.files, (index,), json.dumps(names))
         self._submit(self.sha, (index,), json.dumps(hashes))
         self._submit(self.error, (index,), "")

@@ -453,3 +453,16 @@ def test_export_into_the_store_is_refused(tmp_path):
         assert result.exit_code == 2, describe(result)
         assert_says(result.stderr, "export target", "nothing was written")
     assert _snapshot(store) == before
+
+
+def test_a_missing_default_model_points_at_help_that_lists_the_option(tmp_path):
+    run = make_run(tmp_path / "run")
+    (run / "model_spec.json").unlink()
+    result = invoke("audit", run, "--out", tmp_path / "x.zarr")
+    assert result.exit_code == 3, describe(result)
+    assert_says(result.stderr, "--model", "model_spec.json")
+    command = result.stderr.split("`flq-audit ", 1)[1].split("`", 1)[0].split()
+    shown = invoke(*command)
+    assert shown.exit_code == 0, describe(shown)
+    assert "--model" in shown.stdout and "--probe" in shown.stdout
+    assert not (tmp_path / "x.zarr").exists()

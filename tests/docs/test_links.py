@@ -62,3 +62,27 @@ def test_ci_runs_the_readme_test_command():
     for step in steps:
         if step.startswith(("pip install", "python -m pytest")):
             assert step in ci, f".ci/run does not run the README's `{step}`"
+
+
+def test_readme_audits_the_run_its_own_set_up_makes():
+    """The README's audit commands name the folder its set-up (`flq-audit demo`) trains, and
+    its docs test places the run there: they run on what a new user has, not on a fixture
+    folder the README never makes."""
+    import inspect
+    import shlex
+
+    from flq_audit.cli import COMMANDS
+    from flq_audit.cli._app import demo_command
+    from tests.docs._markdown import commands, read_page
+
+    page = read_page(REPO / "README.md")
+    setup = [c for b in page.blocks if b.directive == "skip" for c in commands(b.text)]
+    assert any("flq-audit demo" in c and "--workdir" not in c for c in setup)
+    workdir = inspect.signature(demo_command).parameters["workdir"].default
+    trained = str(Path(workdir) / "checkpoints")  # where the demo trains (quickstart.md lists it)
+    sources = [words[1] for b in page.blocks if b.lang == "bash" and b.directive != "skip"
+               for c in commands(b.text) if (words := shlex.split(c, comments=True))[:1] == ["flq-audit"]
+               and len(words) > 1 and words[1] not in COMMANDS and not words[1].startswith("-")]
+    assert sources, "the README shows how to audit a folder"
+    assert all(s == trained for s in sources), sources
+    assert page.paths["run"] == trained

@@ -213,20 +213,44 @@ def test_fl_probe_that_does_not_fit_the_model(tmp_path):
 
 
 def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
+    """The report flags the momentum run, and the audit that computed its FL values warned
+    with the same sentences at its end; neither says so of the plain SGD run."""
+    import warnings
+
+    from flq_audit.errors import NotPlainSGDWarning
     from flq_audit.report import fl_step_lines
 
-    said = {}
+    said, warned = {}, {}
     for momentum in (0.0, 0.9):
         run = _sgd_run(tmp_path / f"run{momentum}", momentum=momentum)
         store = tmp_path / f"m{momentum}.zarr"
-        api.audit(str(run), out=store,
-                  fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            api.audit(str(run), out=store,
+                      fl=FLOptions.from_files("ce", "0.1", str(run / "fl_batches.json")))
+        warned[momentum] = [str(w.message) for w in caught
+                            if issubclass(w.category, NotPlainSGDWarning)]
         said[momentum] = fl_step_lines(api.open_store(store))
+    assert warned[0.0] == []
+    assert warned[0.9] == [" ".join(said[0.9])]
     assert said[0.0][0].startswith("FL: median fl_r_step = ")
     assert "are plain SGD steps" in said[0.0][0] and len(said[0.0]) == 1
     assert said[0.9][0].startswith("FL: the checkpoints are not plain SGD steps")
     assert "measure the optimizer, not Theorem 1" in said[0.9][0]
     assert "signature of momentum" in said[0.9][1]
+
+
+@pytest.mark.slow
+def test_cli_audit_of_a_momentum_run_warns_at_its_end(tmp_path):
+    from tests._helpers.cli import describe, run_cli
+
+    run = _sgd_run(tmp_path / "run", momentum=0.9)
+    result = run_cli(run, "--out", tmp_path / "s.zarr", "--fl-loss", "ce", "--fl-lr", "0.1",
+                     "--fl-batches", run / "fl_batches.json")
+    assert result.returncode == 0, describe(result)
+    said = " ".join(result.stderr.split())
+    assert "NotPlainSGDWarning: FL: the checkpoints are not plain SGD steps" in said, said
+    assert "signature of momentum" in said
 
 
 def test_missing_fl_probe_is_exit_3_naming_the_option(tmp_path):

@@ -148,3 +148,49 @@ def test_an_audit_leaves_transformers_logging_and_progress_bars_as_the_caller_ha
     finally:
         logging.set_verbosity(before[0])
         (logging.enable_progress_bar if before[1] else logging.disable_progress_bar)()
+
+
+@pytest.mark.parametrize(("family", "expected", "position", "layer"), [
+    ("gpt2", "last", -1, "lm_head"), ("neox", "last", -1, "lm_head"),
+    ("bert", "cls", 0, "encoder.layer.1.attention.self.query")])
+def test_default_pooling_follows_the_model_and_is_recorded(
+    tmp_path, family, expected, position, layer,
+):
+    """Without --pooling a causal LM pools its last real token, an encoder its first; the
+    plan and the store say which, and the stored rows are that token's (a direct forward
+    of each text alone, no padding)."""
+    import json
+
+    run = trainer_run(tmp_path / "run", family, steps=(0,))
+    probe = str(run / "probe.jsonl")
+    summary = api.plan_audit(str(run), probe=probe, out=tmp_path / "s.zarr").summary()["probe"]
+    assert summary["pooling"] == expected, summary
+    assert ("causal LM (" in summary["pooling_from"]) == (expected == "last"), summary
+    api.audit(str(run), probe=probe, out=tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    assert json.loads(ds.attrs["capture_config"])["text"]["pooling"] == expected
+    stored = ds.activations.sel(step=0, layer=layer).values[:, : _width(ds, layer)]
+    built = load_hf_checkpoint(run / "checkpoint-0", step=0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run / "checkpoint-0")
+    seen: list[torch.Tensor] = []
+    built.module.get_submodule(layer).register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    for i, text in enumerate(TEXTS):
+        with torch.no_grad():
+            built.module(**tok(text, return_tensors="pt"))
+        np.testing.assert_allclose(stored[i], seen[-1][0, position].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_dry_run_says_which_pooling_and_why(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = trainer_run(tmp_path / "run", "gpt2", steps=(0,))
+    result = invoke("audit", run, "--probe", run / "probe.jsonl", "--out", tmp_path / "s.zarr",
+                    "--dry-run")
+    assert result.exit_code == 0, describe(result)
+    assert_says(result.stdout, "pooling last (default for a causal LM (GPT2LMHeadModel")
+    chosen = invoke("audit", run, "--probe", run / "probe.jsonl", "--pooling", "mean",
+                    "--out", tmp_path / "s.zarr", "--dry-run")
+    assert_says(chosen.stdout, "pooling mean (--pooling)")
+    assert not (tmp_path / "s.zarr").exists()

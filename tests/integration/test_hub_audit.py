@@ -137,3 +137,72 @@ def test_missing_repo_and_unmatched_pattern_exit_3(hub, tmp_path):
                       "--probe", probe, "--dry-run"], endpoint, tmp_path / "home")
     assert unmatched.returncode == 3, unmatched.stderr
     assert "step0" in unmatched.stderr  # the branches that exist are listed
+
+
+def test_hub_source_without_probe_says_to_pass_probe_or_weights_only(hub, tmp_path):
+    endpoint, _, _ = hub
+    dry = _cli(["EleutherAI/pythia-tiny", "--dry-run"], endpoint, tmp_path / "home")
+    assert dry.returncode == 3, dry.stderr
+    said = " ".join(dry.stderr.split())
+    assert "EleutherAI/pythia-tiny" in said and "--probe" in said
+    assert "--weights-only" in said and "--no-probe" in said
+    assert "does not exist" not in said  # not a local-path message
+
+
+def test_force_moved_branch_is_named_and_re_audited_on_request(tmp_path):
+    """``step10`` force-moved to another commit after the audit: a rerun keeps the stored
+    step and names step, label, old and new commit; ``--reaudit-moved`` rewrites that step
+    (and its commit) into the same store and keeps the others."""
+    from tests._helpers.hub import _GIT_ENV, rev_parse
+
+    if olah_cli() is None:
+        pytest.skip("olah is not installed (pip install -e '.[test]')")
+    server = OlahServer(tmp_path / "olah")
+    revisions = {s: _revision("neox", s) for s in (0, 10, 20)}
+    repo = server.repo_path("org/moving")
+    shas = build_git_repo(repo, {"main": revisions[20],
+                                 **{f"step{s}": r for s, r in revisions.items()}})
+    endpoint = server.start()
+    try:
+        probe = tmp_path / "probe.jsonl"
+        probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                                 for t, lab in zip(TEXTS, LABELS, strict=True)))
+        store, home = tmp_path / "s.zarr", tmp_path / "home"
+        audit = ["org/moving", "--steps", "all", "--probe", probe, "--out", store]
+        first = _cli(audit, endpoint, home)
+        assert first.returncode == 0, first.stderr
+        before = xr.open_zarr(store).activations.load()
+
+        subprocess.run(["git", "branch", "-f", "step10", shas["step0"]], cwd=repo, check=True,
+                       env={**os.environ, **_GIT_ENV})
+        assert rev_parse(repo, "step10") == shas["step0"]
+        kept = _cli(audit, endpoint, home)
+        assert kept.returncode == 0, kept.stderr
+        said = " ".join(kept.stderr.split())
+        assert "step 10 (step10)" in said and "--reaudit-moved" in said, said
+        assert shas["step10"] in said and shas["step0"] in said, said
+        assert "0 step(s) written, 3 already done" in kept.stdout
+        ds = xr.open_zarr(store)
+        assert str(ds.commit.sel(step=10).values) == shas["step10"]
+        np.testing.assert_array_equal(ds.activations.values, before.values)
+
+        dry = _cli([*audit, "--reaudit-moved", "--dry-run", "--json"], endpoint, home)
+        assert dry.returncode == 0, dry.stderr
+        plan = json.loads(dry.stdout)
+        assert plan["moved"] == [{"step": 10, "label": "step10", "stored_commit": shas["step10"],
+                                  "current_commit": shas["step0"], "reaudit": True}]
+        assert plan["already_done"] == [0, 20]
+
+        redo = _cli([*audit, "--reaudit-moved"], endpoint, home)
+        assert redo.returncode == 0, redo.stderr
+        assert "1 step(s) written, 2 already done" in redo.stdout
+        ds = xr.open_zarr(store)
+        assert [str(c) for c in ds.commit.values] == [shas["step0"], shas["step0"], shas["step20"]]
+        assert bool(ds.done.all())
+        np.testing.assert_array_equal(ds.activations.sel(step=10).values,
+                                      before.sel(step=0).values)  # step10 now holds step 0
+        for step in (0, 20):
+            np.testing.assert_array_equal(ds.activations.sel(step=step).values,
+                                          before.sel(step=step).values)
+    finally:
+        server.stop()

@@ -134,21 +134,32 @@ def test_grokking_split_is_seeded():
     assert len(np.intersect1d(train_a, test_a)) == 0 and len(train_a) + len(test_a) == 121
 
 
-def _grokking_milestones(out) -> tuple[list[dict], int, int]:
-    """The checkpoint history, the first step with train accuracy 1 and with test accuracy ≥ 0.9."""
+def _grokking_milestones(out, generalised_at: float = 0.9) -> tuple[list[dict], int, int | None]:
+    """The checkpoint history, the first step with train accuracy 1 and the first with test
+    accuracy ≥ ``generalised_at`` (``None`` when no checkpoint reaches it)."""
     history = json.loads((out / "metrics.json").read_text())["checkpoints"]
     memorised = next(c["step"] for c in history if c["train_accuracy"] == 1.0)
-    generalised = next(c["step"] for c in history if c["test_accuracy"] >= 0.9)
+    generalised = next((c["step"] for c in history if c["test_accuracy"] >= generalised_at), None)
     return history, memorised, generalised
+
+
+#: Test accuracy the shortened run reaches after memorising, with a wide margin: about
+#: 5x chance (1/23). How far it gets in 3000 steps depends on the seed and on the CPU's AdamW
+#: arithmetic (its best was 0.42 to 0.94 over seeds 0-2, fused and plain kernels); 0.9 needs
+#: the full run.
+SHORT_RUN_GENERALISED = 0.2
 
 
 @pytest.mark.slow
 def test_grokking_recipe_memorises_then_generalises(grokking_run):
-    """The shortened run (p = 23, lr 5e-3, 3000 steps; a few seconds) shows the same order."""
-    history, memorised, generalised = _grokking_milestones(grokking_run)
-    assert memorised < generalised, (memorised, generalised)
+    """The shortened run (p = 23, lr 5e-3, 3000 steps; a few seconds) memorises first (train
+    accuracy 1 while test accuracy is near chance), and test accuracy rises well above
+    chance only afterwards: the order the recipe promises, not the full run's 0.9."""
+    history, memorised, generalised = _grokking_milestones(grokking_run, SHORT_RUN_GENERALISED)
     at_memorisation = next(c for c in history if c["step"] == memorised)
-    assert at_memorisation["test_accuracy"] < 0.5, at_memorisation
+    assert at_memorisation["test_accuracy"] < 0.1, at_memorisation  # chance is 1/23 = 0.043
+    assert generalised is not None, [c["test_accuracy"] for c in history]
+    assert memorised < generalised, (memorised, generalised)
 
 
 @pytest.mark.slow
@@ -161,6 +172,6 @@ def test_grokking_recipe_groks_with_defaults(tmp_path):
     elapsed = time.perf_counter() - started
     history, memorised, generalised = _grokking_milestones(out)
     assert history[-1]["test_accuracy"] >= 0.9, history[-1]
-    assert memorised < generalised, (memorised, generalised)
+    assert generalised is not None and memorised < generalised, (memorised, generalised)
     print(f"grokking defaults: {elapsed:.1f} s, train acc 1 at step {memorised}, "
           f"test acc 0.9 at step {generalised}")

@@ -347,3 +347,44 @@ def test_bad_names_and_options_are_clear_errors(tmp_path, setup, args, code, nee
     assert result.exit_code == code, describe(result)
     assert_says(result.stderr, *needles)
     assert result.exception is None or isinstance(result.exception, SystemExit), describe(result)
+
+
+def test_final_file_keeps_its_own_step_key_when_the_names_say_nothing_of_units(tmp_path):
+    """``model_N.pth`` names and a ``final.pth`` that stores ``epoch: 50000`` (the loop's
+    counter): the file's own step wins over "after the last step", and the dry run shows the
+    step and where it came from."""
+    run = _folder(tmp_path / "run")
+    for step in (49600, 49800):
+        torch.save({"model": _weights(step)}, run / f"model_{step}.pth")
+    torch.save({"model": _weights(7), "epoch": 50000, "lr": 0.1}, run / "final.pth")
+
+    refs = LocalFolderSource(run).list_refs()
+
+    assert [(r.step, r.label) for r in refs] == [
+        (49600, "model_49600.pth"), (49800, "model_49800.pth"), (50000, "final.pth")]
+    assert refs[-1].extra["step_from"] == "'epoch' inside"
+    result = invoke("audit", run, "--trust-pickle", "--out", tmp_path / "s.zarr", "--dry-run")
+    assert result.exit_code == 0, describe(result)
+    row = next(line for line in result.stdout.splitlines() if "final.pth" in line)
+    assert "50000" in row and "'epoch' inside" in row, result.stdout
+    plan = json.loads(invoke("audit", run, "--trust-pickle", "--out", tmp_path / "s.zarr",
+                             "--dry-run", "--json").stdout)
+    final = plan["checkpoints"][-1]
+    assert (final["step"], final["label"], final["step_from"]) == (
+        50000, "final.pth", "'epoch' inside")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_final_file_whose_stored_count_is_not_after_the_last_step_goes_after_it(tmp_path):
+    """``model_N`` names and a final file storing only ``epoch: 3`` (another unit): it goes
+    after the last step, and its provenance says why the stored value was not taken."""
+    run = _folder(tmp_path / "run")
+    for step in (100, 200):
+        torch.save({"model": _weights(step)}, run / f"model_{step}.pth")
+    torch.save({"model": _weights(7), "epoch": 3}, run / "final.pth")
+
+    refs = LocalFolderSource(run).list_refs()
+
+    assert [(r.step, r.label) for r in refs][-1] == (201, "final.pth")
+    assert refs[-1].extra["step_from"].startswith("final name: after the last step")
+    assert "'epoch' inside is 3" in refs[-1].extra["step_from"]

@@ -104,6 +104,12 @@ class Extension:
     def on_step(self, ctx: StepContext) -> Mapping[str, np.ndarray]:
         return {}
 
+    def after_audit(self, plan: AuditPlan) -> None:
+        """Once the audit has written its steps: warn about what the stored values say
+        (every step the store holds, this run's and earlier ones'). Optional: the runner
+        calls it on extensions that have it."""
+        return None
+
 
 def stack_padded(blocks: Sequence[np.ndarray | None], shape: tuple[int, ...]) -> np.ndarray:
     """Stack per-layer blocks into one NaN-padded float64 array of ``(len(blocks), *shape)``."""

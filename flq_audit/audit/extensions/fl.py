@@ -140,6 +140,22 @@ class FeatureLearningResidual(Extension):
                                             for r in per_layer])
         return out
 
+    def after_audit(self, plan: AuditPlan) -> None:
+        """Warn when the stored ``fl_r_step`` says the checkpoints are not plain SGD steps
+        (the report's rule, :func:`flq_audit.fl_steps.diagnose_fl_steps`)."""
+        import warnings
+
+        from flq_audit.errors import NotPlainSGDWarning
+        from flq_audit.fl_steps import diagnose_fl_steps
+        from flq_audit.store import open_dataset
+
+        with open_dataset(plan.store, dask=False) as ds:
+            done = ds["done"].values.astype(bool)
+            r_step = ds["fl_r_step"].transpose(STEP, LAYER).values[done]
+        diagnosis = diagnose_fl_steps(r_step)
+        if diagnosis.plain_sgd is False:
+            warnings.warn(" ".join(diagnosis.lines), NotPlainSGDWarning, stacklevel=2)
+
 
 def _check_fits(model: nn.Module, probe: Probe) -> None:
     """One forward pass of two FL-probe samples, or a ProbeError saying why it fails."""
