@@ -289,7 +289,8 @@ def compute_metrics(
     whose write was interrupted is recomputed. The store is locked before any computation
     (a local store by its kernel lock, a URL store by a ``metrics`` claim with a lease): a
     second run on the same store is refused at once.
-    ``scheduler`` is ``threads`` (default), ``sync``, or a ``dask.distributed`` address.
+    ``scheduler`` is ``threads``, ``sync``, or a ``dask.distributed`` address; by default the
+    active ``dask.distributed`` client when there is one (``with Client(...):``), else threads.
     """
     from flq_audit.metrics import TLOptions, run_metrics
     from flq_audit.store import StoreLocation, open_dataset

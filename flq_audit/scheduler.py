@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,19 @@ _WEB = ("http", "https")
 #: Schemes whose address is ``HOST:PORT`` on TCP (the probes apply).
 _TCP = ("tcp", "tls", "ws", "wss", *_WEB)
 _HINT = "A scheduler's address is tcp://HOST:8786 (`dask scheduler` prints it)."
+
+
+def active_client() -> Client | None:
+    """The ``dask.distributed`` client the caller has made current (``with Client(...)``, or
+    the last one created), if any; never imports ``distributed`` itself."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
 
 
 def connect_timeout() -> float:

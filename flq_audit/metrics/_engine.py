@@ -248,7 +248,12 @@ def _compute(datasets: list[xr.Dataset], scheduler: str | None) -> list[xr.Datas
     if not datasets:
         return []
     merged = xr.merge(datasets, combine_attrs="drop_conflicts", compat="override")
-    if scheduler in (None, "threads", "sync", "synchronous"):
+    from flq_audit.scheduler import active_client, scheduler_client
+
+    client = active_client() if scheduler is None else None
+    if client is not None:  # the caller's cluster, as dask itself would use it
+        computed = merged.compute(scheduler=client)
+    elif scheduler in (None, "threads", "sync", "synchronous"):
         from threadpoolctl import threadpool_limits
 
         # dask runs one task per (step, layer) block in parallel: a multi-threaded BLAS inside
@@ -256,8 +261,6 @@ def _compute(datasets: list[xr.Dataset], scheduler: str | None) -> list[xr.Datas
         with threadpool_limits(limits=1, user_api="blas"):
             computed = merged.compute(scheduler=scheduler or "threads")
     else:
-        from flq_audit.scheduler import scheduler_client
-
         with scheduler_client(scheduler):
             computed = merged.compute()
     return [computed[list(d.data_vars)].assign_attrs(d.attrs) for d in datasets]
