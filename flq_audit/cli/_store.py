@@ -235,8 +235,8 @@ def _metric_summary(ds: xr.Dataset) -> dict[str, list[str]]:
 
     status = metric_status(ds)
     return {"metrics": [n for n in metric_variables(ds) if status.get(n) != "incomplete"],
-            "stale_metrics": [n for n, s in status.items() if s == "stale"],
-            "incomplete_metrics": [n for n, s in status.items() if s == "incomplete"]}
+            "stale_metrics": sorted(n for n, s in status.items() if s == "stale"),
+            "incomplete_metrics": sorted(n for n, s in status.items() if s == "incomplete")}
 
 
 def _storage_options(text: str | None) -> dict | None:

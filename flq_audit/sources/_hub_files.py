@@ -1,7 +1,7 @@
 """Which files of a Hub revision make up a checkpoint, decided from file listings alone.
 
 Pure functions over :class:`RemoteFile` records (from the Hub tree API or from a cached
-snapshot): no I/O. The choice follows :func:`flq_audit.sources.local.weight_files_in_folder`:
+snapshot): no I/O. The choice follows :func:`flq_audit.sources._folder_files.weight_files_in_folder`:
 a shard index first (safetensors before pickle), then ``model.safetensors``, then
 ``pytorch_model.bin``, then a lone ``*.safetensors``; a complete set of
 ``*-0000k-of-0000n.safetensors`` shards without an index is accepted too. Optimizer,

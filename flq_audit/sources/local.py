@@ -15,23 +15,15 @@ is reported by :meth:`LocalFolderSource.left_out` with the reason it is not audi
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from flq_audit.constants import (
-    NON_WEIGHT_STEMS,
-    PICKLE_EXTENSIONS,
-    PICKLE_INDEX_FILE,
-    PICKLE_SINGLE_FILE,
-    SAFETENSORS_INDEX_FILE,
-    SAFETENSORS_SINGLE_FILE,
-    WEIGHT_EXTENSIONS,
-)
-from flq_audit.errors import CheckpointNotFoundError, IntegrityError, StepSelectionError
+from flq_audit.constants import PICKLE_EXTENSIONS, WEIGHT_EXTENSIONS
+from flq_audit.errors import CheckpointNotFoundError, StepSelectionError
 from flq_audit.sources._base import CheckpointRef, CheckpointSource, LeftOut
+from flq_audit.sources._folder_files import is_auxiliary, weight_files_in_folder
 from flq_audit.sources._inner_steps import LIGHTNING_STEP_KEY, lightning_step, stored_steps
 from flq_audit.sources.steps import compile_name_pattern, name_role, parse_step
 
@@ -159,7 +151,7 @@ class LocalFolderSource(CheckpointSource):
             suffix = entry.suffix.lower()
             if suffix not in WEIGHT_EXTENSIONS:
                 return LeftOut(entry.name, f"not a checkpoint file ({suffix or 'no extension'})")
-            if _is_auxiliary(entry.stem):
+            if is_auxiliary(entry.stem):
                 return LeftOut(entry.name, "training state (optimizer, scheduler, RNG ...), "
                                "not model weights")
             fmt = "pickle" if suffix in PICKLE_EXTENSIONS else "safetensors"
@@ -364,43 +356,6 @@ def _keys_like(refs: list[CheckpointRef]) -> tuple[str, ...]:
     if named and all("step" in name or "iter" in name for name in named):
         return ("global_step", "step")
     return ()
-
-
-def weight_files_in_folder(folder: Path) -> tuple[list[Path], str] | None:
-    """The weight files of a one-checkpoint folder, safetensors first, or ``None``."""
-    for index_name, fmt in ((SAFETENSORS_INDEX_FILE, "safetensors"), (PICKLE_INDEX_FILE, "pickle")):
-        index = folder / index_name
-        if index.is_file():
-            return _files_from_index(index), fmt
-    for single, fmt in ((SAFETENSORS_SINGLE_FILE, "safetensors"), (PICKLE_SINGLE_FILE, "pickle")):
-        if (folder / single).is_file():
-            return [folder / single], fmt
-    weights = [p for p in sorted(folder.glob("*.safetensors")) if not _is_auxiliary(p.stem)]
-    if len(weights) == 1:
-        return weights, "safetensors"
-    return None
-
-
-def _files_from_index(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError) as err:
-        raise IntegrityError(
-            f"shard index {str(index)!r} is not a valid index: expected JSON with a "
-            f"'weight_map' object ({err})", path=index,
-        ) from err
-    shards = sorted({index.parent / name for name in weight_map.values()})
-    missing = [s.name for s in shards if not s.is_file()]
-    if missing:
-        raise IntegrityError(
-            f"shard index {str(index)!r} names shard(s) that are missing: {missing}", path=index,
-        )
-    return shards
-
-
-def _is_auxiliary(stem: str) -> bool:
-    lowered = stem.lower()
-    return any(lowered.startswith(prefix) for prefix in NON_WEIGHT_STEMS)
 
 
 #: Steps are stored as 64-bit integers.
