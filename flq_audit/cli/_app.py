@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from typer.core import TyperCommand, TyperOption
+from typer.core import TyperOption
 
 from flq_audit.cli import _output
 from flq_audit.cli._audit import audit_command
+from flq_audit.cli._command import Command
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import QuietOpt
 from flq_audit.cli._report import layer_table, report_command
@@ -36,11 +37,11 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=True,
 )
-app.command("audit", short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
+app.command("audit", cls=Command, short_help="Audit a checkpoint sequence into a Zarr store (the main job).")(
     audit_command)
 
 
-class MetricsCommand(TyperCommand):
+class MetricsCommand(Command):
     """``metrics``: its help lists the registered groups, loading the registry (built-in
     groups, dask and entry-point plugins) only when the help is shown."""
 
@@ -54,12 +55,12 @@ class MetricsCommand(TyperCommand):
 
 
 app.command("metrics", cls=MetricsCommand)(metrics_command)
-app.command("show")(show_command)
-app.command("export")(export_command)
-app.command("report")(report_command)
+app.command("show", cls=Command)(show_command)
+app.command("export", cls=Command)(export_command)
+app.command("report", cls=Command)(report_command)
 
 
-@app.command("demo")
+@app.command("demo", cls=Command)
 @mapped
 def demo_command(
     workdir: Annotated[Path, typer.Option(help="Where checkpoints, store and outputs go.")] = Path(

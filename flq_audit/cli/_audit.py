@@ -10,6 +10,7 @@ import typer
 from flq_audit import api
 from flq_audit._format import human_size, one_line
 from flq_audit.cli import _output
+from flq_audit.cli._command import choices, complete_from
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
 from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
 from flq_audit.errors import MovedRevisionWarning, OptionError, UnauditedFilesWarning
@@ -130,6 +131,8 @@ def audit_command(
         help="Text probes: sequence (one row per text), token (one per word) or next-token.")
     ] = "sequence",
     pooling: Annotated[str | None, typer.Option(
+        metavar="|".join(choices(TextProbeOptions, "pooling")),
+        autocompletion=complete_from(choices(TextProbeOptions, "pooling")),
         help="Text probes, sequence task: cls (first token), last (last real token) or mean "
         "over real tokens; default: last for a causal LM (from its config), cls otherwise.")
     ] = None,
@@ -156,6 +159,8 @@ def audit_command(
     template_steps: Annotated[str | None, typer.Option(
         help="Hub, one repo per step: SOURCE holds {step}; the steps as a comma list.")] = None,
     cache: Annotated[str, typer.Option(
+        metavar="|".join(choices(HubOptions, "cache")),
+        autocompletion=complete_from(choices(HubOptions, "cache")),
         help="Hub: keep the downloaded revisions in the HF cache, or drop each once written.")
     ] = "keep",
     offline: Annotated[bool, typer.Option(

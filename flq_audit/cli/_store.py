@@ -16,6 +16,7 @@ from rich.table import Table
 from flq_audit import api
 from flq_audit._format import human_size
 from flq_audit.cli import _output
+from flq_audit.cli._command import complete_metric_groups
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
 from flq_audit.export import metric_variables
@@ -25,6 +26,7 @@ from flq_audit.export import metric_variables
 def metrics_command(
     store: StoreArg,
     metric: Annotated[str, typer.Option(
+        metavar="GROUPS", autocompletion=complete_metric_groups,
         help="Comma-separated metric groups (listed by --help).")] = "tl",
     pca: Annotated[int | None, typer.Option(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "

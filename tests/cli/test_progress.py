@@ -132,3 +132,32 @@ def test_a_hub_download_reports_its_bytes_to_the_listener(tmp_path):
         bar.update(100)
         bar.update(50)
     assert seen == [(7, 0, 300), (7, 50, 300), (7, 150, 300), (7, 200, 300)]
+
+
+def _completions(words: str) -> list[str]:
+    parts = words.split(" ")
+    asked = run_cli(env=cli_env(_FLQ_AUDIT_COMPLETE="complete_bash", COMP_WORDS=words,
+                                COMP_CWORD=str(len(parts) - 1)))
+    assert asked.returncode == 0, describe(asked)
+    return asked.stdout.split()
+
+
+@pytest.mark.parametrize(("words", "offered"), [
+    ("flq-audit audit run --pooling ", ["cls", "last", "mean"]),
+    ("flq-audit audit run --cache d", ["drop"]),
+    ("flq-audit metrics s.zarr --metric su", ["surrogate"]),
+    ("flq-audit metrics s.zarr --metric tl,g", ["tl,gram"]),
+])
+def test_completion_offers_the_values_an_option_takes(words, offered):
+    assert _completions(words) == offered
+
+
+def test_help_names_values_in_capitals_not_by_python_type():
+    for command in ("audit", "metrics", "show", "export", "report"):
+        helped = run_cli(command, "--help", env=cli_env(COLUMNS="200"))
+        assert helped.returncode == 0, describe(helped)
+        assert "<str>" not in helped.stdout and "{" not in helped.stdout.splitlines()[0], (
+            command, helped.stdout)
+    audit = run_cli("audit", "--help", env=cli_env(COLUMNS="200")).stdout
+    assert audit.splitlines()[0] == "Usage: flq-audit audit [OPTIONS] SOURCE"
+    assert "--pooling cls|last|mean" in audit and "--cache keep|drop" in audit
