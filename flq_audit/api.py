@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from flq_audit.audit.extensions.base import StepExtension
     from flq_audit.audit.plan import AuditPlan
-    from flq_audit.audit.runner import AuditResult, Progress
+    from flq_audit.audit.step import AuditResult, Progress
     from flq_audit.metrics import TLOptions
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
@@ -98,13 +98,21 @@ def run_audit(
 
     Several writers may run on one store at once (processes, machines): each step is claimed
     in the store before it is written (:class:`flq_audit.store.StepClaims`), a step another
-    writer holds is left to it, and a step whose writer died is taken over.
+    writer holds is left to it, and a step whose writer died is taken over. With
+    ``run.workers`` or ``run.scheduler`` the steps run as tasks of a dask cluster
+    (:mod:`flq_audit.audit.distributed`), else one after the other in this process
+    (:mod:`flq_audit.audit.runner`).
     """
     from flq_audit.audit.plan import warn_left_out
-    from flq_audit.audit.runner import run_audit as execute
 
     warn_left_out(plan)
-    return execute(plan, run, progress)
+    if run.workers is not None or run.scheduler is not None:  # one dask task per step
+        from flq_audit.audit.distributed import run_distributed
+
+        return run_distributed(plan, run, progress)
+    from flq_audit.audit.runner import run_audit as run_here
+
+    return run_here(plan, run, progress)
 
 
 @overload

@@ -276,15 +276,16 @@ def replay(
     With ``predictions``, the forward runs to the end and ``PREDICTION`` maps to the argmax
     of the model's output (class probes). With ``hidden_states`` (transformers models), the
     residual stream ``hidden_states.i`` (embeddings = 0) is captured as well, reduced like
-    any layer input; such "layers" have no Gram. ``dtype`` float64 converts the model to
-    float64 in place (``model.double()``) and replays the probe in float64; otherwise the
-    forward runs in the model's own dtype and the rows are rounded to ``dtype``.
+    any layer input; such "layers" have no Gram. The forward runs in the model's own dtype
+    (the model's loader chose it: :mod:`flq_audit.audit.loaders`) and the rows are cast to
+    ``dtype``; float64 rows need a float64 model (float32 numbers are not upcast).
     """
     model.eval()
-    if np.dtype(dtype) == np.float64:
-        model.double()
     model.to(device)
     compute = _compute_dtype(model)
+    if np.dtype(dtype) == np.float64 and compute != torch.float64:
+        raise CaptureError(f"a float64 replay needs a float64 model; this one computes in "
+                           f"{compute} (load it in float64 first)")
     rows_dtype = torch.float64 if np.dtype(dtype) == np.float64 else torch.float32
     captured: dict[str, np.ndarray] = {}
     params = {n: m for n, m in layers.items() if isinstance(m, ParameterLayer)}

@@ -8,10 +8,11 @@ the probe, runs the extensions and commits the step (``done`` last).
 
 Rules
 -----
-- **The plan** is shipped once per worker (``client.scatter(..., broadcast=True)``) without
-  the model built at plan time: a worker rebuilds it once from ``plan.model`` (a JSON spec
-  or a factory, read where the worker runs); transformers checkpoints are reloaded per step
-  anyway. Download listeners of the client are detached first.
+- **The plan** is shipped once per worker (``client.scatter(..., broadcast=True)``) with its
+  loader's :meth:`~flq_audit.audit.loaders.ModelLoader.for_worker` copy (no module weights):
+  a worker rebuilds what that left out once (:meth:`~flq_audit.audit.loaders.ModelLoader.rebuilt`:
+  a JSON spec or a factory is read where the worker runs; transformers checkpoints are
+  loaded per step anyway). Download listeners of the client are detached first.
 - **FL residual**: the task of step *k* fetches step *k+1* itself (the sequential audit
   hands it the prefetched one); nothing waits on another task.
 - **Duplicate steps** (byte-identical checkpoint files) are submitted only once their
@@ -37,13 +38,14 @@ from typing import TYPE_CHECKING
 
 from flq_audit import __version__
 from flq_audit.audit.plan import AuditPlan
-from flq_audit.audit.runner import (
+from flq_audit.audit.step import (
     STEP_ERRORS,
     AuditResult,
     Progress,
-    _one_step,
-    _Silent,
+    SilentProgress,
+    after_audit,
     reopen_moved,
+    run_step,
     set_threads,
 )
 from flq_audit.errors import OptionError
@@ -94,7 +96,7 @@ class DistributedAuditResult(AuditResult):
 
 @dataclass(frozen=True)
 class ShippedPlan:
-    """What a worker needs to run steps: the plan without its built model, and the options."""
+    """What a worker needs to run steps: the plan without module weights, and the options."""
 
     plan: AuditPlan
     run: RunOptions
@@ -106,7 +108,8 @@ def ship(plan: AuditPlan, run: RunOptions) -> ShippedPlan:
     report_downloads = getattr(plan.source, "report_downloads", None)
     if report_downloads is not None:  # the client's progress bar cannot travel
         report_downloads(None)
-    return ShippedPlan(plan=replace(plan, built=None), run=run, token=uuid.uuid4().hex)
+    return ShippedPlan(plan=replace(plan, loader=plan.loader.for_worker()), run=run,
+                       token=uuid.uuid4().hex)
 
 
 #: Plans rebuilt in this (worker) process, by token: the model is built once per worker.
@@ -114,14 +117,10 @@ _PLANS: dict[str, AuditPlan] = {}
 
 
 def worker_plan(shipped: ShippedPlan) -> AuditPlan:
-    """The shipped plan with its model rebuilt, once per worker process."""
+    """The shipped plan with its loader rebuilt, once per worker process."""
     plan = _PLANS.get(shipped.token)
     if plan is None:
-        plan = shipped.plan
-        if plan.mode == "module":
-            from flq_audit.models import build_model
-
-            plan = replace(plan, built=build_model(plan.model))
+        plan = replace(shipped.plan, loader=shipped.plan.loader.rebuilt())
         _PLANS.clear()  # one audit at a time per worker process
         _PLANS[shipped.token] = plan
     return plan
@@ -160,8 +159,8 @@ def audit_step(shipped: ShippedPlan, step: int) -> StepOutcome:
             claims.finish(step)
             return StepOutcome(step, "skipped", worker, "already done")
         try:
-            _one_step(plan, writer, ref, shipped.run, resolve_device(shipped.run.device),
-                      _Silent())
+            run_step(plan, writer, ref, shipped.run, resolve_device(shipped.run.device),
+                     SilentProgress())
             writer.close()
         except STEP_ERRORS as err:
             claims.release(step)
@@ -190,8 +189,9 @@ def run_distributed(
     plan: AuditPlan, run: RunOptions, progress: Progress | None = None,
     *, version: str = __version__,
 ) -> DistributedAuditResult:
-    """Audit every selected step not yet done as dask tasks; consolidate at the end."""
-    progress = progress or _Silent()
+    """Audit every selected step not yet done as dask tasks; consolidate at the end, then
+    run each extension's ``after_audit``."""
+    progress = progress or SilentProgress()
     result = DistributedAuditResult(store=plan.store)
     claims = StepClaims(plan.store)  # the template's claim, on object stores
     try:
@@ -213,6 +213,7 @@ def run_distributed(
             writer.finish()
     finally:
         claims.close()
+    after_audit(plan)
     return result
 
 

@@ -21,6 +21,7 @@ from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
+from flq_audit.audit.loaders import ModelLoader, WeightsLoader, model_loader
 from flq_audit.audit.moved import MovedStep, moved_steps
 from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
@@ -31,14 +32,12 @@ from flq_audit.capture import (
     weight_matrix,
 )
 from flq_audit.errors import (
-    ModelBuildError,
     ProbeNotFoundError,
     ProbeShapeError,
     StoreMismatchError,
     UnauditedFilesWarning,
 )
-from flq_audit.models import BuiltModel, build_model
-from flq_audit.models.hf import build_hf_model
+from flq_audit.models import BuiltModel
 from flq_audit.options import (
     DEFAULT_CAPTURE,
     DEFAULT_RUN,
@@ -66,8 +65,10 @@ WEIGHTS_ONLY_MODEL = "none (weights only)"
 class AuditPlan:
     """What an audit will do, resolved before any checkpoint is read; never changed after.
 
-    Returned as is by ``audit(..., dry_run=True)`` and run by
-    :func:`flq_audit.audit.runner.run_audit`.
+    Nothing an audit does changes a plan: the model it holds (``loader.template``) keeps
+    its weights, dtype and mode; each step loads into a model of its own
+    (:meth:`~flq_audit.audit.loaders.ModelLoader.load`). Returned as is by
+    ``audit(..., dry_run=True)`` and run by :func:`flq_audit.api.run_audit`.
     """
 
     source: CheckpointSource
@@ -75,7 +76,8 @@ class AuditPlan:
     all_steps: tuple[int, ...]
     store: StoreLocation
     model: str  # the --model spec: a file, "hf", or WEIGHTS_ONLY_MODEL
-    built: BuiltModel | None  # the model as built at plan time; None in weights-only audits
+    #: Who builds, converts and loads the per-step model (chosen once, here).
+    loader: ModelLoader
     probe: Probe | Any | None  # an array or text probe; None in weights-only audits
     layers: tuple[LayerInfo, ...]
     capture: CaptureOptions
@@ -99,11 +101,9 @@ class AuditPlan:
     reaudit_moved: bool = False
 
     @property
-    def mode(self) -> Literal["module", "hf", "weights"]:
-        """``weights`` (Grams only), ``hf`` (reloaded per step) or ``module`` (one model)."""
-        if self.probe is None:
-            return "weights"
-        return "hf" if self.model == "hf" else "module"
+    def built(self) -> BuiltModel | None:
+        """The model as built at plan time (``loader.template``); ``None`` without one."""
+        return self.loader.template
 
     @property
     def config(self) -> dict[str, Any]:
@@ -235,12 +235,9 @@ def _model_plan(
     model_spec = model or default_model(src, root, folder)
     probe_spec = probe or default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
                                        ProbeNotFoundError)
-    if model_spec == "hf":
-        if folder is None:
-            raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
-        built = build_hf_model(folder, trust_remote_code=run.trust_remote_code)
-    else:
-        built = build_model(model_spec)
+    loader = model_loader(str(model_spec), folder, activation_dtype=capture.activation_dtype,
+                          trust_remote_code=run.trust_remote_code)
+    built = loader.model()
     pooling_from = None
     if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
         text, pooling_from = resolved_pooling(text or TextProbeOptions(), built)
@@ -254,13 +251,13 @@ def _model_plan(
     try:
         chosen = select_layers(built.module, capture.layers, probe=loaded)
         if hidden:
-            require_transformers(built)
+            require_transformers(loader)
         infos = layer_infos(built.module, chosen, loaded, hidden_states=hidden)
     except ProbeShapeError as err:  # name the probe file
         raise ProbeShapeError(f"probe {str(probe_spec)!r}: {err.message.removeprefix('probe ')}",
                               path=probe_spec, hint=err.hint) from err
     builtin: list[StepExtension] = [NonFiniteWeights()]
-    predictions, classifier = _classification_outputs(built, loaded, chosen, infos)
+    predictions, classifier = _classification_outputs(loader, loaded, chosen, infos)
     if predictions:
         builtin.append(ClassPredictions(classifier))
     if hidden:
@@ -281,7 +278,7 @@ def _model_plan(
     )
     return AuditPlan(
         source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
-        model=str(model_spec), built=built, probe=loaded, layers=tuple(infos), capture=capture,
+        model=str(model_spec), loader=loader, probe=loaded, layers=tuple(infos), capture=capture,
         layout=layout, text=text, fl=fl, extensions=tuple(builtin), pooling_from=pooling_from,
     )
 
@@ -335,18 +332,18 @@ def _weights_only_plan(
         gram_dtype=capture.gram_dtype, duplicates=_duplicates(src, refs),
     )
     return AuditPlan(source=src, refs=refs, all_steps=tuple(r.step for r in all_refs),
-                     store=store, model=WEIGHTS_ONLY_MODEL, built=None, probe=None,
+                     store=store, model=WEIGHTS_ONLY_MODEL, loader=WeightsLoader(), probe=None,
                      layers=tuple(infos), capture=options, layout=layout,
                      extensions=(NonFiniteWeights(),))
 
 
 def _classification_outputs(
-    built: BuiltModel, probe: Any, chosen: dict, infos: list[LayerInfo]
+    loader: ModelLoader, probe: Any, chosen: dict, infos: list[LayerInfo]
 ) -> tuple[bool, str | None]:
     """Whether to store predictions (NC4) and which layer is the classifier (NC3)."""
-    if not isinstance(probe, Probe) or probe.kind != "classes" or built.origin.startswith("hf:"):
+    if not isinstance(probe, Probe) or probe.kind != "classes" or not loader.class_scores:
         return False, None
-    classes = output_classes(built.module, probe)
+    classes = output_classes(loader.model().module, probe)
     if classes != probe.num_classes:
         return False, None
     for info in reversed(infos):

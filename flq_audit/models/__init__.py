@@ -18,7 +18,7 @@ from flq_audit.weights import fit_key_prefix
 _IGNORABLE_KEY_SUFFIXES = ("num_batches_tracked",)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuiltModel:
     """A module ready for checkpoints, with the key mapper its factory provided."""
 

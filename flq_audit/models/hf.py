@@ -54,8 +54,11 @@ def config_digest(config_dir: str | Path) -> str:
 
 
 @quiet_transformers()
-def build_hf_model(config_dir: str | Path, *, trust_remote_code: bool = False) -> BuiltModel:
-    """Instantiate the architecture of ``config_dir/config.json`` with random weights."""
+def build_hf_model(
+    config_dir: str | Path, *, trust_remote_code: bool = False, dtype: Any = None
+) -> BuiltModel:
+    """Instantiate the architecture of ``config_dir/config.json`` with random weights, in
+    ``dtype`` (a torch dtype; ``None``: the config's own) as transformers builds it."""
     config_file = Path(config_dir) / "config.json"
     if not config_file.is_file():
         raise ModelBuildError(
@@ -77,10 +80,10 @@ def build_hf_model(config_dir: str | Path, *, trust_remote_code: bool = False) -
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     try:
         if model_class is not None:
-            module = model_class(config)
+            module = model_class._from_config(config, dtype=dtype)
         else:
             module = transformers.AutoModel.from_config(
-                config, trust_remote_code=trust_remote_code
+                config, trust_remote_code=trust_remote_code, dtype=dtype
             )
     except Exception as err:
         raise ModelBuildError(
@@ -100,7 +103,9 @@ def _no_kv_cache(module: Any) -> None:
         config.use_cache = False
 
 
-def _model_class(config_dir: str | Path, *, trust_remote_code: bool) -> tuple[Any, str]:
+def _model_class(
+    config_dir: str | Path, *, trust_remote_code: bool, dtype: Any = None
+) -> tuple[Any, str]:
     """The transformers class that ``config.json`` names, and the model's origin, without
     instantiating it; falls back to building once (``AutoModel`` or remote code)."""
     transformers = _transformers()
@@ -112,7 +117,7 @@ def _model_class(config_dir: str | Path, *, trust_remote_code: bool) -> tuple[An
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     if model_class is not None and not trust_remote_code:
         return model_class, f"hf:{architectures[0]}"
-    built = build_hf_model(config_dir, trust_remote_code=trust_remote_code)
+    built = build_hf_model(config_dir, trust_remote_code=trust_remote_code, dtype=dtype)
     return type(built.module), built.origin
 
 
@@ -157,21 +162,24 @@ _BENIGN_UNEXPECTED = ("rotary_emb.inv_freq", "attn.masked_bias", "attn.bias", "p
 
 @quiet_transformers()
 def load_hf_checkpoint(
-    folder: str | Path, *, step: int | None = None, trust_remote_code: bool = False
+    folder: str | Path, *, step: int | None = None, trust_remote_code: bool = False,
+    dtype: Any = None,
 ) -> BuiltModel:
     """Load one checkpoint folder (config + weights) with transformers, strictly.
 
     transformers applies its own key renames and tied weights; any missing, unexpected or
     shape-mismatched key it reports is an error here (benign legacy buffers excepted).
-    Weights load in float32; pickled ``.bin`` files load with ``weights_only``.
+    transformers reads the weights in ``dtype`` (default float32): float64 loads a float64
+    checkpoint unrounded. Pickled ``.bin`` files load with ``weights_only``.
     """
     import torch
 
-    model_class, origin = _model_class(folder, trust_remote_code=trust_remote_code)
+    dtype = torch.float32 if dtype is None else dtype
+    model_class, origin = _model_class(folder, trust_remote_code=trust_remote_code, dtype=dtype)
     try:
         module, info = model_class.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True,
-            dtype=torch.float32, trust_remote_code=trust_remote_code,
+            dtype=dtype, trust_remote_code=trust_remote_code,
         )
     except Exception as err:
         raise ModelBuildError(

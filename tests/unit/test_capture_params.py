@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flq_audit.capture import gram, layer_infos, replay, select_layers, weight_matrix
-from flq_audit.errors import FlqAuditWarning, LayerNotFoundError, ProbeError
+from flq_audit.errors import CaptureError, FlqAuditWarning, LayerNotFoundError, ProbeError
 from tests._helpers.replays import collect, random_inputs
 
 
@@ -142,8 +142,8 @@ def test_without_a_probe_the_candidates_are_listed_by_shape():
     assert "--layers W_in" in info.value.hint
 
 
-def test_float64_replay_converts_the_model_and_casts_the_inputs():
-    model = _Ops()
+def test_float64_replay_casts_the_inputs_of_a_float64_model_and_leaves_it_as_it_is():
+    model = _Ops().double()
     x = random_inputs(6, 4)
     layers = select_layers(model, None, probe=x)
     (_, _, rows), = replay(model, layers, x, batch_size=6, device="cpu", dtype=np.float64)
@@ -152,6 +152,15 @@ def test_float64_replay_converts_the_model_and_casts_the_inputs():
     for name, want in expected.items():
         assert rows[name].dtype == np.float64
         np.testing.assert_allclose(rows[name], want.numpy(), rtol=1e-13, atol=1e-14)
+
+
+def test_float64_replay_refuses_a_float32_model_and_does_not_convert_it():
+    model = _Ops()
+    x = random_inputs(6, 4)
+    layers = select_layers(model, None, probe=x)
+    with pytest.raises(CaptureError, match="a float64 replay needs a float64 model"):
+        list(replay(model, layers, x, batch_size=6, device="cpu", dtype=np.float64))
+    assert model.A.dtype == torch.float32
 
 
 class _PerToken(nn.Module):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flq_audit.audit.extensions.base import Extension, StepContext, stack_padded
+from flq_audit.audit.loaders import training_module
 from flq_audit.capture import weight_matrix
 from flq_audit.constants import GRAM_I, GRAM_J, LAYER, STEP
 from flq_audit.errors import CaptureError, ModelBuildError, ProbeError
@@ -99,8 +100,8 @@ class FeatureLearningResidual(Extension):
             raise CaptureError(f"the FL residual covers Linear and Conv layers, not the "
                                f"parameter layers {params}",
                                hint="Leave them out with --layers, or drop the --fl-* options.")
-        if self.training is not None and plan.built is not None:
-            _check_fits(plan.built.module, self.training)
+        if self.training is not None and plan.loader.template is not None:
+            _check_fits(plan.loader.template.module, self.training)
         self.options = self.options.for_steps(plan.all_steps)
         for ref in plan.refs[:-1]:
             self.options.lr_at(ref.step)
@@ -125,9 +126,10 @@ class FeatureLearningResidual(Extension):
                                   step=following.step)
         batch = self.options.batch_at(ctx.ref.step, probe.n_samples)
         labels = None if probe.labels is None else probe.labels[batch]
-        results = fl_quantities(
-            ctx.built.module, ctx.layers, probe.inputs[batch], probe.targets[batch], labels,
-            ctx.state, {name: next_state[f"{name}.weight"] for name in ctx.layers},
+        results = fl_residuals(
+            plan.loader.training_copy(ctx.built, ctx.state), list(ctx.layers),
+            probe.inputs[batch], probe.targets[batch], labels,
+            {name: next_state[f"{name}.weight"] for name in ctx.layers},
             loss=self.options.loss, lr=self.options.lr_at(ctx.ref.step),
         )
         per_layer = [results.get(info.name) for info in plan.layers]
@@ -198,24 +200,39 @@ def fl_quantities(
     loss: LossOptions,
     lr: float,
 ) -> dict[str, FLLayerResult]:
-    """Replay one training batch through ``model`` loaded with θ_t (``state``, in float64,
-    train mode) and compare with the next checkpoint's weights ``next_weights``."""
-    work = model.double().train()
-    try:
-        work.load_state_dict(dict(state), strict=False)  # float64 copies: no float32 rounding
-        rows, grads = _batch_rows_and_gradients(work, layers, inputs, targets, labels, loss)
-        results = {}
-        with torch.no_grad():
-            for name, module in layers.items():
-                if name not in grads:
-                    raise CaptureError(f"FL residual: layer {name!r} received no gradient",
-                                       layer=name)
-                w = weight_matrix(module).detach().double()
-                w_next = weight_matrix(module, next_weights[name]).detach().double()
-                results[name] = _layer_result(rows[name], grads[name], w, w_next, lr)
-        return results
-    finally:
-        model.float()
+    """Replay one training batch through a float64 train-mode copy of ``model`` loaded with
+    θ_t (``state``) and compare with the next checkpoint's weights ``next_weights``;
+    ``model`` is not changed. ``layers`` are modules of ``model``, by their names in it."""
+    return fl_residuals(training_module(model, state), list(layers), inputs, targets, labels,
+                        next_weights, loss=loss, lr=lr)
+
+
+def fl_residuals(
+    work: nn.Module,
+    names: Sequence[str],
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    labels: np.ndarray | None,
+    next_weights: Mapping[str, torch.Tensor],
+    *,
+    loss: LossOptions,
+    lr: float,
+) -> dict[str, FLLayerResult]:
+    """:func:`fl_quantities` on ``work``, a training copy already holding θ_t
+    (:meth:`~flq_audit.audit.loaders.ModelLoader.training_copy`); ``names`` are its layers."""
+    modules = dict(work.named_modules())
+    layers = {name: modules[name] for name in names}
+    rows, grads = _batch_rows_and_gradients(work, layers, inputs, targets, labels, loss)
+    results = {}
+    with torch.no_grad():
+        for name, module in layers.items():
+            if name not in grads:
+                raise CaptureError(f"FL residual: layer {name!r} received no gradient",
+                                   layer=name)
+            w = weight_matrix(module).detach().double()
+            w_next = weight_matrix(module, next_weights[name]).detach().double()
+            results[name] = _layer_result(rows[name], grads[name], w, w_next, lr)
+    return results
 
 
 def _batch_rows_and_gradients(

@@ -13,13 +13,13 @@ from flq_audit.audit.extensions.base import Extension
 from flq_audit.errors import OptionError
 
 if TYPE_CHECKING:
+    from flq_audit.audit.loaders import ModelLoader
     from flq_audit.audit.plan import AuditPlan
-    from flq_audit.models import BuiltModel
 
 
-def require_transformers(built: BuiltModel | None) -> None:
-    """The residual stream exists only for transformers models."""
-    if built is None or not built.origin.startswith("hf:"):
+def require_transformers(loader: ModelLoader) -> None:
+    """The residual stream exists only for models whose loader has one (transformers)."""
+    if not loader.residual_stream:
         raise OptionError("--hidden-states needs a transformers model (--model hf)")
 
 
@@ -30,4 +30,4 @@ class HiddenStates(Extension):
     replay_outputs: ClassVar[frozenset[str]] = frozenset({"hidden_states"})
 
     def preflight(self, plan: AuditPlan) -> None:
-        require_transformers(plan.built)
+        require_transformers(plan.loader)

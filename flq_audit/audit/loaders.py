@@ -1,0 +1,261 @@
+"""Who builds the per-step model: one :class:`ModelLoader`, chosen once by the plan.
+
+A loader owns everything an audit does to a model: it builds the plan-time model (the
+*template*, used to select layers and check the probe), decides the dtype the probe replays
+in (:func:`compute_dtype`, the one place ``--activation-dtype`` takes effect), reads a
+step's checkpoint files, gives each step a model of its own holding that step's weights
+(:meth:`ModelLoader.load`), says what a dask worker needs to rebuild it
+(:meth:`ModelLoader.for_worker`), and makes the float64 train-mode copy the FL residual
+differentiates (:meth:`ModelLoader.training_copy`). The template is never changed after it
+is built: steps load into copies, so an :class:`~flq_audit.audit.plan.AuditPlan` stays the
+same object, weights and flags included, across a whole audit.
+
+Three loaders:
+
+- :class:`ModuleLoader`: a JSON spec or a factory (``--model``); the template is converted
+  to the compute dtype once, and each step loads into a copy of it (a float64 checkpoint
+  loads unrounded into a float64 replay).
+- :class:`TransformersLoader`: ``--model hf``; transformers builds the template and reads
+  each checkpoint in the compute dtype itself (``dtype=`` of ``from_config`` and
+  ``from_pretrained``), so float64 means unrounded float64 weights here too.
+- :class:`WeightsLoader`: ``--weights-only``; state dicts only, no module.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from flq_audit.errors import ModelBuildError
+from flq_audit.models import BuiltModel, build_model, load_weights
+
+if TYPE_CHECKING:
+    from flq_audit.audit.prefetch import Fetched
+    from flq_audit.options import RunOptions
+    from flq_audit.sources import CheckpointSource
+
+LoaderKind = Literal["module", "transformers", "weights"]
+
+
+def compute_dtype(activation_dtype: str) -> torch.dtype:
+    """The dtype a probe replays in for ``--activation-dtype``: float64 replays in float64,
+    float32 and float16 in float32 (float16 rows are rounded from a float32 forward)."""
+    return torch.float64 if activation_dtype == "float64" else torch.float32
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One step's model: ``built`` holds the step's weights in the compute dtype, ready for
+    replay (``None`` in weights-only audits); ``state`` is the checkpoint's state dict under
+    the model's key names (empty for transformers models, whose weights live in ``built``)."""
+
+    built: BuiltModel | None
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelLoader(Protocol):
+    """What an audit asks of the model: chosen once by the plan, never changed after."""
+
+    #: ``module`` (spec or factory), ``transformers`` or ``weights`` (no model).
+    kind: ClassVar[LoaderKind]
+    #: Whether the model's forward returns ``output.hidden_states`` (``--hidden-states``).
+    residual_stream: ClassVar[bool]
+    #: Whether the model's forward returns class scores a class probe can be compared with.
+    class_scores: ClassVar[bool]
+    @property
+    def activation_dtype(self) -> str:
+        """The ``--activation-dtype`` this loader replays for."""
+        ...
+
+    @property
+    def template(self) -> BuiltModel | None:
+        """The model built at plan time; ``None`` without a model or once shipped."""
+        ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of every module this loader hands out."""
+        ...
+
+    def model(self) -> BuiltModel:
+        """The plan-time model, or a :class:`ModelBuildError` saying why there is none."""
+        ...
+
+    def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        """Read the fetched files into ``fetched`` (``state`` or ``built``); may run on the
+        prefetch thread."""
+        ...
+
+    def load(self, fetched: Fetched) -> StepModel:
+        """The step's own model, holding the weights :meth:`read` loaded."""
+        ...
+
+    def training_copy(self, built: BuiltModel, state: Mapping[str, Any]) -> nn.Module:
+        """A float64, train-mode copy of a step's model with ``state`` loaded unrounded."""
+        ...
+
+    def for_worker(self) -> ModelLoader:
+        """This loader as it travels to a dask worker: picklable, without module weights."""
+        ...
+
+    def rebuilt(self) -> ModelLoader:
+        """The loader with what :meth:`for_worker` left out built again (once per worker)."""
+        ...
+
+
+def training_module(module: nn.Module, state: Mapping[str, Any]) -> nn.Module:
+    """A float64 train-mode copy of ``module`` on the CPU with ``state`` loaded (float64
+    copies of the checkpoint's tensors: no float32 rounding); ``module`` is not touched."""
+    work = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).train()
+    if state:
+        work.load_state_dict(dict(state), strict=False)
+    return work
+
+
+@dataclass(frozen=True)
+class _Loader:
+    """Defaults shared by the loaders."""
+
+    kind: ClassVar[LoaderKind]
+    residual_stream: ClassVar[bool] = False
+    class_scores: ClassVar[bool] = False
+    activation_dtype: str = "float32"
+    template: BuiltModel | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return compute_dtype(self.activation_dtype)
+
+    def model(self) -> BuiltModel:
+        if self.template is None:
+            raise ModelBuildError(f"the {self.kind} loader holds no model here "
+                                  "(weights only, or shipped without it: use rebuilt())")
+        return self.template
+
+    def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        raise NotImplementedError
+
+    def load(self, fetched: Fetched) -> StepModel:
+        raise NotImplementedError
+
+    def training_copy(self, built: BuiltModel, state: Mapping[str, Any]) -> nn.Module:
+        return training_module(built.module, state)
+
+    def for_worker(self) -> ModelLoader:
+        return replace(self, template=None)
+
+    def rebuilt(self) -> ModelLoader:
+        return self
+
+
+def _read_state(fetched: Fetched, run: RunOptions) -> None:
+    from flq_audit.weights import load_state_dict
+
+    fetched.state = load_state_dict(fetched.paths, trust_pickle=run.trust_pickle,
+                                    step=fetched.ref.step)
+
+
+@dataclass(frozen=True)
+class ModuleLoader(_Loader):
+    """A JSON spec or factory model: built once, converted to the compute dtype once; each
+    step loads into a copy of it."""
+
+    kind: ClassVar[LoaderKind] = "module"
+    class_scores: ClassVar[bool] = True
+    spec: str = ""
+
+    @classmethod
+    def create(cls, spec: str, activation_dtype: str) -> ModuleLoader:
+        """Build the model of ``--model`` in the compute dtype, in eval mode."""
+        built = build_model(spec)
+        built.module.to(compute_dtype(activation_dtype)).eval()
+        return cls(activation_dtype=activation_dtype, template=built, spec=spec)
+
+    def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        _read_state(fetched, run)
+
+    def load(self, fetched: Fetched) -> StepModel:
+        template = self.model()
+        try:
+            module = copy.deepcopy(template.module)
+        except Exception as err:  # a user module that cannot be copied
+            raise ModelBuildError(f"model {template.origin!r} cannot be copied for step "
+                                  f"{fetched.ref.step} ({err})", step=fetched.ref.step) from err
+        built = BuiltModel(module, origin=template.origin, key_mapper=template.key_mapper)
+        return StepModel(built, load_weights(built, dict(fetched.state), step=fetched.ref.step))
+
+    def rebuilt(self) -> ModelLoader:
+        return self if self.template is not None else self.create(self.spec,
+                                                                  self.activation_dtype)
+
+
+@dataclass(frozen=True)
+class TransformersLoader(_Loader):
+    """``--model hf``: transformers builds the template from ``config.json`` and reads each
+    checkpoint in the compute dtype itself."""
+
+    kind: ClassVar[LoaderKind] = "transformers"
+    residual_stream: ClassVar[bool] = True
+    config_dir: Path | None = None
+
+    @classmethod
+    def create(cls, config_dir: Path | None, activation_dtype: str, *,
+               trust_remote_code: bool = False) -> TransformersLoader:
+        """Instantiate the architecture of ``config_dir/config.json`` in the compute dtype."""
+        from flq_audit.models.hf import build_hf_model
+
+        if config_dir is None:
+            raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
+        built = build_hf_model(config_dir, trust_remote_code=trust_remote_code,
+                               dtype=compute_dtype(activation_dtype))
+        return cls(activation_dtype=activation_dtype, template=built, config_dir=config_dir)
+
+    def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        from flq_audit.models.hf import load_hf_checkpoint
+
+        folder = source.config_dir(fetched.ref)
+        fetched.built = load_hf_checkpoint(
+            Path(folder) if folder is not None else fetched.paths[0].parent,
+            step=fetched.ref.step, trust_remote_code=run.trust_remote_code, dtype=self.dtype)
+
+    def load(self, fetched: Fetched) -> StepModel:
+        if not isinstance(fetched.built, BuiltModel):
+            raise ModelBuildError(f"step {fetched.ref.step}: no transformers model was loaded",
+                                  step=fetched.ref.step)
+        return StepModel(fetched.built)
+
+
+@dataclass(frozen=True)
+class WeightsLoader(_Loader):
+    """``--weights-only``: each step's state dict, no module, no replay."""
+
+    kind: ClassVar[LoaderKind] = "weights"
+
+    def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        _read_state(fetched, run)
+
+    def load(self, fetched: Fetched) -> StepModel:
+        return StepModel(None, fetched.state)
+
+    def training_copy(self, built: BuiltModel, state: Mapping[str, Any]) -> nn.Module:
+        raise ModelBuildError("a weights-only audit has no model to train")
+
+
+def model_loader(spec: str, config_dir: Path | None, *, activation_dtype: str,
+                 trust_remote_code: bool = False) -> ModelLoader:
+    """The loader for ``--model SPEC``: ``hf`` (transformers), else a spec or factory."""
+    if spec == "hf":
+        return TransformersLoader.create(config_dir, activation_dtype,
+                                         trust_remote_code=trust_remote_code)
+    return ModuleLoader.create(spec, activation_dtype)
+
+
+__all__ = ["LoaderKind", "ModelLoader", "ModuleLoader", "StepModel", "TransformersLoader",
+           "WeightsLoader", "compute_dtype", "model_loader", "training_module"]
