@@ -1,0 +1,133 @@
+"""The model loaders: one compute dtype, a model per step, a worker copy, a training copy."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flq_audit.audit.loaders import (
+    ModelLoader,
+    ModuleLoader,
+    TransformersLoader,
+    WeightsLoader,
+    compute_dtype,
+    model_loader,
+)
+from flq_audit.audit.prefetch import Fetched
+from flq_audit.errors import ModelBuildError
+from flq_audit.models import build_from_spec
+from flq_audit.options import RunOptions
+from flq_audit.sources import open_source
+
+SPEC = {"type": "mlp", "in_features": 3, "widths": [5], "out_features": 2,
+        "activation": "tanh", "bias": True}
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    """One float64 checkpoint whose values are not float32 numbers, and its spec."""
+    torch.manual_seed(1)
+    state = {k: v.detach().double().contiguous() + 1e-9
+             for k, v in build_from_spec(SPEC).state_dict().items()}
+    save_file(state, str(tmp_path / "step_4.safetensors"))
+    (tmp_path / "model_spec.json").write_text(json.dumps(SPEC))
+    return tmp_path
+
+
+def _fetched(loader: ModelLoader, folder: Path) -> Fetched:
+    source = open_source(str(folder))
+    ref = source.list_refs()[0]
+    fetched = Fetched(ref, paths=source.fetch(ref))
+    loader.read(source, fetched, RunOptions())
+    return fetched
+
+
+def _snapshot(module: torch.nn.Module) -> list[tuple]:
+    return [(k, v.dtype, v.data_ptr(), v._version, v.detach().clone())
+            for k, v in module.state_dict(keep_vars=True).items()] + [
+        (n, m.training) for n, m in module.named_modules()]
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return len(a) == len(b) and all(
+        x[:-1] == y[:-1] and (not isinstance(x[-1], torch.Tensor) or torch.equal(x[-1], y[-1]))
+        for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(("activation", "expected"), [
+    ("float64", torch.float64), ("float32", torch.float32), ("float16", torch.float32)])
+def test_the_activation_dtype_decides_the_compute_dtype(activation, expected):
+    assert compute_dtype(activation) == expected
+
+
+def test_float64_module_loader_loads_each_step_unrounded_into_its_own_copy(run):
+    loader = model_loader(str(run / "model_spec.json"), None, activation_dtype="float64")
+    assert isinstance(loader, ModuleLoader) and loader.kind == "module"
+    template = loader.model()
+    assert {p.dtype for p in template.module.parameters()} == {torch.float64}
+    before = _snapshot(template.module)
+    step = loader.load(_fetched(loader, run))
+    assert step.built is not None and step.built.module is not template.module
+    stored = load_file(str(run / "step_4.safetensors"))
+    for key, value in step.built.module.state_dict().items():
+        assert value.dtype == torch.float64
+        assert torch.equal(value, stored[key])  # bit for bit: no float32 rounding
+    assert _same(before, _snapshot(template.module))
+
+
+def test_float32_module_loader_rounds_into_a_float32_copy(run):
+    loader = model_loader(str(run / "model_spec.json"), None, activation_dtype="float32")
+    step = loader.load(_fetched(loader, run))
+    assert step.built is not None
+    weight = step.built.module.state_dict()["layers.0.weight"]
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, step.state["layers.0.weight"].float())
+
+
+def test_training_copy_is_float64_train_mode_and_leaves_the_step_model_alone(run):
+    loader = model_loader(str(run / "model_spec.json"), None, activation_dtype="float32")
+    step = loader.load(_fetched(loader, run))
+    assert step.built is not None
+    before = _snapshot(step.built.module)
+    work = loader.training_copy(step.built, step.state)
+    assert work is not step.built.module and work.training
+    assert {p.dtype for p in work.parameters()} == {torch.float64}
+    np.testing.assert_array_equal(work.state_dict()["layers.0.weight"].numpy(),
+                                  step.state["layers.0.weight"].numpy())  # float64, unrounded
+    assert _same(before, _snapshot(step.built.module))
+
+
+def test_worker_copy_travels_without_weights_and_is_rebuilt(run):
+    loader = model_loader(str(run / "model_spec.json"), None, activation_dtype="float64")
+    shipped = pickle.loads(pickle.dumps(loader.for_worker()))
+    assert shipped.template is None
+    with pytest.raises(ModelBuildError, match="holds no model"):
+        shipped.load(_fetched(shipped, run))
+    rebuilt = shipped.rebuilt()
+    assert rebuilt.template is not None and rebuilt.dtype == torch.float64
+    assert {p.dtype for p in rebuilt.template.module.parameters()} == {torch.float64}
+    assert rebuilt.load(_fetched(rebuilt, run)).built is not None
+
+
+def test_weights_loader_has_no_model(run):
+    loader = WeightsLoader()
+    step = loader.load(_fetched(loader, run))
+    assert step.built is None and set(step.state) == {
+        "layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"}
+    assert loader.kind == "weights" and not loader.residual_stream
+    with pytest.raises(ModelBuildError):
+        loader.model()
+    assert pickle.loads(pickle.dumps(loader.for_worker())).rebuilt() == loader
+
+
+def test_capabilities_replace_origin_strings():
+    assert ModuleLoader.class_scores and not ModuleLoader.residual_stream
+    assert TransformersLoader.residual_stream and not TransformersLoader.class_scores
+    with pytest.raises(ModelBuildError, match="--model hf needs checkpoint folders"):
+        model_loader("hf", None, activation_dtype="float32")
