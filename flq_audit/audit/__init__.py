@@ -1,9 +1,10 @@
 """The audit pipeline: a plan resolved up front, a runner, per-step extensions.
 
 ``plan.py`` resolves source, steps, model, probe, layers and extensions before any
-checkpoint is read; ``runner.py`` fetches, loads, replays, runs the extensions and commits
-each step; ``extensions/`` holds one file per extension. Importing this package is cheap;
-the names below load torch on first use.
+checkpoint is read; ``loaders.py`` owns the per-step model; ``step.py`` fetches, loads,
+replays, runs the extensions and commits one step, which ``runner.py`` (in this process) and
+``distributed.py`` (on a dask cluster) call; ``extensions/`` holds one file per extension.
+Importing this package is cheap; the names below load torch on first use.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from flq_audit.api import run_audit
     from flq_audit.audit.extensions.base import Extension, StepContext, StepExtension
     from flq_audit.audit.plan import AuditPlan, plan_audit
-    from flq_audit.audit.runner import AuditResult, Progress, run_audit
+    from flq_audit.audit.runner import AuditResult, Progress
 
 _LAZY = {
     "AuditPlan": "flq_audit.audit.plan", "plan_audit": "flq_audit.audit.plan",
     "AuditResult": "flq_audit.audit.runner", "Progress": "flq_audit.audit.runner",
-    "run_audit": "flq_audit.audit.runner", "Extension": "flq_audit.audit.extensions.base",
+    "run_audit": "flq_audit.api", "Extension": "flq_audit.audit.extensions.base",
     "StepContext": "flq_audit.audit.extensions.base",
     "StepExtension": "flq_audit.audit.extensions.base",
 }
