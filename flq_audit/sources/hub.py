@@ -101,6 +101,14 @@ class HubSource(CheckpointSource):
         self._downloads = StepDownloads()
         self._counter = byte_counter(self._downloads.add)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For dask workers: without the download counter (its tqdm lock does not pickle)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_counter"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._counter = byte_counter(self._downloads.add)
+
     # ------------------------------------------------------------------ protocol
     @classmethod
     def guess_can_open(cls, spec: str) -> bool:
