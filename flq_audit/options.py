@@ -54,8 +54,12 @@ class CaptureOptions:
     gram_dtype: Literal["float32", "float64"] = "float32"
     max_samples: int | None = None
     hidden_states: bool = False
+    #: Per-step extensions enabled by name (``--extension NAME``; see docs/extending.md).
+    extensions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extensions", (self.extensions,) if isinstance(
+            self.extensions, str) else tuple(self.extensions))
         if isinstance(self.layers, str):
             object.__setattr__(self, "layers", (self.layers,))
         object.__setattr__(self, "layers", tuple(str(pattern) for pattern in self.layers))
