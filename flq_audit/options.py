@@ -54,11 +54,12 @@ class CaptureOptions:
     gram_dtype: Literal["float32", "float64"] = "float32"
     max_samples: int | None = None
     hidden_states: bool = False
+    extensions: tuple[str, ...] = ()  # enabled by name: --extension NAME
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, str):
-            object.__setattr__(self, "layers", (self.layers,))
-        object.__setattr__(self, "layers", tuple(str(pattern) for pattern in self.layers))
+        for key, value in (("layers", self.layers), ("extensions", self.extensions)):
+            value = (value,) if isinstance(value, str) else value  # one name or several
+            object.__setattr__(self, key, tuple(str(v) for v in value))
         _one_of("--activation-dtype (activation_dtype)", self.activation_dtype, ACTIVATION_DTYPES)
         _one_of("--gram-dtype (gram_dtype)", self.gram_dtype, GRAM_DTYPES)
         if self.activation_dtype == "float64":  # a float64 replay keeps float64 Grams too

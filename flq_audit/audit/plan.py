@@ -16,6 +16,7 @@ from flq_audit.audit.defaults import (
     resolved_pooling,
     text_probe,
 )
+from flq_audit.audit.extensions import named_extensions
 from flq_audit.audit.extensions.base import StepExtension
 from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
@@ -210,7 +211,8 @@ def plan_audit(
     else:
         plan = _model_plan(src, refs, all_refs, root, folder, store, model=model, probe=probe,
                            capture=capture, text=text, fl=fl, run=run)
-    plan = replace(_with_extensions(plan, list(extensions)), left_out=tuple(src.left_out()))
+    plan = replace(_with_extensions(plan, list(extensions), named=capture.extensions),
+                   left_out=tuple(src.left_out()))
     for ext in plan.extensions:
         ext.preflight(plan)
     return _with_store_status(plan, overwrite=run.overwrite, reaudit_moved=run.reaudit_moved)
@@ -283,15 +285,18 @@ def _model_plan(
     )
 
 
-def _with_extensions(plan: AuditPlan, extra: list[StepExtension]) -> AuditPlan:
-    """Add user extensions and the variables and attributes all extensions declare."""
-    extensions = (*plan.extensions, *extra)
+def _with_extensions(plan: AuditPlan, extra: list[StepExtension],
+                     named: Sequence[str] = ()) -> AuditPlan:
+    """Add the extensions named by ``--extension`` (part of the fingerprint) and user
+    extensions, and the variables and attributes all extensions declare."""
+    extensions = (*plan.extensions, *named_extensions(named), *extra)
     names = [ext.name for ext in extensions]
     if len(set(names)) != len(names):
         raise ValueError(f"two extensions share a name: {names}")
     variables = tuple(spec for ext in extensions for spec in ext.variables(plan.layout))
     attrs = tuple((k, v) for ext in extensions for k, v in ext.store_attrs().items())
-    layout = replace(plan.layout, variables=variables, attrs=attrs)
+    config = plan.layout.capture_config | ({"extensions": list(named)} if named else {})
+    layout = replace(plan.layout, variables=variables, attrs=attrs, capture_config=config)
     return replace(plan, extensions=extensions, layout=layout)
 
 

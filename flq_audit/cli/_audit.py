@@ -173,6 +173,10 @@ def audit_command(
         "--reaudit-moved", help="Hub: re-audit the done steps whose branch now points at "
         "another commit than the store pinned (same store; every other step is kept).")
     ] = False,
+    extension: Annotated[list[str] | None, typer.Option(
+        "--extension", metavar="NAME", help="Enable an installed per-step extension by name "
+        "(repeatable): one a package declares in the entry-point group flq_audit.extensions.")
+    ] = None,
     weights_only: Annotated[bool, typer.Option(
         "--weights-only", "--no-probe",
         help="Grams of every weight matrix only: no model, no probe.")
@@ -186,7 +190,7 @@ def audit_command(
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
         gram_dtype=gram_dtype, max_samples=max_samples,  # type: ignore[arg-type]
-        hidden_states=hidden_states,
+        hidden_states=hidden_states, extensions=tuple(extension or ()),
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,

@@ -1,10 +1,18 @@
-"""Where checkpoints come from: a registry of source families."""
+"""Where checkpoints come from: a registry of source families.
+
+Families are tried in order, the first whose ``guess_can_open(spec)`` is true opens the
+``SOURCE``: the built-ins (``local``, then ``hub``), then families added by
+:func:`register_source` or declared by installed packages under the entry-point group
+``flq_audit.sources`` (read once, when a source is first resolved). ``before="local"`` puts
+a family ahead of a built-in, for a folder layout the local family would otherwise claim.
+"""
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 from flq_audit.errors import CheckpointNotFoundError, SourceError
 from flq_audit.sources._base import CheckpointRef, CheckpointSource, LeftOut
@@ -12,6 +20,9 @@ from flq_audit.sources.hub import HubSource
 from flq_audit.sources.local import LocalFolderSource
 from flq_audit.sources.revisions import RevisionInfo, parse_revision
 from flq_audit.sources.steps import parse_step, select_steps
+
+#: The entry-point group where installed packages declare source families.
+ENTRY_POINT_GROUP = "flq_audit.sources"
 
 
 class SourceFamily(Protocol):
@@ -27,14 +38,93 @@ class SourceFamily(Protocol):
 
 #: Families tried in this order by :func:`open_source`.
 SOURCE_FAMILIES: dict[str, SourceFamily] = {}
+_ENTRY_POINTS_LOADED = False
 
 Family = TypeVar("Family", bound=SourceFamily)
 
 
-def register_source(cls: Family) -> Family:
-    """Add a source family to the registry (used by each family module)."""
-    SOURCE_FAMILIES[cls.name] = cls
+@overload
+def register_source(cls: Family, *, before: str | None = None) -> Family: ...
+
+
+@overload
+def register_source(cls: None = None, *, before: str | None = None
+                    ) -> Callable[[Family], Family]: ...
+
+
+def register_source(cls: Any = None, *, before: str | None = None) -> Any:
+    """Add a source family to the registry; ``before=NAME`` tries it ahead of family NAME.
+
+    Without ``before`` it is tried after every family registered so far. Usable as a
+    decorator, with or without arguments (``@register_source(before="local")``). Registering
+    the same class again moves it; another class under a taken name is an error.
+    """
+    if cls is None:
+        return lambda family: register_source(family, before=before)
+    name = _family_name(cls)
+    taken = SOURCE_FAMILIES.get(name)
+    if taken is not None and taken is not cls:
+        raise SourceError(f"source family {name!r} is already registered ({_qualname(taken)})",
+                          hint="Give the new family another name.")
+    if before is not None and (before not in SOURCE_FAMILIES or before == name):
+        raise SourceError(f"register_source({_qualname(cls)}, before={before!r}): no other "
+                          f"family is named {before!r}; registered: {', '.join(SOURCE_FAMILIES)}")
+    families = [(k, v) for k, v in SOURCE_FAMILIES.items() if k != name]
+    at = len(families) if before is None else [k for k, _ in families].index(before)
+    families.insert(at, (name, cls))
+    SOURCE_FAMILIES.clear()  # in place: whoever holds the registry sees the new order
+    SOURCE_FAMILIES.update(families)
     return cls
+
+
+def source_families() -> dict[str, SourceFamily]:
+    """Every family, in the order they are tried (installed plugins included)."""
+    _load_entry_points()
+    return dict(SOURCE_FAMILIES)
+
+
+def _family_name(cls: Any) -> str:
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or not callable(getattr(cls, "guess_can_open", None)):
+        raise SourceError(f"{_qualname(cls)} is not a checkpoint source family: it needs a "
+                          "class attribute 'name' (a non-empty string) and a classmethod "
+                          "guess_can_open(spec)", hint="Subclass flq_audit.sources.CheckpointSource.")
+    return name
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _load_entry_points() -> None:
+    """Register the families installed packages declare under ``flq_audit.sources``, once.
+
+    A family's class attribute ``before`` (a family name) places it as ``before=`` does.
+    """
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    from importlib.metadata import entry_points
+
+    points = sorted(entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda p: (_distribution(p), p.name))
+    for point in points:
+        try:
+            cls = point.load()
+            register_source(cls, before=getattr(cls, "before", None))
+        except Exception as err:  # a plugin's own failure: said in one line, no traceback
+            raise SourceError(
+                f"the source plugin {point.name!r} ({point.value}) of the distribution "
+                f"{_distribution(point)} could not be loaded: {type(err).__name__}: "
+                f"{getattr(err, 'message', err)}", hint=f"Fix or uninstall {_distribution(point)}"
+                f" (it declares the entry point {point.name} in the group {ENTRY_POINT_GROUP}).",
+            ) from None
+    _ENTRY_POINTS_LOADED = True
+
+
+def _distribution(point: Any) -> str:
+    dist = getattr(point, "dist", None)
+    return "?" if dist is None else f"{dist.name} {dist.version}"
 
 
 register_source(LocalFolderSource)
@@ -55,6 +145,7 @@ def open_source(spec: str, **options: Any) -> CheckpointSource:
     is an error.
     """
     given = {k: v for k, v in options.items() if v is not None}
+    _load_entry_points()
     local = looks_local(spec)
     if local and not Path(spec).expanduser().exists():
         raise CheckpointNotFoundError(
@@ -98,6 +189,7 @@ def looks_local(spec: str) -> str | None:
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "SOURCE_FAMILIES",
     "CheckpointRef",
     "CheckpointSource",
@@ -111,4 +203,5 @@ __all__ = [
     "parse_step",
     "register_source",
     "select_steps",
+    "source_families",
 ]

@@ -99,7 +99,6 @@ class HubSource(CheckpointSource):
         self._offline = offline
         self._ledger = DownloadLedger()
         self._downloads = StepDownloads()
-        self._counter = byte_counter(self._downloads.add)
 
     # ------------------------------------------------------------------ protocol
     @classmethod
@@ -364,8 +363,9 @@ class HubSource(CheckpointSource):
     def _download(self, repo: str, filename: str, commit: str | None, *, step: int | None = None) -> Path:
         from huggingface_hub import hf_hub_download
 
+        # a counter class per call: one kept by the source holds a lock that dask cannot pickle
         kwargs: dict[str, Any] = {"revision": commit, "cache_dir": self.cache_dir,
-                                  "tqdm_class": self._counter}
+                                  "tqdm_class": byte_counter(self._downloads.add)}
         if self.offline:
             kwargs["local_files_only"] = True
         else:

@@ -53,6 +53,12 @@ def test_page_runs(path: Path, page_dir: Path, request, monkeypatch) -> None:
 
     # a page may register a metric in this process (register_metric): keep it to the page
     monkeypatch.setattr(_spec, "_REGISTRY", dict(_spec._REGISTRY))
+    from flq_audit import sources
+    from flq_audit.audit import extensions
+
+    # ... and a source family or an extension (register_source, register_extension)
+    monkeypatch.setattr(sources, "SOURCE_FAMILIES", dict(sources.SOURCE_FAMILIES))
+    monkeypatch.setattr(extensions, "_REGISTRY", dict(extensions._REGISTRY))
     run_page(read_page(path), page_dir, request)
 
 
