@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.audit.runner import AuditResult, Progress
     from flq_audit.metrics import TLOptions
+    from flq_audit.reading import Report
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
     from flq_audit.store._repair import RepairResult
@@ -355,7 +356,7 @@ def export(
     """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4.
 
     ``store`` is a local path or an fsspec URL; ``out`` is a local file."""
-    from flq_audit.export import to_netcdf
+    from flq_audit.reading import to_netcdf
     from flq_audit.store import open_dataset
 
     return to_netcdf(
@@ -376,5 +377,19 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "HubOptions", "RunOptions",
     "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
-    "plan_audit", "run_audit",
+    "plan_audit", "report", "run_audit",
 ]
+
+
+
+def report(store: str | Path | StoreLocation, out: str | Path | None = None, *,
+           storage_options: dict[str, Any] | None = None) -> Report:
+    """Compute every registered metric group not stored yet (as :func:`compute_metrics`), then
+    write the report folder ``out`` (default ``<store>-report``): figures, ``metrics.nc`` and
+    ``index.html``. Returns what the report says (:class:`flq_audit.reading.Report`)."""
+    from flq_audit.reading import prepare_folder, report_groups, write_folder
+    from flq_audit.store import StoreLocation
+
+    location = StoreLocation.parse(store, storage_options)
+    folder = prepare_folder(location, out)
+    return write_folder(location, folder, compute_metrics(location, metrics=report_groups()))

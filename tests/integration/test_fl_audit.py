@@ -218,7 +218,7 @@ def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
     import warnings
 
     from flq_audit.errors import NotPlainSGDWarning
-    from flq_audit.report import fl_step_lines
+    from flq_audit.reading import fl_step_lines
 
     said, warned = {}, {}
     for momentum in (0.0, 0.9):

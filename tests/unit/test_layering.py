@@ -88,8 +88,8 @@ def _heavy_after(code: str, cwd: Path | None = None, modules: tuple[str, ...] = 
 
 
 def test_read_side_modules_import_neither_torch_nor_transformers():
-    modules = ("flq_audit.store", "flq_audit.metrics", "flq_audit.export", "flq_audit.api",
-               "flq_audit.report", "flq_audit.options", "flq_audit.audit", "flq_audit.cli")
+    modules = ("flq_audit.store", "flq_audit.metrics", "flq_audit.reading", "flq_audit.api",
+               "flq_audit.options", "flq_audit.audit", "flq_audit.cli")
     heavy, out = _heavy_after("".join(f"import {m}\n" for m in modules))
     assert heavy == "", (heavy, out.stderr)
 
