@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 
 def warn_moved(old: str, new: str = "flq_audit.reading") -> None:
     """A ``DeprecationWarning`` that ``old`` moved to ``new``, attributed to the line that
-    imported ``old`` (the import machinery's frames are skipped)."""
-    frame = sys._getframe(2)  # the frame that runs the import of ``old``
-    level = 3
-    while frame.f_back is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
-        frame = frame.f_back
-        level += 1
+    imported ``old`` (``warnings`` skips the import machinery's frames)."""
     warnings.warn(f"{old} moved to {new}; import from {new} (the old path is removed in the "
-                  "next release)", DeprecationWarning, stacklevel=level)
+                  "next release)", DeprecationWarning, stacklevel=3)

@@ -29,6 +29,9 @@ def test_demo_prints_training_steps_and_loss_on_stderr(tmp_path):
     assert not any(TRAINING_LINE.match(line) for line in proc.stdout.splitlines())
     assert sorted(p.name for p in (tmp_path / "demo" / "checkpoints").glob("step_*")) == sorted(
         f"step_{s}.safetensors" for s in (0, 1, 2, 5, 10, 20))
+    report = tmp_path / "demo" / "report"  # written by api.report, as `flq-audit report` does
+    assert {"index.html", "metrics.nc", "target_linearity.png"} <= {p.name for p in report.iterdir()}
+    assert f"page    {report / 'index.html'}" in proc.stdout
 
 
 def test_digits_recipe_reports_every_optimizer_step(tmp_path):
