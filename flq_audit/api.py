@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 from flq_audit.errors import OptionError
 from flq_audit.options import (
     DEFAULT_CAPTURE,
@@ -271,7 +272,7 @@ def compute_metrics(
     *,
     metrics: Sequence[str] = ("tl",),
     pca: int | None = None,
-    pca_threshold: int = 1000,
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD,
     ridge: float = 0.0,
     denominator: str = "column",
     scheduler: str | None = None,

@@ -18,6 +18,7 @@ from flq_audit.cli import _output
 from flq_audit.cli._command import complete_metric_groups
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 
 if TYPE_CHECKING:
     from flq_audit.reading import StoreSummary
@@ -33,7 +34,8 @@ def metrics_command(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
     pca_threshold: Annotated[int, typer.Option(
-        min=1, help="With --pca: only layers wider than this are projected.")] = 1000,
+        min=1, help="With --pca: only layers wider than this are projected.")
+    ] = DEFAULT_PCA_THRESHOLD,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
     denominator: Annotated[str, typer.Option(
         help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
