@@ -203,12 +203,8 @@ def print_summary(summary: StoreSummary) -> None:
             "failed: " + escape(step.error.splitlines()[0][:80]) if step.error else "to do")
         table.add_row(str(step.step), step.label, status)
     out.print(table)
-    layers = Table(title="layers")
-    for column in ("layer", "kind", "width", "gram width"):
-        layers.add_column(column)
-    for layer in summary.layers:
-        layers.add_row(layer.name, layer.kind, str(layer.width), str(layer.gram_width))
-    out.print(layers)
+    out.print(_output.layers_table(
+        (la.name, la.kind, la.width, la.gram_width) for la in summary.layers))
     out.print(f"metrics {', '.join(summary.metrics) or 'none (run `flq-audit metrics`)'}")
     if summary.stale_metrics:
         out.print(f"stale   {', '.join(summary.stale_metrics)} (computed from other done "
