@@ -12,4 +12,4 @@ __version__ = "0.2.0"
 
 __all__ = ["__version__"]
 
-from flq_audit import accessor as _accessor  # noqa: F401  (registers ``ds.flq``)
+from flq_audit import reading as _reading  # noqa: F401  (registers ``ds.flq``)

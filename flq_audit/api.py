@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 from flq_audit.errors import OptionError
 from flq_audit.options import (
     DEFAULT_CAPTURE,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.audit.step import AuditResult, Progress
     from flq_audit.metrics import TLOptions
+    from flq_audit.reading import Report
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
     from flq_audit.store._repair import RepairResult
@@ -278,7 +280,7 @@ def compute_metrics(
     *,
     metrics: Sequence[str] = ("tl",),
     pca: int | None = None,
-    pca_threshold: int = 1000,
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD,
     ridge: float = 0.0,
     denominator: str = "column",
     scheduler: str | None = None,
@@ -363,7 +365,7 @@ def export(
     """Export metrics and coordinates (and optionally activations/Grams) to NetCDF4.
 
     ``store`` is a local path or an fsspec URL; ``out`` is a local file."""
-    from flq_audit.export import to_netcdf
+    from flq_audit.reading import to_netcdf
     from flq_audit.store import open_dataset
 
     return to_netcdf(
@@ -384,5 +386,19 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "HubOptions", "RunOptions",
     "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
-    "plan_audit", "run_audit",
+    "plan_audit", "report", "run_audit",
 ]
+
+
+
+def report(store: str | Path | StoreLocation, out: str | Path | None = None, *,
+           storage_options: dict[str, Any] | None = None) -> Report:
+    """Compute every registered metric group not stored yet (as :func:`compute_metrics`), then
+    write the report folder ``out`` (default ``<store>-report``): figures, ``metrics.nc`` and
+    ``index.html``. Returns what the report says (:class:`flq_audit.reading.Report`)."""
+    from flq_audit.reading import prepare_folder, report_groups, write_folder
+    from flq_audit.store import StoreLocation
+
+    location = StoreLocation.parse(store, storage_options)
+    folder = prepare_folder(location, out)
+    return write_folder(location, folder, compute_metrics(location, metrics=report_groups()))

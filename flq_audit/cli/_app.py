@@ -16,7 +16,6 @@ from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import QuietOpt
 from flq_audit.cli._report import layer_table, report_command
 from flq_audit.cli._store import export_command, metrics_command, show_command
-from flq_audit.report import sequential_verdict
 
 if TYPE_CHECKING:
     from typer._click import Context, HelpFormatter  # the click that typer vendors
@@ -70,7 +69,7 @@ def demo_command(
     ] = 3000,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train the digits MLP recipe, audit it, compute TL, write metrics.nc and a heatmap.
+    """Train the digits MLP recipe, audit it, then report on it into DIR/report (as `report`).
 
     Training shows its steps and loss on stderr (a bar in a terminal, a line every tenth of
     the run otherwise).
@@ -83,8 +82,9 @@ def demo_command(
     tl = result.metrics["target_linearity"]
     _output.stdout.print(_output.metric_table(tl, "Target Linearity (step × layer input)"))
     _output.stdout.print(layer_table(result.metrics))
-    _output.stdout.print(sequential_verdict(result.metrics))
-    _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}")
+    _output.stdout.print(result.report.verdict)
+    _output.stdout.print(f"store   {result.store}\nnetcdf  {result.netcdf}\nfigure  {result.figure}"
+                         f"\npage    {result.report.page}")
 
 
 __all__ = ["app"]

@@ -162,6 +162,17 @@ def metric_table(values: xr.DataArray, title: str) -> Table:
     return table
 
 
+def layers_table(layers: Iterable[tuple[str, str, int, int]]) -> Table:
+    """The ``layers`` table of ``show`` and ``--dry-run``: one ``(name, kind, width, Gram
+    width)`` row a layer."""
+    table = Table(title="layers")
+    for column in ("layer", "kind", "width", "gram width"):
+        table.add_column(column)
+    for name, kind, width, gram_width in layers:
+        table.add_row(name, kind, str(width), str(gram_width))
+    return table
+
+
 def _fmt(value: float) -> str:
     return "—" if not np.isfinite(value) else f"{value:.3f}"
 

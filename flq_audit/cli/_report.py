@@ -13,18 +13,7 @@ from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
-from flq_audit.report import (
-    LAYER_COLUMNS,
-    LAYER_FIELDS,
-    findings,
-    layer_rows,
-    layer_values,
-    nonfinite_lines,
-    report_groups,
-    sequential_verdict,
-    write_report,
-)
-from flq_audit.store._safety import REPORT_MARKER, check_report_folder
+from flq_audit.reading import LAYER_COLUMNS, LAYER_FIELDS, layer_rows
 
 
 @mapped
@@ -53,47 +42,27 @@ def report_command(
 
     Example: flq-audit report run.zarr --out run-report
     """
-    from flq_audit.metrics import require_complete  # dask.array: only when computing
-    from flq_audit.store import StoreLocation, parse_storage_options
+    from flq_audit.store import parse_storage_options
 
     fmt = _output.output_format(output_format, as_json)
-    location = StoreLocation.parse(store, parse_storage_options(storage_options))
-    local_base = store if location.is_local else location.name
-    folder = out or Path(str(local_base).rstrip("/").removesuffix(".zarr") + "-report")
-    check_report_folder(folder)
-    ds = api.open_store(location)
-    require_complete(ds, store)
-    metrics = api.compute_metrics(location, metrics=report_groups())
+    said = api.report(store, out, storage_options=parse_storage_options(storage_options))
     if fmt == "table":
-        _output.stdout.print(layer_table(metrics))
+        _output.stdout.print(layer_table(said.metrics))
     elif fmt != "json":
-        _output.write_rows(LAYER_FIELDS, layer_values(metrics), fmt)
+        _output.write_rows(LAYER_FIELDS, said.layers, fmt)
     notes = _output.stdout if fmt == "table" else _output.stderr
-    for line in nonfinite_lines(ds):
+    for line in [*said.notes, said.verdict, *said.findings]:
         notes.print(line)
-    verdict = sequential_verdict(metrics)
-    notes.print(verdict)
-    said = findings(metrics, ds)
-    for line in said:
-        notes.print(line)
-    figures = write_report(metrics, folder, ds)
-    for path in figures:
+    for path in said.figures:
         notes.print(f"figure  {path}")
-    netcdf = api.export(location, folder / "metrics.nc")
-    from flq_audit.report_html import write_page
-
-    page = write_page(folder, metrics=metrics, store=api.open_store(location), verdict=verdict,
-                      figures=figures, netcdf=netcdf, notes=nonfinite_lines(ds),
-                      findings=said)
-    notes.print(f"netcdf  {netcdf}")
-    notes.print(f"page    {page}")
-    (folder / REPORT_MARKER).touch()
+    notes.print(f"netcdf  {said.netcdf}")
+    notes.print(f"page    {said.page}")
     if fmt == "json":
-        _output.print_json({"layers": [dict(zip(LAYER_FIELDS, (_output.json_value(v) for v in row),
-                                                strict=True)) for row in layer_values(metrics)],
-                            "verdict": verdict, "findings": said,
-                            "figures": [str(p) for p in figures],
-                            "netcdf": str(netcdf), "page": str(page)})
+        _output.print_json({"layers": [{k: _output.json_value(v) for k, v in row.items()}
+                                       for row in said.layer_dicts()],
+                            "verdict": said.verdict, "findings": said.findings,
+                            "figures": [str(p) for p in said.figures],
+                            "netcdf": str(said.netcdf), "page": str(said.page)})
 
 
 def layer_table(metrics: xr.Dataset) -> Table:

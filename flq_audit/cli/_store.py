@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -19,7 +18,10 @@ from flq_audit.cli import _output
 from flq_audit.cli._command import complete_metric_groups
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
-from flq_audit.export import metric_variables
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
+
+if TYPE_CHECKING:
+    from flq_audit.reading import StoreSummary
 
 
 @mapped
@@ -32,7 +34,8 @@ def metrics_command(
         min=1, help="Project layers wider than --pca-threshold onto their top Q principal "
         "directions (reference convention).")] = None,
     pca_threshold: Annotated[int, typer.Option(
-        min=1, help="With --pca: only layers wider than this are projected.")] = 1000,
+        min=1, help="With --pca: only layers wider than this are projected.")
+    ] = DEFAULT_PCA_THRESHOLD,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
     denominator: Annotated[str, typer.Option(
         help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
@@ -168,77 +171,48 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
             f"repaired {store}: provenance of {len(repaired.done)} done step(s) written, "
             "metadata consolidated" + (f"; {len(repaired.not_done)} step(s) not done (rerun "
                                        "the audit to write them)" if repaired.not_done else ""))
-    ds = api.open_store(store, dask=False, storage_options=options)  # no dask graph or scheduler
-    done = ds["done"].values.astype(bool)
-    errors = [str(e) for e in ds["error"].values]
-    steps = [int(s) for s in ds["step"].values]
-    labels = [str(v) for v in ds["label"].values]
-    from flq_audit.store import StoreLocation
-
-    size = StoreLocation.parse(store, options).size_bytes()
-    summary = {
-        "store": str(store), "source": ds.attrs.get("source"),
-        "flq_audit_version": ds.attrs.get("flq_audit_version"),
-        "probe": json.loads(ds.attrs.get("probe", "null")) or {},
-        "capture_config": json.loads(ds.attrs.get("capture_config", "{}")),
-        "steps": [{"step": s, "label": lab, "done": bool(d), "error": e or None}
-                  for s, lab, d, e in zip(steps, labels, done, errors, strict=True)],
-        "layers": [{"name": str(n), "kind": str(k), "width": int(w), "gram_width": int(g)}
-                   for n, k, w, g in zip(ds["layer"].values, ds["layer_kind"].values,
-                                         ds["width"].values, ds["gram_width"].values,
-                                         strict=True)],
-        "n_samples": int(ds.sizes.get("sample", 0)), "bytes_on_disk": size,
-        **_metric_summary(ds),
-    }
+    summary = api.open_store(store, dask=False, storage_options=options).flq.summary()
     if fmt == "json":
-        _output.print_json(summary)
+        _output.print_json(summary.to_dict())
         return
     if fmt in ("tsv", "csv"):
         _write_show_tables(summary, fmt)
         return
+    print_summary(summary)
+
+
+def print_summary(summary: StoreSummary) -> None:
+    """``show``'s text: the store, its source and probe, the steps and layers tables, the
+    stored metrics (and which are stale or incomplete)."""
     out = _output.stdout
-    out.print(f"store   {store} ({human_size(size)} on disk)")
-    out.print(f"source  {summary['source']}")
-    probe = summary["probe"]
+    out.print(f"store   {summary.store} ({human_size(summary.bytes_on_disk or 0)} on disk)")
+    out.print(f"source  {summary.source}")
+    probe = summary.probe
     if probe:
-        out.print(f"probe   {probe.get('name')} ({summary['n_samples']} samples, "
+        out.print(f"probe   {probe.get('name')} ({summary.n_samples} samples, "
                   f"{probe.get('kind')}, sha256 {str(probe.get('fingerprint'))[:12]})")
     else:
         out.print("probe   none (weights-only audit: Grams, no activations)")
-    out.print(f"steps   {int(done.sum())} done, {sum(1 for e in errors if e)} failed, "
-              f"{len(steps)} in all")
+    out.print(f"steps   {summary.n_done} done, {summary.n_failed} failed, "
+              f"{len(summary.steps)} in all")
     table = Table(title="steps")
     for column in ("step", "label", "status"):
         table.add_column(column)
-    for s, lab, d, e in zip(steps, labels, done, errors, strict=True):
-        status = "done" if d else ("failed: " + escape(e.splitlines()[0][:80]) if e else "to do")
-        table.add_row(str(s), lab, status)
+    for step in summary.steps:
+        status = "done" if step.done else (
+            "failed: " + escape(step.error.splitlines()[0][:80]) if step.error else "to do")
+        table.add_row(str(step.step), step.label, status)
     out.print(table)
-    layers = Table(title="layers")
-    for column in ("layer", "kind", "width", "gram width"):
-        layers.add_column(column)
-    for layer in summary["layers"]:
-        layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
-    out.print(layers)
-    out.print(f"metrics {', '.join(summary['metrics']) or 'none (run `flq-audit metrics`)'}")
-    if summary["stale_metrics"]:
-        out.print(f"stale   {', '.join(summary['stale_metrics'])} (computed from other done "
+    out.print(_output.layers_table(
+        (la.name, la.kind, la.width, la.gram_width) for la in summary.layers))
+    out.print(f"metrics {', '.join(summary.metrics) or 'none (run `flq-audit metrics`)'}")
+    if summary.stale_metrics:
+        out.print(f"stale   {', '.join(summary.stale_metrics)} (computed from other done "
                   "steps: `flq-audit metrics` recomputes them)")
-    if summary["incomplete_metrics"]:
-        out.print(f"incomplete {', '.join(summary['incomplete_metrics'])} (written without "
-                  f"their stamp: the run was interrupted; `flq-audit metrics {store}` "
+    if summary.incomplete_metrics:
+        out.print(f"incomplete {', '.join(summary.incomplete_metrics)} (written without "
+                  f"their stamp: the run was interrupted; `flq-audit metrics {summary.store}` "
                   "completes them)")
-
-
-def _metric_summary(ds: xr.Dataset) -> dict[str, list[str]]:
-    """Persisted metric variables by state: complete (stamped), of which stale (stamped from
-    other done steps), and incomplete (written without their stamp)."""
-    from flq_audit._stamps import metric_status
-
-    status = metric_status(ds)
-    return {"metrics": [n for n in metric_variables(ds) if status.get(n) != "incomplete"],
-            "stale_metrics": sorted(n for n, s in status.items() if s == "stale"),
-            "incomplete_metrics": sorted(n for n, s in status.items() if s == "incomplete")}
 
 
 def _storage_options(text: str | None) -> dict | None:
@@ -248,14 +222,13 @@ def _storage_options(text: str | None) -> dict | None:
     return parse_storage_options(text) or None
 
 
-def _write_show_tables(summary: dict, fmt: _output.OutputFormat) -> None:
+def _write_show_tables(summary: StoreSummary, fmt: _output.OutputFormat) -> None:
     _output.write_rows(("step", "label", "done", "error"),
-                       [(s["step"], s["label"], s["done"], s["error"]) for s in summary["steps"]],
-                       fmt)
+                       [(s.step, s.label, s.done, s.error) for s in summary.steps], fmt)
     sys.stdout.write("\n")
     _output.write_rows(("layer", "kind", "width", "gram_width"),
-                       [(la["name"], la["kind"], la["width"], la["gram_width"])
-                        for la in summary["layers"]], fmt)
+                       [(la.name, la.kind, la.width, la.gram_width) for la in summary.layers],
+                       fmt)
 
 
 @mapped

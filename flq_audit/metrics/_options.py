@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Literal
 
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 from flq_audit.errors import OptionError
 
 DENOMINATORS = ("column", "row")
@@ -24,7 +25,7 @@ class TLOptions:
     """
 
     pca: int | None = None
-    pca_threshold: int = 1000
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD
     ridge: float = 0.0
     denominator: Literal["column", "row"] = "column"
 
@@ -51,8 +52,9 @@ class TLOptions:
         """Read the parameters back from a variable's attributes (0.1 stores included)."""
         pca = int(attrs.get("pca", -1))
         return cls(pca=None if pca < 0 else pca,
-                   pca_threshold=int(attrs.get("pca_threshold", 1000)),
+                   pca_threshold=int(attrs.get("pca_threshold", DEFAULT_PCA_THRESHOLD)),
                    ridge=float(attrs.get("ridge", 0.0)),
+                   # a str: __post_init__ refuses anything but "column" and "row"
                    denominator=str(attrs.get("denominator", "column")))  # type: ignore[arg-type]
 
     @property
@@ -60,7 +62,7 @@ class TLOptions:
         """Variable-name suffix: ``""`` for the defaults, else e.g. ``"__pca256_ridge0.1"``."""
         parts = []
         if self.pca is not None:
-            parts.append(f"pca{self.pca}" + ("" if self.pca_threshold == 1000
+            parts.append(f"pca{self.pca}" + ("" if self.pca_threshold == DEFAULT_PCA_THRESHOLD
                                               else f"t{self.pca_threshold}"))
         if self.ridge:
             parts.append(f"ridge{self.ridge:g}")
@@ -76,7 +78,10 @@ def options_attrs(options: object | None) -> dict[str, Any]:
     to_attrs = getattr(options, "to_attrs", None)
     if callable(to_attrs):
         return dict(to_attrs())
-    return {k: v for k, v in asdict(options).items()}  # type: ignore[call-overload]
+    if not is_dataclass(options) or isinstance(options, type):
+        raise TypeError(f"options must be a dataclass instance or have to_attrs(), got "
+                        f"{type(options).__name__}")
+    return dict(asdict(options))
 
 
 def options_suffix(options: object | None) -> str:

@@ -74,8 +74,9 @@ class StreamingMetric:
         width, k = self._shape
         moments = Moments.from_matrix(self._total, width, k)
         gram_width = width if self.gram is None else self.gram.shape[0]
-        values = self.spec.kernel(Block(moments, self.gram, width, gram_width),  # type: ignore[misc]
-                                  self.options)
+        kernel = self.spec.kernel
+        assert kernel is not None  # __init__ refuses a spec without one
+        values = kernel(Block(moments, self.gram, width, gram_width), self.options)
         return dict(zip(self.spec.outputs, values, strict=True))
 
     def compute(self) -> Any:

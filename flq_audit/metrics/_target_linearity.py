@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 from flq_audit.errors import MetricError, OptionError
 from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.target_linearity import fit_target_linearity
@@ -93,7 +94,7 @@ def target_linearity_dataset(
     *,
     ridge: float = 0.0,
     pca: int | None = None,
-    pca_threshold: int = 1000,
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD,
     denominator: str = "column",
     moments: LayerMoments | None = None,
 ) -> xr.Dataset:
@@ -106,6 +107,7 @@ def target_linearity_dataset(
     """
     try:
         options = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
+                            # a str: __post_init__ refuses anything but "column" and "row"
                             denominator=denominator)  # type: ignore[arg-type]
     except OptionError as err:
         raise MetricError(err.message) from None

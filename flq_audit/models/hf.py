@@ -10,7 +10,6 @@ with ``trust_remote_code``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,12 +44,6 @@ def quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(verbosity)
         if bars:
             logging.enable_progress_bar()
-
-
-def config_digest(config_dir: str | Path) -> str:
-    """sha256 of the canonical JSON of ``config.json`` (to notice configs that change)."""
-    data = json.loads((Path(config_dir) / "config.json").read_text())
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @quiet_transformers()

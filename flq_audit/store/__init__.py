@@ -52,6 +52,11 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: The ``Dataset.encoding`` key under which :func:`open_dataset` records the store's
+#: :class:`StoreLocation` (its URL and storage options), beside ``source`` (its display name).
+LOCATION_ENCODING = "flq_location"
+
+
 def consolidate(path: str | Path | StoreLocation) -> None:
     """Consolidate metadata once, after the writes (v3 calls this experimental; it warns)."""
     import zarr
@@ -113,6 +118,7 @@ def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
     if GRAM not in ds or DONE not in ds:
         raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown)
     ds.encoding["source"] = shown
+    ds.encoding[LOCATION_ENCODING] = location  # ds.flq.summary() measures the store with it
     return plain_string_coordinates(ds)
 
 
@@ -134,6 +140,7 @@ __all__ = [
     "DONE",
     "ERROR",
     "GRAM",
+    "LOCATION_ENCODING",
     "TARGETS",
     "Claim",
     "LayerInfo",

@@ -309,10 +309,4 @@ def _require_filesystem(protocol: str, url: str) -> None:
     check_release(filesystem.__module__.split(".")[0], url)
 
 
-def as_location(target: str | Path | StoreLocation,
-                storage_options: Mapping[str, Any] | None = None) -> StoreLocation:
-    """:meth:`StoreLocation.parse`, as a function."""
-    return StoreLocation.parse(target, storage_options)
-
-
-__all__ = ["StoreLocation", "as_location", "check_storage_options", "parse_storage_options"]
+__all__ = ["StoreLocation", "check_storage_options", "parse_storage_options"]

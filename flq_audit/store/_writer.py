@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 
 from flq_audit._faults import fault_point
+from flq_audit._gram_maths import MatrixLike, gram_of_matrix
 from flq_audit.errors import StoreError
 from flq_audit.store._location import StoreLocation
 from flq_audit.store._schema import (
@@ -236,16 +237,15 @@ class StepWriter:
         padded[: gram.shape[0], : gram.shape[1]] = gram
         return (step_index, layer_index, slice(0, side), slice(0, side)), padded
 
-    def write_grams(self, step_index: int, matrices: Sequence[tuple[int, object]]) -> None:
+    def write_grams(self, step_index: int, matrices: Sequence[tuple[int, MatrixLike]]) -> None:
         """Compute (float64 WᵀW) and write the Grams of ``(layer index, d_out × d_in weight)``
         pairs on one writer thread: the caller goes on (e.g. replays the probe) meanwhile.
-        The weights are the step's own tensors, held until the step commits anyway."""
-        from flq_audit.capture import gram_of_matrix
+        The weights are the step's own tensors or arrays, held until the step commits anyway."""
 
         def job() -> None:
             for layer_index, matrix in matrices:
-                region, values = self._gram_region(
-                    step_index, layer_index, gram_of_matrix(matrix))  # type: ignore[arg-type]
+                region, values = self._gram_region(step_index, layer_index,
+                                                   gram_of_matrix(matrix))
                 self.grams[region] = values
 
         if matrices:
@@ -334,7 +334,7 @@ class StepTransaction:
         """One layer's Gram (padded to the store's width)."""
         self._writer.write_gram(self.index, layer_index, gram)
 
-    def write_grams(self, matrices: Sequence[tuple[int, object]]) -> None:
+    def write_grams(self, matrices: Sequence[tuple[int, MatrixLike]]) -> None:
         """The Grams of ``(layer index, weight matrix)`` pairs, computed in the background."""
         self._writer.write_grams(self.index, matrices)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -25,9 +26,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
@@ -151,6 +153,28 @@ def wait_until_answers(url: str, timeout: float = 30.0) -> None:
 def olah_cli() -> str | None:
     beside = Path(sys.executable).with_name("olah-cli")
     return str(beside) if beside.is_file() else shutil.which("olah-cli")
+
+
+#: Why a test that needs the loopback Hub server is skipped.
+OLAH_MISSING = "olah is not installed (pip install -e '.[test]')"
+
+
+@contextlib.contextmanager
+def olah_hub(workdir: Path, repos: Mapping[str, Mapping[str, Mapping[str, bytes]]],
+             ) -> Iterator[tuple[str, dict[str, dict[str, str]], OlahServer]]:
+    """An olah server on loopback over ``repos`` (``{repo: {branch: {path: bytes}}}``): yields
+    ``(endpoint, {repo: {branch: commit}}, server)`` and stops the server after. The test is
+    skipped when olah is not installed."""
+    if olah_cli() is None:
+        pytest.skip(OLAH_MISSING)
+    server = OlahServer(workdir)
+    shas = {repo: build_git_repo(server.repo_path(repo), branches)
+            for repo, branches in repos.items()}
+    endpoint = server.start()
+    try:
+        yield endpoint, shas, server
+    finally:
+        server.stop()
 
 
 class OlahServer:

@@ -12,7 +12,7 @@ import pytest
 
 from flq_audit import api
 from tests._helpers.cli import cli_command, cli_env, describe, run_cli
-from tests._helpers.hub import OlahServer, build_git_repo, olah_cli, safetensors_bytes, tiny_state
+from tests._helpers.hub import olah_hub, safetensors_bytes, tiny_state
 from tests._helpers.runs import make_run
 
 TRAINING_LINE = re.compile(r"^training\s+step (\d+)/(\d+)\s+loss (\d+\.\d+)$")
@@ -29,6 +29,9 @@ def test_demo_prints_training_steps_and_loss_on_stderr(tmp_path):
     assert not any(TRAINING_LINE.match(line) for line in proc.stdout.splitlines())
     assert sorted(p.name for p in (tmp_path / "demo" / "checkpoints").glob("step_*")) == sorted(
         f"step_{s}.safetensors" for s in (0, 1, 2, 5, 10, 20))
+    report = tmp_path / "demo" / "report"  # written by api.report, as `flq-audit report` does
+    assert {"index.html", "metrics.nc", "target_linearity.png"} <= {p.name for p in report.iterdir()}
+    assert f"page    {report / 'index.html'}" in proc.stdout
 
 
 def test_digits_recipe_reports_every_optimizer_step(tmp_path):
@@ -99,22 +102,15 @@ def test_metrics_draws_one_live_bar_in_a_terminal_cleared_at_the_end_and_none_in
 @pytest.mark.hub
 @pytest.mark.slow
 def test_hub_audit_draws_no_huggingface_hub_bars(tmp_path):
-    if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
-    server = OlahServer(tmp_path / "olah")
     branches = {name: {"model.safetensors": safetensors_bytes(tiny_state(seed, width=64))}
                 for seed, name in enumerate(("main", "step0", "step10"))}
-    build_git_repo(server.repo_path("org/tiny"), branches)
-    endpoint = server.start()
-    try:
+    with olah_hub(tmp_path / "olah", {"org/tiny": branches}) as (endpoint, _, _):
         home = tmp_path / "home"
         env = cli_env(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_HUB_CACHE=str(home / "hub"),
                       HF_HUB_OFFLINE="0", TQDM_POSITION="-1")  # bars forced on, even in a pipe
         env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
         proc = subprocess.run(cli_command("org/tiny", "--no-probe", "--out", tmp_path / "S.zarr"),
                               env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        server.stop()
     assert proc.returncode == 0, describe(proc)
     assert "2 step(s) written" in proc.stdout
     assert "model.safetensors" not in proc.stderr and "it/s]" not in proc.stderr, proc.stderr

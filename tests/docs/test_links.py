@@ -86,3 +86,21 @@ def test_readme_audits_the_run_its_own_set_up_makes():
     assert sources, "the README shows how to audit a folder"
     assert all(s == trained for s in sources), sources
     assert page.paths["run"] == trained
+
+
+def test_the_docs_index_links_every_page():
+    """docs/README.md (the index) and the README's documentation line name every page."""
+    index = set(LINK.findall((REPO / "docs" / "README.md").read_text(encoding="utf-8")))
+    readme = set(LINK.findall((REPO / "README.md").read_text(encoding="utf-8")))
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md") if p.name != "README.md")
+    assert [p for p in pages if p not in {t.partition("#")[0] for t in index}] == []
+    assert [p for p in pages if f"docs/{p}" not in {t.partition("#")[0] for t in readme}] == []
+
+
+def test_only_cli_md_names_the_weights_only_alias():
+    """`--weights-only` is the option's name; `--no-probe` is an alias that only the CLI
+    reference mentions."""
+    stale = [str(p.relative_to(REPO)) for p in PAGES
+             if p.name not in ("cli.md", "CHANGELOG.md")  # the log keeps what was released
+             and "--no-probe" in p.read_text(encoding="utf-8")]
+    assert stale == []

@@ -188,28 +188,20 @@ def test_fl_probe_is_the_training_set_and_probe_keys_name_arrays(tmp_path):
     assert json.loads(ds.attrs["fl_probe"])["fingerprint"] == training.fingerprint
 
 
-def test_batches_beyond_the_analysis_probe_point_to_fl_probe(tmp_path):
+@pytest.mark.parametrize(("option", "rows", "width", "said"), [
+    ("--probe", 10, 6, ("outside [0, 10)", "--fl-probe")),  # the batches index the FL probe
+    ("--fl-probe", 64, 9, ("--fl-probe 'p.npz'", "(9,)", "do not fit the model")),
+], ids=["batches-beyond-the-analysis-probe", "fl-probe-that-does-not-fit"])
+def test_fl_inputs_that_do_not_fit_exit_4_naming_the_option(tmp_path, option, rows, width, said):
     from tests._helpers.cli import assert_says, describe, invoke
 
     run = _sgd_run(tmp_path / "run")
-    np.savez(tmp_path / "small.npz", inputs=np.zeros((10, 6)), targets=np.zeros(10, np.int64),
+    np.savez(tmp_path / "p.npz", x=np.zeros((rows, width)), y=np.zeros(rows, np.int64),
              num_classes=np.int64(3))
-    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--probe", tmp_path / "small.npz",
+    result = invoke("audit", run, "--out", tmp_path / "s.zarr", option, tmp_path / "p.npz",
                     "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
     assert result.exit_code == 4, describe(result)
-    assert_says(result.output, "outside [0, 10)", "--fl-probe")
-
-
-def test_fl_probe_that_does_not_fit_the_model(tmp_path):
-    from tests._helpers.cli import assert_says, describe, invoke
-
-    run = _sgd_run(tmp_path / "run")
-    np.savez(tmp_path / "wide.npz", x=np.zeros((64, 9)), y=np.zeros(64, np.int64),
-             num_classes=np.int64(3))
-    result = invoke("audit", run, "--out", tmp_path / "s.zarr", "--fl-probe", tmp_path / "wide.npz",
-                    "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", run / "fl_batches.json")
-    assert result.exit_code == 4, describe(result)
-    assert_says(result.output, "--fl-probe 'wide.npz'", "(9,)", "do not fit the model")
+    assert_says(result.output, *said)
 
 
 def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
@@ -218,7 +210,7 @@ def test_report_flags_a_momentum_run_and_not_a_plain_sgd_run(tmp_path):
     import warnings
 
     from flq_audit.errors import NotPlainSGDWarning
-    from flq_audit.report import fl_step_lines
+    from flq_audit.reading import fl_step_lines
 
     said, warned = {}, {}
     for momentum in (0.0, 0.9):

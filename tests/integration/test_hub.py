@@ -24,11 +24,9 @@ from flq_audit.errors import CheckpointNotFoundError, FlqAuditWarning, Integrity
 from flq_audit.sources import HubSource, LocalFolderSource, open_source
 from flq_audit.weights import load_state_dict
 from tests._helpers.hub import (
-    OlahServer,
     StubHub,
-    build_git_repo,
     json_route,
-    olah_cli,
+    olah_hub,
     safetensors_bytes,
     sharded,
     tiny_state,
@@ -87,16 +85,8 @@ REPOS: dict[str, dict[str, dict[str, bytes]]] = {
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory):
     """An olah server over REPOS: yields ``(endpoint, {repo: {branch: sha}}, server)``."""
-    if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
-    work = tmp_path_factory.mktemp("olah")
-    server = OlahServer(work)
-    shas = {repo: build_git_repo(server.repo_path(repo), branches) for repo, branches in REPOS.items()}
-    endpoint = server.start()
-    try:
-        yield endpoint, shas, server
-    finally:
-        server.stop()
+    with olah_hub(tmp_path_factory.mktemp("olah"), REPOS) as served:
+        yield served
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from tests._helpers.hf_models import LABELS, TEXTS, model_for, tokenizer
-from tests._helpers.hub import OlahServer, build_git_repo, olah_cli
+from tests._helpers.hub import olah_hub
 
 pytestmark = [pytest.mark.hub, pytest.mark.slow]
 TOKEN = "hf_flqAuditSecretToken0123456789"
@@ -31,32 +31,28 @@ def _revision(family: str, seed: int) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+    """An olah server over a Pythia-, an OLMo- and a Trainer-style repo: yields ``(endpoint,
+    {branch: sha} (OLMo's as ``olmo:BRANCH``, the Trainer's as ``trainer:main``), probe)``."""
     work = tmp_path_factory.mktemp("olah-audit")
-    server = OlahServer(work)
     step10 = _revision("neox", 10)
     branches = {"main": step10, "step0": _revision("neox", 0), "step10": step10,
                 "step20": _revision("neox", 20), "step30": _revision("neox", 20)}
-    shas = build_git_repo(server.repo_path("EleutherAI/pythia-tiny"), branches)
     olmo = {"main": step10, "step0-tokens0B": branches["step0"],
             "step1000-tokens4B": branches["step10"]}
-    shas |= {f"olmo:{k}": v for k, v in build_git_repo(server.repo_path("allenai/olmo-tiny"),
-                                                        olmo).items()}
     trainer = {f"checkpoint-{s}/{name}": data for s, files in ((5, branches["step0"]),
                                                                (15, branches["step10"]))
                for name, data in files.items()}
     trainer["checkpoint-5/optimizer.pt"] = b"\0" * 64
-    shas |= {f"trainer:{k}": v for k, v in build_git_repo(
-        server.repo_path("org/trainer-tiny"), {"main": trainer}).items()}
-    endpoint = server.start()
-    probe = work / "probe.jsonl"
-    probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
-                             for t, lab in zip(TEXTS, LABELS, strict=True)))
-    try:
+    repos = {"EleutherAI/pythia-tiny": branches, "allenai/olmo-tiny": olmo,
+             "org/trainer-tiny": {"main": trainer}}
+    with olah_hub(work, repos) as (endpoint, by_repo, _):
+        shas = {**by_repo["EleutherAI/pythia-tiny"],
+                **{f"olmo:{k}": v for k, v in by_repo["allenai/olmo-tiny"].items()},
+                **{f"trainer:{k}": v for k, v in by_repo["org/trainer-tiny"].items()}}
+        probe = work / "probe.jsonl"
+        probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
+                                 for t, lab in zip(TEXTS, LABELS, strict=True)))
         yield endpoint, shas, probe
-    finally:
-        server.stop()
 
 
 def _cli(args: list, endpoint: str, home: Path) -> subprocess.CompletedProcess:
@@ -155,15 +151,10 @@ def test_force_moved_branch_is_named_and_re_audited_on_request(tmp_path):
     (and its commit) into the same store and keeps the others."""
     from tests._helpers.hub import _GIT_ENV, rev_parse
 
-    if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
-    server = OlahServer(tmp_path / "olah")
     revisions = {s: _revision("neox", s) for s in (0, 10, 20)}
-    repo = server.repo_path("org/moving")
-    shas = build_git_repo(repo, {"main": revisions[20],
-                                 **{f"step{s}": r for s, r in revisions.items()}})
-    endpoint = server.start()
-    try:
+    branches = {"main": revisions[20], **{f"step{s}": r for s, r in revisions.items()}}
+    with olah_hub(tmp_path / "olah", {"org/moving": branches}) as (endpoint, by_repo, server):
+        shas, repo = by_repo["org/moving"], server.repo_path("org/moving")
         probe = tmp_path / "probe.jsonl"
         probe.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n"
                                  for t, lab in zip(TEXTS, LABELS, strict=True)))
@@ -204,5 +195,3 @@ def test_force_moved_branch_is_named_and_re_audited_on_request(tmp_path):
         for step in (0, 20):
             np.testing.assert_array_equal(ds.activations.sel(step=step).values,
                                           before.sel(step=step).values)
-    finally:
-        server.stop()

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from flq_audit import __version__, api
-from flq_audit.report_html import render_page
+from flq_audit.reading import render_page
 from tests._helpers.cli import run_cli
 from tests._helpers.runs import make_run
 

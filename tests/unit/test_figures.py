@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.text import Text
 
-from flq_audit import figures
+from flq_audit.reading import _figures as figures
 from tests._helpers.synthetic import log_steps, metrics_dataset, neox_layer_names
 
 SIZES = [(2, 3), (12, 251), (200, 1000), (48, 3), (2, 1000)]
@@ -161,13 +161,14 @@ def test_figures_leave_pyplot_state_alone():
 
 
 def test_cli_start_up_does_not_import_matplotlib():
-    code = ("import sys, flq_audit.cli, flq_audit.report, flq_audit.report_html\n"
+    code = ("import sys, flq_audit.cli, flq_audit.reading, flq_audit.reading._html\n"
             "from flq_audit.cli import _app, _report\n"
+            "from flq_audit.reading import LAYER_COLUMNS, findings, sequential_verdict\n"
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stderr
-    assert callable(__import__("flq_audit.report", fromlist=["tl_heatmap"]).tl_heatmap)
+    assert callable(__import__("flq_audit.reading", fromlist=["tl_heatmap"]).tl_heatmap)
 
 
 PYTHIA_STEPS = np.array([0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, *range(1000, 143_001, 1000)])

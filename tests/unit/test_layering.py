@@ -44,6 +44,14 @@ def test_sources_never_import_store_and_nothing_imports_cli():
         assert not [m for m in _imports(path) if m.startswith("flq_audit.cli")], path
 
 
+def test_store_and_read_side_never_import_capture_or_torch():
+    """Not even inside a function: the store's Gram maths are NumPy (``flq_audit._gram_maths``)."""
+    banned = ("torch", "flq_audit.capture", "flq_audit.audit", "flq_audit.models")
+    for path in [*_modules("store"), *_modules("reading"), PACKAGE / "_gram_maths.py"]:
+        bad = [m for m in _imports(path) if m.startswith(banned)]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
 def test_import_flq_audit_is_torch_free():
     code = "import sys, flq_audit; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -88,8 +96,10 @@ def _heavy_after(code: str, cwd: Path | None = None, modules: tuple[str, ...] = 
 
 
 def test_read_side_modules_import_neither_torch_nor_transformers():
-    modules = ("flq_audit.store", "flq_audit.metrics", "flq_audit.export", "flq_audit.api",
-               "flq_audit.report", "flq_audit.options", "flq_audit.audit", "flq_audit.cli")
+    modules = ("flq_audit.store", "flq_audit.store._writer", "flq_audit.metrics",
+               "flq_audit.reading", "flq_audit.reading._export", "flq_audit.reading._folder",
+               "flq_audit.reading._html", "flq_audit.api", "flq_audit.options", "flq_audit.audit",
+               "flq_audit.cli")
     heavy, out = _heavy_after("".join(f"import {m}\n" for m in modules))
     assert heavy == "", (heavy, out.stderr)
 

@@ -178,7 +178,7 @@ def test_attributes_cite_shipped_docs_only():
 
 
 def test_metrics_path_is_torch_free():
-    code = ("import sys, flq_audit.metrics, flq_audit.accessor, flq_audit.report; "
+    code = ("import sys, flq_audit.metrics, flq_audit.reading; "
             "flq_audit.metrics.registry(); print(sorted(m for m in ('torch', 'transformers') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

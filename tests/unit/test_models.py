@@ -159,28 +159,16 @@ def test_factory_file_does_not_exist(tmp_path):
         build_model(f"{missing}:make")
 
 
-def test_factory_returning_non_module(tmp_path):
-    path = _factory_file(tmp_path, FACTORY)
-    with pytest.raises(ModelBuildError, match=r"returned int, expected torch\.nn\.Module"):
-        build_model(f"{path}:not_a_model")
-
-
-def test_factory_function_missing(tmp_path):
-    path = _factory_file(tmp_path, FACTORY)
-    with pytest.raises(ModelBuildError, match=r"has no function 'nope'; it defines \[.*'make'"):
-        build_model(f"{path}:nope")
-
-
-def test_factory_that_raises(tmp_path):
-    path = _factory_file(tmp_path, FACTORY)
-    with pytest.raises(ModelBuildError, match=r"raised ValueError\('boom'\)"):
-        build_model(f"{path}:broken")
-
-
-def test_factory_file_with_syntax_error(tmp_path):
-    path = _factory_file(tmp_path, "def make(:\n")
-    with pytest.raises(ModelBuildError, match=r"importing .*nets\.py.* raised SyntaxError"):
-        build_model(f"{path}:make")
+@pytest.mark.parametrize(("source", "function", "message"), [
+    (FACTORY, "not_a_model", r"returned int, expected torch\.nn\.Module"),
+    (FACTORY, "nope", r"has no function 'nope'; it defines \[.*'make'"),
+    (FACTORY, "broken", r"raised ValueError\('boom'\)"),
+    ("def make(:\n", "make", r"importing .*nets\.py.* raised SyntaxError"),
+], ids=["returns-a-non-module", "function-missing", "raises", "syntax-error"])
+def test_factory_that_fails_is_named_with_the_reason(tmp_path, source, function, message):
+    path = _factory_file(tmp_path, source)
+    with pytest.raises(ModelBuildError, match=message):
+        build_model(f"{path}:{function}")
 
 
 def test_factory_module_that_cannot_be_imported():

@@ -7,8 +7,8 @@ import pytest
 import xarray as xr
 from matplotlib.image import imread
 
-from flq_audit import figures
-from flq_audit.report import (
+from flq_audit.reading import _figures as figures
+from flq_audit.reading import (
     cutoff_lines,
     depth_order_sentence,
     findings,
@@ -172,7 +172,7 @@ RISING = [[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, 0.9]]
 
 
 def test_verdict_observed_when_t90_rises_and_depth_is_ordered():
-    from flq_audit.report import sequential_verdict
+    from flq_audit.reading import sequential_verdict
 
     verdict = sequential_verdict(_verdict_metrics(RISING, [0, 10, 10, 10]))
     assert verdict.endswith("→ sequential linearization observed"), verdict
@@ -180,7 +180,7 @@ def test_verdict_observed_when_t90_rises_and_depth_is_ordered():
 
 
 def test_verdict_with_every_t90_equal_says_no_order():
-    from flq_audit.report import sequential_verdict
+    from flq_audit.reading import sequential_verdict
 
     verdict = sequential_verdict(_verdict_metrics(RISING, [0, 0, 0, 0]))
     assert "increases" not in verdict
@@ -189,7 +189,7 @@ def test_verdict_with_every_t90_equal_says_no_order():
 
 
 def test_verdict_refuses_when_the_depth_order_fails_at_the_last_step():
-    from flq_audit.report import sequential_verdict
+    from flq_audit.reading import sequential_verdict
 
     # ρ = 0.8 > 0.5 at the last step, yet layer 3 is below layer 2: the order does not hold
     rows = [[0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.4, 0.3]]
@@ -206,7 +206,7 @@ def test_verdict_refuses_when_the_depth_order_fails_at_the_last_step():
     (0.1, 0.9, False),
 ])
 def test_layers_at_or_near_the_chance_floor_are_flagged(floor, tl_last, flagged):
-    from flq_audit.report import findings, layer_rows, layer_values, sequential_verdict
+    from flq_audit.reading import findings, layer_rows, layer_values, sequential_verdict
 
     rows = [[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, tl_last]]
     metrics = _verdict_metrics(rows, [0, 10, 10, 10])
@@ -229,7 +229,7 @@ def test_layers_at_or_near_the_chance_floor_are_flagged(floor, tl_last, flagged)
 
 
 def test_the_html_table_marks_a_layer_at_its_floor():
-    from flq_audit.report_html import _layer_section
+    from flq_audit.reading._html import _layer_section
 
     metrics = _verdict_metrics([[0.2, 0.3, 0.4, 0.5], [0.3, 0.5, 0.7, 0.667]], [0, 10, 10, 10])
     floors = np.full((2, 4), 0.1)

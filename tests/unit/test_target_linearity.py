@@ -517,3 +517,29 @@ def test_row_denominator_with_one_column_is_the_column_one():
     rng = np.random.default_rng(12)
     h, y = rng.normal(size=(80, 4)), rng.normal(size=(80, 1))
     assert _tl_with(h, y, denominator="row") == pytest.approx(_tl_with(h, y), abs=1e-14)
+
+
+def test_every_pca_threshold_default_is_the_one_constant():
+    """A changed ``DEFAULT_PCA_THRESHOLD`` moves every default: the options, the kernels, the
+    API and ``metrics --pca-threshold`` (no copy of its value anywhere)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import inspect, flq_audit.constants as c\n"
+        "c.DEFAULT_PCA_THRESHOLD = 77\n"
+        "from flq_audit import api\n"
+        "from flq_audit.cli._store import metrics_command\n"
+        "from flq_audit.metrics import TLOptions\n"
+        "from flq_audit.metrics._kernels import target_linearity as k\n"
+        "from flq_audit.metrics._target_linearity import target_linearity_dataset\n"
+        "funcs = [api.compute_metrics, k.target_linearity, k.fit_target_linearity,\n"
+        "         target_linearity_dataset, metrics_command]\n"
+        "defaults = [inspect.signature(f).parameters['pca_threshold'].default for f in funcs]\n"
+        "print([TLOptions().pca_threshold, TLOptions.from_attrs({}).pca_threshold,\n"
+        "       TLOptions(pca=8).suffix] + defaults)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[77, 77, '__pca8', 77, 77, 77, 77, 77]"

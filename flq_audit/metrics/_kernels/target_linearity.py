@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flq_audit.constants import RANK_RTOL
+from flq_audit.constants import DEFAULT_PCA_THRESHOLD, RANK_RTOL
 from flq_audit.metrics._kernels.moments import (
     F64,
     DualMoments,
@@ -113,7 +113,7 @@ def fit_target_linearity(
     *,
     ridge: float = 0.0,
     pca: int | None = None,
-    pca_threshold: int = 1000,
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD,
     rtol: float = RANK_RTOL,
     denominator: str = "column",
 ) -> TLFit:
@@ -148,13 +148,14 @@ def fit_target_linearity(
 def _target_linearity_compute(m: Moments | DualMoments, **options: object,
                               ) -> tuple[float, int, int]:
     """``(tl, rank, n_features_used)``; see :func:`fit_target_linearity`."""
+    # the kernels pass TLOptions' fields by name; ``**options: object`` cannot say their types
     fit = fit_target_linearity(m, **options)  # type: ignore[arg-type]
     return fit.tl, fit.rank, fit.n_features
 
 
 def target_linearity(
-    h: F64, y: F64, *, ridge: float = 0.0, pca: int | None = None, pca_threshold: int = 1000,
-    form: str = "auto",
+    h: F64, y: F64, *, ridge: float = 0.0, pca: int | None = None,
+    pca_threshold: int = DEFAULT_PCA_THRESHOLD, form: str = "auto",
 ) -> float:
     """Target Linearity of features ``h`` (n × d) for targets ``y`` (n × k or n,).
 
