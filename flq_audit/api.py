@@ -390,7 +390,6 @@ __all__ = [
 ]
 
 
-
 def report(store: str | Path | StoreLocation, out: str | Path | None = None, *,
            storage_options: dict[str, Any] | None = None) -> Report:
     """Compute every registered metric group not stored yet (as :func:`compute_metrics`), then

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flq_audit.reading._moved import warn_moved
+from flq_audit._moved import warn_moved
 from flq_audit.reading._report import *  # noqa: F403  (the names of the 0.2 module)
 from flq_audit.reading._report import __all__ as _names
 

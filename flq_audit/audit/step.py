@@ -18,7 +18,7 @@ from flq_audit.audit.extensions.base import StepContext
 from flq_audit.audit.moved import warn_moved
 from flq_audit.audit.prefetch import Fetched, checksums, checksums_in_background
 from flq_audit.capture import as_matrix, replay, weight_matrix
-from flq_audit.capture_params import layers_of, weight_key
+from flq_audit.capture.params import layers_of, weight_key
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.options import RunOptions
 from flq_audit.sources import CheckpointRef

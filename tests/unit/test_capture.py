@@ -280,3 +280,29 @@ def test_resolve_device():
 def test_resolve_device_cuda_without_gpu():
     with pytest.raises(CaptureError, match="asked for CUDA, but no CUDA device is available"):
         resolve_device("cuda:0")
+
+
+def test_the_old_parameter_layer_path_warns_and_gives_the_capture_package_objects(monkeypatch):
+    import sys
+
+    from flq_audit.capture import params
+
+    monkeypatch.delitem(sys.modules, "flq_audit.capture_params", raising=False)
+    with pytest.warns(DeprecationWarning, match="flq_audit.capture_params moved to "
+                                               "flq_audit.capture.params") as caught:
+        __import__("flq_audit.capture_params")  # as an import statement does
+    old = sys.modules["flq_audit.capture_params"]
+    assert old.ParameterUses is params.ParameterUses and old.layers_of is params.layers_of
+    assert caught[0].filename == __file__
+
+
+def test_the_capture_package_gram_is_the_store_gram():
+    """The capture side (torch) and the store (NumPy) form one WᵀW."""
+    from flq_audit._gram_maths import gram_of_matrix as store_gram
+    from flq_audit.capture import as_matrix, gram_of_matrix
+
+    w = torch.randn(5, 3, 2, 2, dtype=torch.float64)
+    matrix = as_matrix(w, conv1d=False)
+    flat = w.reshape(5, 12).numpy()
+    np.testing.assert_array_equal(gram_of_matrix(matrix), store_gram(matrix))
+    np.testing.assert_allclose(gram_of_matrix(matrix), flat.T @ flat, rtol=1e-14)
