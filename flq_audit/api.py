@@ -18,8 +18,8 @@ from flq_audit.options import (
     DEFAULT_RUN,
     CaptureOptions,
     FLOptions,
-    HubOptions,
     RunOptions,
+    SourceOptions,
     TextProbeOptions,
 )
 
@@ -54,7 +54,7 @@ def plan_audit(
     out: str | Path | StoreLocation | None = None,
     storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions = DEFAULT_CAPTURE,
-    hub: HubOptions | None = None,
+    hub: SourceOptions | None = None,
     text: TextProbeOptions | None = None,
     fl: FLOptions | None = None,
     run: RunOptions = DEFAULT_RUN,
@@ -118,7 +118,7 @@ def audit(
     out: str | Path | StoreLocation | None = None,
     storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
-    hub: HubOptions | None = None,
+    hub: SourceOptions | None = None,
     text: TextProbeOptions | None = None,
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
@@ -140,7 +140,7 @@ def audit(
     out: str | Path | StoreLocation | None = None,
     storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
-    hub: HubOptions | None = None,
+    hub: SourceOptions | None = None,
     text: TextProbeOptions | None = None,
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
@@ -161,7 +161,7 @@ def audit(
     out: str | Path | StoreLocation | None = None,
     storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions | None = None,
-    hub: HubOptions | None = None,
+    hub: SourceOptions | None = None,
     text: TextProbeOptions | None = None,
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
@@ -212,7 +212,7 @@ _LEGACY_FL = ("fl_loss", "fl_lr", "fl_batches")
 
 
 def _fold_legacy(
-    legacy: dict[str, Any], capture: CaptureOptions | None, hub: HubOptions | None,
+    legacy: dict[str, Any], capture: CaptureOptions | None, hub: SourceOptions | None,
     text: TextProbeOptions | None, fl: FLOptions | None, run: RunOptions | None,
     weights_only: bool,
 ) -> tuple[Any, ...]:
@@ -221,10 +221,10 @@ def _fold_legacy(
     unknown = sorted(set(legacy) - known)
     if unknown:
         raise TypeError(f"audit() got unexpected keyword argument(s) {unknown}")
-    warnings.warn("audit(): pass CaptureOptions, RunOptions, HubOptions, TextProbeOptions and "
+    warnings.warn("audit(): pass CaptureOptions, RunOptions, SourceOptions, TextProbeOptions and "
                   f"FLOptions instead of {sorted(legacy)}", DeprecationWarning, stacklevel=3)
     given = {"capture": capture, "run": run, "hub": hub, "text": text}
-    classes = {"capture": CaptureOptions, "run": RunOptions, "hub": HubOptions,
+    classes = {"capture": CaptureOptions, "run": RunOptions, "hub": SourceOptions,
                "text": TextProbeOptions}
     built: dict[str, Any] = dict(given)
     for group, names in _LEGACY.items():
@@ -370,11 +370,15 @@ def __getattr__(name: str) -> object:
         import flq_audit.audit
 
         return getattr(flq_audit.audit, name)
+    if name == "HubOptions":  # the old name of SourceOptions (warns)
+        import flq_audit.options
+
+        return flq_audit.options.HubOptions
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "HubOptions", "RunOptions",
+    "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "RunOptions", "SourceOptions",
     "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
     "plan_audit", "run_audit",
 ]

@@ -54,10 +54,10 @@ def report_command(
     Example: flq-audit report run.zarr --out run-report
     """
     from flq_audit.metrics import require_complete  # dask.array: only when computing
-    from flq_audit.store import StoreLocation, parse_storage_options
+    from flq_audit.store import StoreLocation
 
     fmt = _output.output_format(output_format, as_json)
-    location = StoreLocation.parse(store, parse_storage_options(storage_options))
+    location = StoreLocation.parse(store, storage_options)
     local_base = store if location.is_local else location.name
     folder = out or Path(str(local_base).rstrip("/").removesuffix(".zarr") + "-report")
     check_report_folder(folder)

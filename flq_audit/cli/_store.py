@@ -61,7 +61,7 @@ def metrics_command(
             store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
             denominator=denominator,
             scheduler=scheduler, recompute=recompute,
-            storage_options=_storage_options(storage_options),
+            storage_options=storage_options,
         )
     tables = [v for v, var in result.data_vars.items()  # records: in --json, csv, tsv
               if var.dims == ("step", "layer") and not is_record(var.attrs)]
@@ -161,21 +161,20 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
     With --format tsv or csv: the steps table, a blank line, then the layers table.
     """
     fmt = _output.output_format(output_format, as_json)
-    options = _storage_options(storage_options)
     if repair:
-        repaired = api.repair_store(store, storage_options=options)
+        repaired = api.repair_store(store, storage_options=storage_options)
         _output.stderr.print(
             f"repaired {store}: provenance of {len(repaired.done)} done step(s) written, "
             "metadata consolidated" + (f"; {len(repaired.not_done)} step(s) not done (rerun "
                                        "the audit to write them)" if repaired.not_done else ""))
-    ds = api.open_store(store, dask=False, storage_options=options)  # no dask graph or scheduler
+    ds = api.open_store(store, dask=False, storage_options=storage_options)  # no dask graph or scheduler
     done = ds["done"].values.astype(bool)
     errors = [str(e) for e in ds["error"].values]
     steps = [int(s) for s in ds["step"].values]
     labels = [str(v) for v in ds["label"].values]
     from flq_audit.store import StoreLocation
 
-    size = StoreLocation.parse(store, options).size_bytes()
+    size = StoreLocation.parse(store, storage_options).size_bytes()
     summary = {
         "store": str(store), "source": ds.attrs.get("source"),
         "flq_audit_version": ds.attrs.get("flq_audit_version"),
@@ -241,13 +240,6 @@ def _metric_summary(ds: xr.Dataset) -> dict[str, list[str]]:
             "incomplete_metrics": sorted(n for n, s in status.items() if s == "incomplete")}
 
 
-def _storage_options(text: str | None) -> dict | None:
-    """``--storage-options JSON`` parsed (an OptionError, exit 2, unless a JSON object)."""
-    from flq_audit.store._location import parse_storage_options
-
-    return parse_storage_options(text) or None
-
-
 def _write_show_tables(summary: dict, fmt: _output.OutputFormat) -> None:
     _output.write_rows(("step", "label", "done", "error"),
                        [(s["step"], s["label"], s["done"], s["error"]) for s in summary["steps"]],
@@ -274,7 +266,7 @@ def export_command(
     Example: flq-audit export run.zarr run.nc
     """
     path = api.export(store, out, with_activations=with_activations, with_grams=with_grams,
-                      storage_options=_storage_options(storage_options))
+                      storage_options=storage_options)
     if as_json:
         _output.print_json({"netcdf": str(path), "bytes": path.stat().st_size})
     else:
