@@ -18,11 +18,19 @@ from flq_audit.errors import OptionError
 from flq_audit.options import (
     ActivationDtypeChoice,
     CacheChoice,
+    Choice,
     GramDtypeChoice,
     PoolingChoice,
     TaskChoice,
 )
 from flq_audit.probes import ProbeKeys, parse_probe_keys
+
+
+class DenominatorChoice(Choice):
+    """The TL denominators (:data:`flq_audit.metrics._options.DENOMINATORS`)."""
+
+    column = "column"
+    row = "row"
 
 
 def storage_options_value(value: object) -> dict[str, Any]:
@@ -77,5 +85,10 @@ PoolingOpt = Annotated[PoolingChoice | None, typer.Option(
 CacheOpt = Annotated[CacheChoice, typer.Option(
     metavar="|".join(choices(CacheChoice)), autocompletion=complete_from(choices(CacheChoice)),
     help="Hub: keep the downloaded revisions in the HF cache, or drop each once written.")]
+
+
+DenominatorOpt = Annotated[DenominatorChoice, typer.Option(
+    help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
+    "row-centred form, which its VAE figures use).")]
 FLLossOpt = Annotated[FLLossChoice | None, typer.Option(
     help="FL residual: the training loss, ce or mse (mean reduction).")]

@@ -34,7 +34,7 @@ def report_command(
         help="Folder for the figures, index.html and metrics.nc. "
              "Default: beside the store, <store>-report/ (for a URL store: "
              "./<name>-report/).")] = None,
-    output_format: _output.FormatOpt = "table",
+    output_format: _output.FormatOpt = _output.FormatChoice.table,
     as_json: JsonOpt = False,
     storage_options: StorageOptionsOpt = None,
 ) -> None:
@@ -56,7 +56,7 @@ def report_command(
     from flq_audit.metrics import require_complete  # dask.array: only when computing
     from flq_audit.store import StoreLocation
 
-    fmt = _output.output_format(output_format, as_json)
+    fmt = _output.output_format(output_format.value, as_json)
     location = StoreLocation.parse(store, storage_options)
     local_base = store if location.is_local else location.name
     folder = out or Path(str(local_base).rstrip("/").removesuffix(".zarr") + "-report")

@@ -18,7 +18,13 @@ from flq_audit._format import human_size
 from flq_audit.cli import _output
 from flq_audit.cli._command import complete_metric_groups
 from flq_audit.cli._errors import mapped
-from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
+from flq_audit.cli._options import (
+    DenominatorChoice,
+    DenominatorOpt,
+    JsonOpt,
+    StorageOptionsOpt,
+    StoreArg,
+)
 from flq_audit.export import metric_variables
 
 
@@ -34,15 +40,13 @@ def metrics_command(
     pca_threshold: Annotated[int, typer.Option(
         min=1, help="With --pca: only layers wider than this are projected.")] = 1000,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
-    denominator: Annotated[str, typer.Option(
-        help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
-        "row-centred form, which its VAE figures use).")] = "column",
+    denominator: DenominatorOpt = DenominatorChoice.column,
     scheduler: Annotated[str | None, typer.Option(
         help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
     recompute: Annotated[bool, typer.Option(
         "--recompute", help="Recompute the groups even if they are stored and current.")] = False,
     as_json: JsonOpt = False,
-    output_format: _output.FormatOpt = "table",
+    output_format: _output.FormatOpt = _output.FormatChoice.table,
     storage_options: StorageOptionsOpt = None,
 ) -> None:
     """Compute metrics from a store, persist them in it, print a step × layer table.
@@ -54,12 +58,12 @@ def metrics_command(
     """
     from flq_audit.metrics._spec import is_record  # dask: only when computing
 
-    fmt = _output.output_format(output_format, as_json)
+    fmt = _output.output_format(output_format.value, as_json)
     names = [m.strip() for m in metric.split(",") if m.strip()]
     with _output.dask_progress(scheduler):
         result = api.compute_metrics(
             store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-            denominator=denominator,
+            denominator=denominator.value,
             scheduler=scheduler, recompute=recompute,
             storage_options=storage_options,
         )
@@ -149,7 +153,7 @@ def _plain(value: object) -> object:
 
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False,
-                 output_format: _output.FormatOpt = "table",
+                 output_format: _output.FormatOpt = _output.FormatChoice.table,
                  storage_options: StorageOptionsOpt = None,
                  repair: Annotated[bool, typer.Option(
                      "--repair", help="First finish a store whose last writer died before "
@@ -160,7 +164,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
 
     With --format tsv or csv: the steps table, a blank line, then the layers table.
     """
-    fmt = _output.output_format(output_format, as_json)
+    fmt = _output.output_format(output_format.value, as_json)
     if repair:
         repaired = api.repair_store(store, storage_options=storage_options)
         _output.stderr.print(

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from flq_audit.audit.extensions.fl_inputs import FLLossChoice, FLOptions
+from flq_audit.cli._options import DenominatorChoice
 from flq_audit.errors import OptionError
+from flq_audit.metrics import TLOptions
 from flq_audit.options import (
     FINGERPRINT,
     ActivationDtypeChoice,
@@ -34,6 +36,7 @@ CHOICE_FIELDS = [
     (TextProbeOptions, "pooling", PoolingChoice),
     (SourceOptions, "cache", CacheChoice),
     (FLOptions, "loss", FLLossChoice),
+    (TLOptions, "denominator", DenominatorChoice),
 ]
 FINGERPRINTED = [CaptureOptions, TextProbeOptions, FLOptions]
 
@@ -48,6 +51,12 @@ def _literal_values(annotation: object) -> list[str]:
 def test_each_choice_enum_offers_exactly_the_values_its_field_allows(options, name, choice):
     hint = typing.get_type_hints(options)[name]
     assert [member.value for member in choice] == _literal_values(hint)
+
+
+def test_the_format_choices_are_the_output_formats():
+    from flq_audit.cli._output import FormatChoice, OutputFormat
+
+    assert [member.value for member in FormatChoice] == _literal_values(OutputFormat)
 
 
 def test_a_choice_member_is_stored_as_its_plain_value():
