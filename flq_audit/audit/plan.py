@@ -44,9 +44,10 @@ from flq_audit.options import (
     DEFAULT_RUN,
     CaptureOptions,
     FLOptions,
-    HubOptions,
     RunOptions,
+    SourceOptions,
     TextProbeOptions,
+    fingerprint_of,
 )
 from flq_audit.probes import Probe, load_probe
 from flq_audit.probes.text import TEXT_SUFFIXES
@@ -163,16 +164,12 @@ def capture_config(
     model: str, layers: Sequence[LayerInfo], capture: CaptureOptions,
     text: TextProbeOptions | None = None, fl: FLOptions | None = None,
 ) -> dict[str, Any]:
-    """The store's ``capture_config``: the options that decide what is stored."""
-    out: dict[str, Any] = {
-        "model": model, "layers": [li.name for li in layers],
-        "activation_dtype": capture.activation_dtype, "gram_dtype": capture.gram_dtype,
-        "max_samples": capture.max_samples,
-    }
+    """The store's ``capture_config``: the options that decide what is stored, derived from
+    the options objects' fields (:func:`~flq_audit.options.fingerprint_of`)."""
+    out: dict[str, Any] = {"model": model, "layers": [li.name for li in layers],
+                           **fingerprint_of(capture)}
     if text is not None:
         out["text"] = text.to_json_dict()
-    if capture.hidden_states:
-        out["hidden_states"] = True
     if fl is not None:
         out["fl"] = fl.to_json_dict()
     return out
@@ -188,7 +185,7 @@ def plan_audit(
     out: str | Path | StoreLocation | None = None,
     storage_options: dict[str, Any] | None = None,
     capture: CaptureOptions = DEFAULT_CAPTURE,
-    hub: HubOptions | None = None,
+    hub: SourceOptions | None = None,
     text: TextProbeOptions | None = None,
     fl: FLOptions | None = None,
     run: RunOptions = DEFAULT_RUN,

@@ -9,12 +9,33 @@ import typer
 
 from flq_audit import api
 from flq_audit._format import human_size, one_line
+from flq_audit.audit.extensions.fl_inputs import fl_options
 from flq_audit.cli import _output
-from flq_audit.cli._command import choices, complete_from
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
-from flq_audit.cli._options import JsonOpt, QuietOpt, StepsOpt, StorageOptionsOpt
+from flq_audit.cli._options import (
+    ActivationDtypeOpt,
+    CacheOpt,
+    FLLossOpt,
+    GramDtypeOpt,
+    JsonOpt,
+    PoolingOpt,
+    ProbeKeysOpt,
+    QuietOpt,
+    StepsOpt,
+    StorageOptionsOpt,
+    TaskOpt,
+)
 from flq_audit.errors import MovedRevisionWarning, OptionError, UnauditedFilesWarning
-from flq_audit.options import CaptureOptions, FLOptions, HubOptions, RunOptions, TextProbeOptions
+from flq_audit.options import (
+    ActivationDtypeChoice,
+    CacheChoice,
+    CaptureOptions,
+    GramDtypeChoice,
+    RunOptions,
+    SourceOptions,
+    TaskChoice,
+    TextProbeOptions,
+)
 
 if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
@@ -41,22 +62,6 @@ def _steps_list(text: str | None) -> list[int] | None:
         raise OptionError(
             f"--template-steps {text!r}: expected comma-separated integers, e.g. 0,20,40"
         ) from None
-
-
-def _fl_options(loss: str | None, lr: str | None, batches: str | None,
-                fl_probe: str | None = None, probe_keys: str | None = None) -> FLOptions | None:
-    """All three FL flags or none: the residual needs the whole training provenance."""
-    given = [loss, lr, batches]
-    if all(value is None for value in given):
-        if fl_probe is not None:
-            raise OptionError("--fl-probe needs --fl-loss, --fl-lr and --fl-batches "
-                              "(the training provenance)")
-        return None
-    if any(value is None for value in given):
-        raise OptionError("the FL residual needs all of --fl-loss, --fl-lr and --fl-batches "
-                          "(the training provenance)")
-    return FLOptions.from_files(loss, lr, batches,  # type: ignore[arg-type]
-                                probe=fl_probe, probe_keys=probe_keys)
 
 
 def _layers(values: list[str] | None) -> list[str]:
@@ -98,10 +103,8 @@ def audit_command(
         "--prefetch/--no-prefetch",
         help="Fetch and load the next checkpoint while this one replays (at most two in memory).")
     ] = True,
-    activation_dtype: Annotated[str, typer.Option(
-        help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
-             "float64 too).")] = "float32",
-    gram_dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    activation_dtype: ActivationDtypeOpt = ActivationDtypeChoice.float32,
+    gram_dtype: GramDtypeOpt = GramDtypeChoice.float32,
     max_samples: Annotated[int | None, typer.Option(
         min=1, help="Use only the first N probe samples.")] = None,
     dry_run: Annotated[bool, typer.Option(
@@ -112,8 +115,7 @@ def audit_command(
         "(runs code from the file: only for files you trust).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing store instead of resuming it.")] = False,
-    fl_loss: Annotated[str | None, typer.Option(
-        help="FL residual: the training loss, ce or mse (mean reduction).")] = None,
+    fl_loss: FLLossOpt = None,
     fl_lr: Annotated[str | None, typer.Option(
         help="FL residual: the learning rate, a number or a JSON file {step: lr}.")] = None,
     fl_batches: Annotated[str | None, typer.Option(
@@ -123,19 +125,9 @@ def audit_command(
     fl_probe: Annotated[str | None, typer.Option(
         help="FL residual: the training set the batch indices point into (a probe file); "
         "default: --probe.")] = None,
-    probe_keys: Annotated[str | None, typer.Option(
-        help="Array names in the --probe file (and in --fl-probe when it holds them), "
-        "INPUTS,TARGETS; otherwise the first pair a file holds of inputs,targets, x,y, X,y, "
-        "X,Y and data,labels.")] = None,
-    task: Annotated[str, typer.Option(
-        help="Text probes: sequence (one row per text), token (one per word) or next-token.")
-    ] = "sequence",
-    pooling: Annotated[str | None, typer.Option(
-        metavar="|".join(choices(TextProbeOptions, "pooling")),
-        autocompletion=complete_from(choices(TextProbeOptions, "pooling")),
-        help="Text probes, sequence task: cls (first token), last (last real token) or mean "
-        "over real tokens; default: last for a causal LM (from its config), cls otherwise.")
-    ] = None,
+    probe_keys: ProbeKeysOpt = None,
+    task: TaskOpt = TaskChoice.sequence,
+    pooling: PoolingOpt = None,
     text_column: Annotated[str, typer.Option(help="Text probes: the text column.")] = "text",
     label_column: Annotated[str, typer.Option(help="Text probes: the label column.")] = "label",
     max_length: Annotated[int, typer.Option(min=1, help="Text probes: tokens per text.")] = 128,
@@ -158,11 +150,7 @@ def audit_command(
         help="Hub: read checkpoint-N/ folders of one revision instead of branches.")] = None,
     template_steps: Annotated[str | None, typer.Option(
         help="Hub, one repo per step: SOURCE holds {step}; the steps as a comma list.")] = None,
-    cache: Annotated[str, typer.Option(
-        metavar="|".join(choices(HubOptions, "cache")),
-        autocompletion=complete_from(choices(HubOptions, "cache")),
-        help="Hub: keep the downloaded revisions in the HF cache, or drop each once written.")
-    ] = "keep",
+    cache: CacheOpt = CacheChoice.keep,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Hub: use the local HF cache only (no network).")] = False,
     hidden_states: Annotated[bool, typer.Option(
@@ -184,27 +172,25 @@ def audit_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
-    from flq_audit.store._location import parse_storage_options
-
-    fl = _fl_options(fl_loss, fl_lr, fl_batches, fl_probe, probe_keys)
+    fl = fl_options(None if fl_loss is None else fl_loss.value, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
-        layers=tuple(_layers(layers)), activation_dtype=activation_dtype,  # type: ignore[arg-type]
-        gram_dtype=gram_dtype, max_samples=max_samples,  # type: ignore[arg-type]
-        hidden_states=hidden_states, extensions=tuple(extension or ()),
+        layers=tuple(_layers(layers)), activation_dtype=activation_dtype.value,
+        gram_dtype=gram_dtype.value, max_samples=max_samples, hidden_states=hidden_states,
+        extensions=tuple(extension or ()),
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,
                      trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
-                     probe_keys=probe_keys,  # type: ignore[arg-type]
-                     threads=threads, prefetch=prefetch, reaudit_moved=reaudit_moved,
-                     workers=workers, scheduler=scheduler)
-    hub = HubOptions(revision_pattern=revision_pattern, subfolders=subfolders,
-                     template_steps=tuple(_steps_list(template_steps) or ()),
-                     cache=cache, offline=offline or None,  # type: ignore[arg-type]
-                     name_pattern=name_pattern, step_from_key=step_from_key)
-    text = TextProbeOptions(task=task, pooling=pooling, text_column=text_column,  # type: ignore[arg-type]
-                            label_column=label_column, max_length=max_length, top_k=top_k)
+                     probe_keys=probe_keys, threads=threads, prefetch=prefetch,
+                     reaudit_moved=reaudit_moved, workers=workers, scheduler=scheduler)
+    hub = SourceOptions(revision_pattern=revision_pattern, subfolders=subfolders,
+                        template_steps=tuple(_steps_list(template_steps) or ()),
+                        cache=cache.value, offline=offline or None,
+                        name_pattern=name_pattern, step_from_key=step_from_key)
+    text = TextProbeOptions(task=task.value, pooling=None if pooling is None else pooling.value,
+                            text_column=text_column, label_column=label_column,
+                            max_length=max_length, top_k=top_k)
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
-                          out=out, storage_options=parse_storage_options(storage_options),
+                          out=out, storage_options=storage_options,
                           capture=capture, hub=hub, text=text, fl=fl, run=run)
     if dry_run:
         _render_plan(plan, as_json)

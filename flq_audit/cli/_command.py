@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 from typer.core import TyperArgument, TyperCommand, TyperOption
@@ -18,15 +19,9 @@ if typing.TYPE_CHECKING:
     from typer._click import Context  # the click that typer vendors
 
 
-def choices(options: type, field: str) -> tuple[str, ...]:
-    """The string values a field of an options class allows (its ``Literal`` type)."""
-    return tuple(_literal_strings(typing.get_type_hints(options)[field]))
-
-
-def _literal_strings(annotation: Any) -> list[str]:
-    if typing.get_origin(annotation) is typing.Literal:
-        return [arg for arg in typing.get_args(annotation) if isinstance(arg, str)]
-    return [value for arg in typing.get_args(annotation) for value in _literal_strings(arg)]
+def choices(choice: type[Enum]) -> tuple[str, ...]:
+    """The string values of a choice enum, in declaration order."""
+    return tuple(str(member.value) for member in choice)
 
 
 def complete_from(values: Sequence[str]) -> Callable[[str], list[str]]:

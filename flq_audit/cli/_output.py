@@ -22,13 +22,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from flq_audit._format import human_size
+from flq_audit.options import Choice
 from flq_audit.sources import CheckpointRef
 
 #: Line width when the stream is not a terminal: tables are written whole, never cut.
 PIPE_WIDTH = 1_000_000
 
 OutputFormat = Literal["table", "tsv", "csv", "json"]
-FormatOpt = Annotated[OutputFormat, typer.Option(
+
+
+class FormatChoice(Choice):
+    """The values of ``--format`` (:data:`OutputFormat`)."""
+
+    table = "table"
+    tsv = "tsv"
+    csv = "csv"
+    json = "json"
+
+
+FormatOpt = Annotated[FormatChoice, typer.Option(
     "--format", help="table (for reading), tsv or csv (one header line; full-precision numbers), or json "
     "(--json is the same).")]
 

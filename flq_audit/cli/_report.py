@@ -23,7 +23,7 @@ def report_command(
         help="Folder for the figures, index.html and metrics.nc. "
              "Default: beside the store, <store>-report/ (for a URL store: "
              "./<name>-report/).")] = None,
-    output_format: _output.FormatOpt = "table",
+    output_format: _output.FormatOpt = _output.FormatChoice.table,
     as_json: JsonOpt = False,
     storage_options: StorageOptionsOpt = None,
 ) -> None:
@@ -42,10 +42,8 @@ def report_command(
 
     Example: flq-audit report run.zarr --out run-report
     """
-    from flq_audit.store import parse_storage_options
-
-    fmt = _output.output_format(output_format, as_json)
-    said = api.report(store, out, storage_options=parse_storage_options(storage_options))
+    fmt = _output.output_format(output_format.value, as_json)
+    said = api.report(store, out, storage_options=storage_options)
     if fmt == "table":
         _output.stdout.print(layer_table(said.metrics))
     elif fmt != "json":

@@ -17,7 +17,13 @@ from flq_audit._format import human_size
 from flq_audit.cli import _output
 from flq_audit.cli._command import complete_metric_groups
 from flq_audit.cli._errors import mapped
-from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
+from flq_audit.cli._options import (
+    DenominatorChoice,
+    DenominatorOpt,
+    JsonOpt,
+    StorageOptionsOpt,
+    StoreArg,
+)
 from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 
 if TYPE_CHECKING:
@@ -37,15 +43,13 @@ def metrics_command(
         min=1, help="With --pca: only layers wider than this are projected.")
     ] = DEFAULT_PCA_THRESHOLD,
     ridge: Annotated[float, typer.Option(min=0.0, help="Ridge λ ≥ 0 of the TL fit.")] = 0.0,
-    denominator: Annotated[str, typer.Option(
-        help="TL denominator: column (the paper: ‖Y − Ȳ‖²) or row (the reference code's "
-        "row-centred form, which its VAE figures use).")] = "column",
+    denominator: DenominatorOpt = DenominatorChoice.column,
     scheduler: Annotated[str | None, typer.Option(
         help="dask scheduler: threads (default), sync, or a dask.distributed address.")] = None,
     recompute: Annotated[bool, typer.Option(
         "--recompute", help="Recompute the groups even if they are stored and current.")] = False,
     as_json: JsonOpt = False,
-    output_format: _output.FormatOpt = "table",
+    output_format: _output.FormatOpt = _output.FormatChoice.table,
     storage_options: StorageOptionsOpt = None,
 ) -> None:
     """Compute metrics from a store, persist them in it, print a step × layer table.
@@ -57,14 +61,14 @@ def metrics_command(
     """
     from flq_audit.metrics._spec import is_record  # dask: only when computing
 
-    fmt = _output.output_format(output_format, as_json)
+    fmt = _output.output_format(output_format.value, as_json)
     names = [m.strip() for m in metric.split(",") if m.strip()]
     with _output.dask_progress(scheduler):
         result = api.compute_metrics(
             store, metrics=names, pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-            denominator=denominator,
+            denominator=denominator.value,
             scheduler=scheduler, recompute=recompute,
-            storage_options=_storage_options(storage_options),
+            storage_options=storage_options,
         )
     tables = [v for v, var in result.data_vars.items()  # records: in --json, csv, tsv
               if var.dims == ("step", "layer") and not is_record(var.attrs)]
@@ -152,7 +156,7 @@ def _plain(value: object) -> object:
 
 @mapped
 def show_command(store: StoreArg, as_json: JsonOpt = False,
-                 output_format: _output.FormatOpt = "table",
+                 output_format: _output.FormatOpt = _output.FormatChoice.table,
                  storage_options: StorageOptionsOpt = None,
                  repair: Annotated[bool, typer.Option(
                      "--repair", help="First finish a store whose last writer died before "
@@ -163,15 +167,14 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
 
     With --format tsv or csv: the steps table, a blank line, then the layers table.
     """
-    fmt = _output.output_format(output_format, as_json)
-    options = _storage_options(storage_options)
+    fmt = _output.output_format(output_format.value, as_json)
     if repair:
-        repaired = api.repair_store(store, storage_options=options)
+        repaired = api.repair_store(store, storage_options=storage_options)
         _output.stderr.print(
             f"repaired {store}: provenance of {len(repaired.done)} done step(s) written, "
             "metadata consolidated" + (f"; {len(repaired.not_done)} step(s) not done (rerun "
                                        "the audit to write them)" if repaired.not_done else ""))
-    summary = api.open_store(store, dask=False, storage_options=options).flq.summary()
+    summary = api.open_store(store, dask=False, storage_options=storage_options).flq.summary()
     if fmt == "json":
         _output.print_json(summary.to_dict())
         return
@@ -215,13 +218,6 @@ def print_summary(summary: StoreSummary) -> None:
                   "completes them)")
 
 
-def _storage_options(text: str | None) -> dict | None:
-    """``--storage-options JSON`` parsed (an OptionError, exit 2, unless a JSON object)."""
-    from flq_audit.store._location import parse_storage_options
-
-    return parse_storage_options(text) or None
-
-
 def _write_show_tables(summary: StoreSummary, fmt: _output.OutputFormat) -> None:
     _output.write_rows(("step", "label", "done", "error"),
                        [(s.step, s.label, s.done, s.error) for s in summary.steps], fmt)
@@ -247,7 +243,7 @@ def export_command(
     Example: flq-audit export run.zarr run.nc
     """
     path = api.export(store, out, with_activations=with_activations, with_grams=with_grams,
-                      storage_options=_storage_options(storage_options))
+                      storage_options=storage_options)
     if as_json:
         _output.print_json({"netcdf": str(path), "bytes": path.stat().st_size})
     else:

@@ -9,13 +9,14 @@ Builtins: ``digits`` (scikit-learn 8×8 digits, 1797 samples, 10 classes, pixels
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
-from flq_audit.errors import ProbeError, ProbeNotFoundError
+from flq_audit.errors import OptionError, ProbeError, ProbeNotFoundError
 
 TargetKind = Literal["classes", "continuous"]
 
@@ -90,6 +91,25 @@ def load_probe(spec: str | Path, keys: tuple[str, str] | None = None, *,
     num_classes = arrays.get("num_classes")
     classes = None if num_classes is None else int(np.asarray(num_classes).reshape(-1)[0])
     return make_probe(path.name, arrays[inputs_key], arrays[targets_key], num_classes=classes)
+
+
+class ProbeKeys(NamedTuple):
+    """The names of a probe file's input and target arrays (``--probe-keys INPUTS,TARGETS``)."""
+
+    inputs: str
+    targets: str
+
+
+def parse_probe_keys(keys: str | Sequence[str] | None) -> ProbeKeys | None:
+    """``--probe-keys``: ``"INPUTS,TARGETS"`` or a pair of names, as ``(inputs, targets)``;
+    the one parser of the option (the CLI, :class:`~flq_audit.options.RunOptions` and the FL
+    options call it)."""
+    if keys is None:
+        return None
+    parts = [k.strip() for k in keys.split(",")] if isinstance(keys, str) else list(keys)
+    if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
+        raise OptionError(f"--probe-keys must name two arrays, INPUTS,TARGETS; got {keys!r}")
+    return ProbeKeys(parts[0], parts[1])
 
 
 def probe_keys(
@@ -215,4 +235,5 @@ def _read_file(path: Path) -> dict[str, np.ndarray]:
     )
 
 
-__all__ = ["BUILTIN_PROBES", "PROBE_KEY_PAIRS", "Probe", "load_probe", "make_probe", "probe_keys"]
+__all__ = ["BUILTIN_PROBES", "PROBE_KEY_PAIRS", "Probe", "ProbeKeys", "load_probe", "make_probe",
+           "parse_probe_keys", "probe_keys"]

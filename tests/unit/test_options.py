@@ -12,8 +12,8 @@ from flq_audit.errors import OptionError, ProbeError
 from flq_audit.options import (
     CaptureOptions,
     FLOptions,
-    HubOptions,
     RunOptions,
+    SourceOptions,
     TextProbeOptions,
 )
 
@@ -26,8 +26,8 @@ from flq_audit.options import (
     (lambda: CaptureOptions(max_samples=0), r"--max-samples \(max_samples\) must be an integer >= 1"),
     (lambda: RunOptions(batch_size=0), r"--batch-size \(batch_size\) must be an integer >= 1"),
     (lambda: RunOptions(device="tpu"), r"one of auto, cpu, cuda, cuda:N; got 'tpu'"),
-    (lambda: HubOptions(cache="forget"), r"--cache \(cache\) must be one of keep, drop"),
-    (lambda: HubOptions(template_steps=("a",)), r"--template-steps .* must be integers"),
+    (lambda: SourceOptions(cache="forget"), r"--cache \(cache\) must be one of keep, drop"),
+    (lambda: SourceOptions(template_steps=("a",)), r"--template-steps .* must be integers"),
     (lambda: TextProbeOptions(task="words"), r"one of sequence, token, next-token; got 'words'"),
     (lambda: TextProbeOptions(pooling="max"), r"one of cls, last, mean; got 'max'"),
     (lambda: TextProbeOptions(max_length=0), r"--max-length \(max_length\)"),
@@ -50,9 +50,9 @@ def test_options_are_frozen_and_keyword_only():
     assert CaptureOptions(layers="fc").layers == ("fc",)  # one pattern, not its letters
 
 
-def test_hub_options_pass_only_what_is_set():
-    assert HubOptions().source_kwargs() == {}
-    assert HubOptions(cache="drop", template_steps=(20, 0), subfolders=True).source_kwargs() == {
+def test_source_options_pass_only_what_is_set():
+    assert SourceOptions().source_kwargs() == {}
+    assert SourceOptions(cache="drop", template_steps=(20, 0), subfolders=True).source_kwargs() == {
         "cache": "drop", "template_steps": [20, 0], "subfolders": True}
 
 
@@ -84,9 +84,14 @@ def test_options_import_no_torch():
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--max-samples", "0"), "--max-samples"),
-    (("--activation-dtype", "float8"), "must be one of float32, float16, float64; got 'float8'"),
-    (("--pooling", "max"), "must be one of cls, last, mean; got 'max'"),
-    (("--cache", "forget"), "must be one of keep, drop; got 'forget'"),
+    (("--activation-dtype", "float8"),
+     "Invalid value for '--activation-dtype': Value error, 'float8' is not one of 'float32', "
+     "'float16', 'float64'"),
+    (("--pooling", "max"), "'--pooling': Value error, 'max' is not one of 'cls', 'last', 'mean'"),
+    (("--cache", "forget"), "'--cache': Value error, 'forget' is not one of 'keep', 'drop'"),
+    (("--fl-loss", "hinge"), "'--fl-loss': Value error, 'hinge' is not one of 'ce', 'mse'"),
+    (("--probe-keys", "x"), "Invalid value for '--probe-keys': --probe-keys must name two "
+     "arrays, INPUTS,TARGETS; got 'x'"),
 ])
 def test_the_command_line_reports_bad_options_as_usage_errors(run_dir, tmp_path, flags, message):
     from tests._helpers.cli import assert_says, describe, invoke
