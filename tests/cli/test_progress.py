@@ -13,6 +13,7 @@ import pytest
 from flq_audit import api
 from tests._helpers.cli import cli_command, cli_env, describe, run_cli
 from tests._helpers.hub import OlahServer, build_git_repo, olah_cli, safetensors_bytes, tiny_state
+from tests._helpers.requires import missing
 from tests._helpers.runs import make_run
 
 TRAINING_LINE = re.compile(r"^training\s+step (\d+)/(\d+)\s+loss (\d+\.\d+)$")
@@ -100,7 +101,7 @@ def test_metrics_draws_one_live_bar_in_a_terminal_cleared_at_the_end_and_none_in
 @pytest.mark.slow
 def test_hub_audit_draws_no_huggingface_hub_bars(tmp_path):
     if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        missing("olah is not installed (pip install -e '.[test]')")
     server = OlahServer(tmp_path / "olah")
     branches = {name: {"model.safetensors": safetensors_bytes(tiny_state(seed, width=64))}
                 for seed, name in enumerate(("main", "step0", "step10"))}

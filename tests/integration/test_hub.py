@@ -33,6 +33,7 @@ from tests._helpers.hub import (
     sharded,
     tiny_state,
 )
+from tests._helpers.requires import missing
 
 pytestmark = pytest.mark.hub
 
@@ -88,7 +89,7 @@ REPOS: dict[str, dict[str, dict[str, bytes]]] = {
 def hub(tmp_path_factory):
     """An olah server over REPOS: yields ``(endpoint, {repo: {branch: sha}}, server)``."""
     if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        missing("olah is not installed (pip install -e '.[test]')")
     work = tmp_path_factory.mktemp("olah")
     server = OlahServer(work)
     shas = {repo: build_git_repo(server.repo_path(repo), branches) for repo, branches in REPOS.items()}

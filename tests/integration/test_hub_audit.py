@@ -15,6 +15,7 @@ import xarray as xr
 
 from tests._helpers.hf_models import LABELS, TEXTS, model_for, tokenizer
 from tests._helpers.hub import OlahServer, build_git_repo, olah_cli
+from tests._helpers.requires import missing
 
 pytestmark = [pytest.mark.hub, pytest.mark.slow]
 TOKEN = "hf_flqAuditSecretToken0123456789"
@@ -32,7 +33,7 @@ def _revision(family: str, seed: int) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        missing("olah is not installed (pip install -e '.[test]')")
     work = tmp_path_factory.mktemp("olah-audit")
     server = OlahServer(work)
     step10 = _revision("neox", 10)
@@ -156,7 +157,7 @@ def test_force_moved_branch_is_named_and_re_audited_on_request(tmp_path):
     from tests._helpers.hub import _GIT_ENV, rev_parse
 
     if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        missing("olah is not installed (pip install -e '.[test]')")
     server = OlahServer(tmp_path / "olah")
     revisions = {s: _revision("neox", s) for s in (0, 10, 20)}
     repo = server.repo_path("org/moving")
