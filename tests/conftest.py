@@ -112,8 +112,10 @@ def digits_store(digits_run) -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on loopback for the session (``tests/_helpers/s3.py``)."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto.server")
+    from tests._helpers.requires import require_module
+
+    require_module("s3fs", "s3fs is not installed (pip install -e '.[test]')")
+    require_module("moto.server", "moto[server] is not installed (pip install -e '.[test]')")
     from tests._helpers.s3 import start_s3
 
     endpoint, server = start_s3()

@@ -29,9 +29,10 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import save as save_safetensors
+
+from tests._helpers.requires import missing
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _GIT_ENV = {
@@ -166,7 +167,7 @@ def olah_hub(workdir: Path, repos: Mapping[str, Mapping[str, Mapping[str, bytes]
     ``(endpoint, {repo: {branch: commit}}, server)`` and stops the server after. The test is
     skipped when olah is not installed."""
     if olah_cli() is None:
-        pytest.skip(OLAH_MISSING)
+        missing(OLAH_MISSING)
     server = OlahServer(workdir)
     shas = {repo: build_git_repo(server.repo_path(repo), branches)
             for repo, branches in repos.items()}

@@ -18,6 +18,7 @@ from flq_audit.errors import (
     from_os_error,
 )
 from tests._helpers.cli import cli_command, cli_env, describe, run_cli, squash
+from tests._helpers.requires import missing
 from tests._helpers.runs import make_run
 from tests.faults._tree import assert_same_store, tree_hashes
 
@@ -28,11 +29,11 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     if shutil.which("mount") is None:
-        pytest.skip("no mount command")
+        missing("no mount command for the small tmpfs")
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        missing(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
 
     def remount(options: str) -> None:
         subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)

@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from flq_audit import api
+from tests._helpers.requires import missing
 from tests._helpers.runs import make_run
 
 #: The checker's three tables, minimal: the export uses no standard names, area types or
@@ -34,7 +35,7 @@ def _cfchecks() -> list[str]:
     try:
         import cfchecker.cfchecks  # noqa: F401  (needs cfunits and the udunits2 C library)
     except (ImportError, OSError) as err:
-        pytest.skip(f"cfchecker is not importable ({err}): pip install cfchecker "
+        missing(f"cfchecker is not importable ({err}): pip install cfchecker "
                     "(and the udunits2 library, e.g. apt-get install libudunits2-0)")
     script = Path(sys.executable).with_name("cfchecks")
     return [str(script)] if script.exists() else [shutil.which("cfchecks") or "cfchecks"]

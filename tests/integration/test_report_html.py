@@ -15,6 +15,7 @@ import xarray as xr
 from flq_audit import __version__, api
 from flq_audit.reading import render_page
 from tests._helpers.cli import run_cli
+from tests._helpers.requires import missing, require_module
 from tests._helpers.runs import make_run
 
 STEPS = (0, 10, 20, 40)
@@ -93,11 +94,11 @@ def test_page_escapes_what_it_shows(report):
 
 def _browser():
     """A headless Chromium driven by chromedriver, or a skip saying what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+    webdriver = require_module("selenium.webdriver", "selenium is not installed")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if chromium is None or driver is None:
-        pytest.skip("Chromium or chromedriver not found (apt-get install chromium "
+        missing("Chromium or chromedriver not found (apt-get install chromium "
                     "chromium-driver; .ci/run installs them)")
     from selenium.webdriver.chrome.service import Service
 

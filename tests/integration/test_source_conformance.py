@@ -16,6 +16,7 @@ from flq_audit.sources import HubSource, LocalFolderSource
 from flq_audit.testing import SourceTests
 from tests._helpers.cli import cli_env, describe, run_cli
 from tests._helpers.hub import (
+    OLAH_MISSING,
     OlahServer,
     build_git_repo,
     olah_cli,
@@ -23,6 +24,7 @@ from tests._helpers.hub import (
     sharded,
     tiny_state,
 )
+from tests._helpers.requires import missing
 from tests._helpers.runs import make_run, state_for
 
 STEPS = (0, 10, 20)
@@ -121,7 +123,7 @@ REPOS = {
 def olah(tmp_path_factory):
     """An olah server over ``REPOS``: its endpoint."""
     if olah_cli() is None:
-        pytest.skip("olah is not installed (pip install -e '.[test]')")
+        missing(OLAH_MISSING)
     server = OlahServer(tmp_path_factory.mktemp("olah-conformance"))
     for repo, branches in REPOS.items():
         build_git_repo(server.repo_path(repo), branches)
