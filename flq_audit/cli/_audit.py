@@ -278,9 +278,5 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         for entry in summary["not_audited"]:
             left.add_row(entry["name"], entry["reason"], entry["include"] or "-")
         out.print(left)
-    layers = Table(title="layers")
-    for column in ("layer", "kind", "width", "gram width"):
-        layers.add_column(column)
-    for layer in summary["layers"]:
-        layers.add_row(layer["name"], layer["kind"], str(layer["width"]), str(layer["gram_width"]))
-    out.print(layers)
+    out.print(_output.layers_table((la["name"], la["kind"], la["width"], la["gram_width"])
+                                   for la in summary["layers"]))
