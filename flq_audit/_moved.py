@@ -1,5 +1,6 @@
-"""The warning the read side's 0.2 module paths give on import (they moved into
-:mod:`flq_audit.reading` and keep working for one release)."""
+"""The warning a moved module's 0.2 path gives on import (the read side moved into
+:mod:`flq_audit.reading`, the parameter layers into :mod:`flq_audit.capture.params`); old
+paths keep working for one release."""
 
 from __future__ import annotations
 
