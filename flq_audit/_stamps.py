@@ -147,7 +147,7 @@ def find_metric(ds: xr.Dataset, name: str, params: Mapping[str, Any],
         if OUTPUT_ATTR in attrs:
             same_output = attrs[OUTPUT_ATTR] == name
         else:  # 0.1: the name that version gave this output for these parameters
-            suffix = options_suffix(kind.from_attrs(attrs)) if kind is not None else ""  # type: ignore[attr-defined]
+            suffix = options_suffix(kind.from_attrs(attrs)) if kind is not None else ""  # type: ignore[attr-defined]  # kinds with parameters have from_attrs
             same_output = var_name == stored_name(name, suffix)
         if same_output and stored.keys() == wanted.keys() and all(
                 _same(stored[key], value) for key, value in wanted.items()):

@@ -252,7 +252,7 @@ def compute_metrics(
     from flq_audit.store import StoreLocation, open_dataset
 
     given = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
-                      denominator=denominator)  # type: ignore[arg-type]
+                      denominator=denominator)  # type: ignore[arg-type]  # checked by __post_init__
     if tl is not None and given != TLOptions():
         raise OptionError("pass the TL parameters either as tl=TLOptions(...) or as pca, "
                           "pca_threshold, ridge and denominator, not both")
@@ -260,7 +260,7 @@ def compute_metrics(
     open_dataset(location)  # a missing or foreign store is reported before anything is locked
     with _metrics_lock(location):
         # the engine writes through ``location.zarr_store()`` (local or URL)
-        return run_metrics(location, open_dataset(location),  # type: ignore[arg-type]
+        return run_metrics(location, open_dataset(location),  # type: ignore[arg-type]  # a StoreLocation, see above
                            metrics=metrics, tl=tl or given,
                            scheduler=scheduler, recompute=recompute)
 

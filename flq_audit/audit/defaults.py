@@ -35,7 +35,7 @@ def resolved_pooling(
     if text.task != "sequence":  # rows are tokens: nothing is pooled
         return replace(text, pooling="cls"), f"unused by the {text.task} task"
     pooling, why = default_pooling(built.module)
-    return replace(text, pooling=pooling), why  # type: ignore[arg-type]
+    return replace(text, pooling=pooling), why  # type: ignore[arg-type]  # one of POOLINGS
 
 
 def text_probe(spec: str, folder: Path | None, text: TextProbeOptions) -> Any:

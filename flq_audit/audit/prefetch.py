@@ -97,7 +97,7 @@ class Prefetcher(Generic[T]):
         self._taken += 1
         if error is not None:
             raise error
-        return result  # type: ignore[return-value]
+        return result  # type: ignore[return-value]  # not None when error is None
 
     def peek(self) -> T | None:
         """The result :meth:`next` will return, without taking it (blocks until it is loaded);

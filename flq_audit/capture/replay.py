@@ -98,7 +98,7 @@ def replay(
             if name in captured or not args:
                 return
             rows = as_rows(args[0].detach())
-            captured[name] = None if rows is None else to_numpy(rows)  # type: ignore[assignment]
+            captured[name] = None if rows is None else to_numpy(rows)  # type: ignore[assignment]  # None: no token axis
             if stop_early and len(captured) == len(wanted):
                 raise _StopForward
 
@@ -144,7 +144,7 @@ def replay(
                 raise probe_error(batch, err, model) from err
             for name, seen in uses.items():
                 parts = [p for p in seen if p is not None]
-                captured[name] = to_numpy(torch.cat(parts, dim=1)) if parts else None  # type: ignore[assignment]
+                captured[name] = to_numpy(torch.cat(parts, dim=1)) if parts else None  # type: ignore[assignment]  # None: no token axis
             yield batch.start, batch.stop, captured
     finally:
         for handle in handles:

@@ -140,4 +140,4 @@ def mapped(func: F) -> F:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps the signature

@@ -55,7 +55,7 @@ class _Sink(Console):
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # typeshed: property has no fset
 
     def on_broken_pipe(self) -> None:
         """The reader of stdout has gone: later output goes nowhere, and the command's error

@@ -55,7 +55,7 @@ class TLOptions:
                    pca_threshold=int(attrs.get("pca_threshold", DEFAULT_PCA_THRESHOLD)),
                    ridge=float(attrs.get("ridge", 0.0)),
                    # a str: __post_init__ refuses anything but "column" and "row"
-                   denominator=str(attrs.get("denominator", "column")))  # type: ignore[arg-type]
+                   denominator=str(attrs.get("denominator", "column")))  # type: ignore[arg-type]  # checked
 
     @property
     def suffix(self) -> str:

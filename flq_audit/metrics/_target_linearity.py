@@ -108,7 +108,7 @@ def target_linearity_dataset(
     try:
         options = TLOptions(pca=pca, pca_threshold=pca_threshold, ridge=ridge,
                             # a str: __post_init__ refuses anything but "column" and "row"
-                            denominator=denominator)  # type: ignore[arg-type]
+                            denominator=denominator)  # type: ignore[arg-type]  # checked by __post_init__
     except OptionError as err:
         raise MetricError(err.message) from None
     out = group_dataset(SPEC, GroupContext(ds, options, shared_moments=moments))

@@ -126,8 +126,8 @@ def load_text_probe(
     records = _read_records(Path(path))
     tok = tokenizer
     if getattr(tok, "pad_token", None) is None:
-        tok.pad_token = tok.eos_token  # type: ignore[attr-defined]
-    tok.padding_side = "right"  # type: ignore[attr-defined]
+        tok.pad_token = tok.eos_token  # type: ignore[attr-defined]  # a transformers tokenizer
+    tok.padding_side = "right"  # type: ignore[attr-defined]  # a transformers tokenizer
     name = Path(path).name
     if task == "token":
         return _token_probe(name, records, tok, text_column, label_column, max_length)
@@ -186,7 +186,7 @@ def _encode(tok, texts, max_length: int, *, split: bool) -> dict[str, np.ndarray
               is_split_into_words=split, return_tensors="np")
     out = {k: np.asarray(v).astype(np.int64) for k, v in enc.items()}
     if split:
-        out["_word_ids"] = [enc.word_ids(i) for i in range(len(texts))]  # type: ignore[assignment]
+        out["_word_ids"] = [enc.word_ids(i) for i in range(len(texts))]  # type: ignore[assignment]  # word ids, not an array
     return out
 
 

@@ -43,8 +43,8 @@ def hub_error(
 ) -> FlqAuditError:
     """An flq-audit error carrying ``repo_id`` and ``revision`` attributes."""
     err = cls(message, path=f"hf://{repo_id}", step=step, hint=hint)
-    err.repo_id = repo_id  # type: ignore[attr-defined]
-    err.revision = revision  # type: ignore[attr-defined]
+    err.repo_id = repo_id  # type: ignore[attr-defined]  # set on this error only
+    err.revision = revision  # type: ignore[attr-defined]  # set on this error only
     return err
 
 

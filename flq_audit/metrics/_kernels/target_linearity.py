@@ -149,7 +149,7 @@ def _target_linearity_compute(m: Moments | DualMoments, **options: object,
                               ) -> tuple[float, int, int]:
     """``(tl, rank, n_features_used)``; see :func:`fit_target_linearity`."""
     # the kernels pass TLOptions' fields by name; ``**options: object`` cannot say their types
-    fit = fit_target_linearity(m, **options)  # type: ignore[arg-type]
+    fit = fit_target_linearity(m, **options)  # type: ignore[arg-type]  # see the comment above
     return fit.tl, fit.rank, fit.n_features
 
 
