@@ -1,0 +1,188 @@
+"""``flq-audit SOURCE --watch`` on a folder that a separate process fills checkpoint by
+checkpoint: every step audited once, none read half-written, ``--until`` ends it, and a
+watch stopped by SIGINT is finished by the next one."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from flq_audit import api
+from flq_audit.store import StepClaims, StoreLocation
+from tests._helpers.cli import describe, popen_cli, read_done
+from tests._helpers.runs import state_for
+from tests._helpers.stores import assert_same_store
+
+ROOT = Path(__file__).resolve().parents[2]
+#: A guard against a hung watch, never a timing assert.
+DEADLINE_S = 150
+
+#: The training job: checkpoint-N/ folders as transformers' Trainer writes them. Each phase
+#: after the first waits for a go-file the test creates once the watch has seen the previous
+#: phase, so the half-written states are seen by the watch for certain.
+WRITER = r'''
+import sys, time
+from pathlib import Path
+from tests._helpers.hub import safetensors_bytes, sharded
+from tests._helpers.runs import state_for
+
+root, control, phases = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def state(step):
+    return {k: v.detach().contiguous() for k, v in state_for(step).items()}
+
+def folder(step):
+    d = root / f"checkpoint-{step}"
+    d.mkdir()
+    (d / "trainer_state.json").write_text("{}")
+    return d
+
+def wait_for(name):
+    while not (control / name).exists():
+        time.sleep(0.05)
+
+def whole(step):
+    (folder(step) / "model.safetensors").write_bytes(safetensors_bytes(state(step)))
+
+if phases == "sigint":
+    for step in (0, 10, 20):
+        whole(step)
+    sys.exit(0)
+whole(0)
+whole(10)
+wait_for("go-1")
+shards = sharded(state(20), 2)
+names = sorted(n for n in shards if n.endswith(".safetensors"))
+d20 = folder(20)
+(d20 / names[0]).write_bytes(shards[names[0]])   # one shard of two, no index yet
+data = safetensors_bytes(state(30))
+with open(folder(30) / "model.safetensors", "wb") as fh:   # half of its bytes
+    fh.write(data[: len(data) // 2])
+wait_for("go-2")
+(d20 / names[1]).write_bytes(shards[names[1]])
+(d20 / "model.safetensors.index.json").write_bytes(shards["model.safetensors.index.json"])
+with open(root / "checkpoint-30" / "model.safetensors", "ab") as fh:
+    fh.write(data[len(data) // 2:])
+whole(40)
+'''
+
+
+def _writer(run: Path, control: Path, phases: str = "grow") -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(run), str(control), phases],
+                            cwd=ROOT)
+
+
+class _Lines:
+    """The watch's stderr, collected line by line as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stderr is not None
+        self._thread = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _wait(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert proc.poll() is None, f"the watch ended while waiting for {what}"
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _done_steps(store: Path) -> list[int]:
+    done = read_done(store)
+    if done is None:
+        return []
+    import zarr
+
+    steps = np.asarray(zarr.open_group(str(store), mode="r")["step"][:])
+    return [int(s) for s in steps[: len(done)][done]]
+
+
+def _watch(run: Path, store: Path, *extra: str) -> subprocess.Popen[str]:
+    return popen_cli(run, "--watch", "--poll", "0.2", "--weights-only", "--out", store, *extra)
+
+
+def test_watch_audits_each_checkpoint_once_and_never_half_written(tmp_path):
+    run, control, store = tmp_path / "run", tmp_path / "control", tmp_path / "s.zarr"
+    run.mkdir()
+    control.mkdir()
+    writer = _writer(run, control)
+    proc = _watch(run, store, "--until", "40")
+    lines = _Lines(proc)
+    try:
+        _wait(lambda: _done_steps(store) == [0, 10], "steps 0 and 10", proc)
+        (control / "go-1").touch()
+        _wait(lambda: "checkpoint-20 still being written" in lines.text()
+              and "checkpoint-30 still being written" in lines.text(), "the waits", proc)
+        assert 20 not in _done_steps(store) and 30 not in _done_steps(store)
+        (control / "go-2").touch()
+        proc.wait(timeout=DEADLINE_S)
+    finally:
+        for p in (proc, writer):
+            if p.poll() is None:
+                p.kill()
+    assert writer.wait() == 0
+    out = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 0, describe(subprocess.CompletedProcess(proc.args, proc.returncode,
+                                                                     out, lines.text()))
+    assert "shard index not written yet" in lines.text()
+    ds = xr.open_zarr(store)
+    assert ds["step"].values.tolist() == [0, 10, 20, 30, 40]
+    assert ds["done"].values.all()
+    claims = StepClaims(StoreLocation.parse(store))
+    assert [claims.read(s).claims for s in (0, 10, 20, 30, 40)] == [1] * 5
+    claims.close()
+    for step in (0, 10, 20, 30, 40):  # the Grams of the finished files, WᵀW computed here
+        state = state_for(step)
+        for i, layer in enumerate(ds["layer"].values.tolist()):
+            w = state[f"{layer}.weight"].double().numpy()
+            width = int(ds["gram_width"].values[i])
+            gram = ds["gram"].sel(step=step, layer=layer).values[:width, :width]
+            np.testing.assert_allclose(gram, w.T @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_sigint_mid_watch_then_a_rerun_finishes_the_store(tmp_path):
+    run, control, store = tmp_path / "run", tmp_path / "control", tmp_path / "s.zarr"
+    run.mkdir()
+    control.mkdir()
+    assert _writer(run, control, "sigint").wait() == 0
+    proc = _watch(run, store)
+    lines = _Lines(proc)
+    try:
+        _wait(lambda: bool(_done_steps(store)), "a first step", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, lines.text()
+    assert "rerun the same command to resume" in lines.text()
+    (run / "checkpoint-30").mkdir()  # the run went on meanwhile
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state_for(30).items()},
+              str(run / "checkpoint-30" / "model.safetensors"))
+    again = _watch(run, store, "--until", "30")
+    out, err = again.communicate(timeout=DEADLINE_S)
+    assert again.returncode == 0, err
+    assert "step 30 reached" in out
+    reference = tmp_path / "one-shot.zarr"
+    assert not api.audit(str(run), weights_only=True, out=reference).failed
+    assert_same_store(store, reference)
