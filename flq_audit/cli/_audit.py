@@ -183,7 +183,8 @@ def audit_command(
     metrics: WatchMetricsOpt = None,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
-    _check_watch_options(watch, dry_run=dry_run, poll=poll, until=until, metrics=metrics)
+    _check_watch_options(watch, dry_run=dry_run, steps=steps, poll=poll, until=until,
+                         metrics=metrics)
     fl = fl_options(None if fl_loss is None else fl_loss.value, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype.value,
@@ -280,12 +281,16 @@ class _WatchLines:
                                  f"{len(result.failed)} failed", highlight=False)
 
 
-def _check_watch_options(watch: bool, *, dry_run: bool, poll: float, until: int | None,
-                         metrics: str | None) -> None:
-    """--poll, --until and --metrics belong to --watch; a dry run does not watch."""
+def _check_watch_options(watch: bool, *, dry_run: bool, steps: str, poll: float,
+                         until: int | None, metrics: str | None) -> None:
+    """--poll, --until and --metrics belong to --watch; a dry run and a step selection do
+    not watch."""
     if watch and dry_run:
         raise OptionError("--watch and --dry-run: a dry run writes nothing, so it cannot watch",
                           hint="Run --dry-run alone to see the plan, then --watch.")
+    if watch and steps.strip().lower() not in ("all", ""):
+        raise OptionError(f"--steps {steps} with --watch: a watch audits every checkpoint",
+                          hint="Audit the selection first (without --watch), then watch.")
     given = [name for name, value in (("--poll", poll != 30.0), ("--until", until is not None),
                                       ("--metrics", metrics is not None)) if value]
     if given and not watch:
