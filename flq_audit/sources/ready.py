@@ -121,6 +121,8 @@ class Readiness:
         self._seen[str(folder)] = signature
         if reason is not None:
             return reason
+        if previous is None:
+            return "seen once: its sizes are checked again at the next poll"
         return None if previous == signature else "sizes still changing"
 
     def split(self, refs: Sequence[CheckpointRef]) -> tuple[list[CheckpointRef], dict[str, str]]:

@@ -186,3 +186,64 @@ def test_sigint_mid_watch_then_a_rerun_finishes_the_store(tmp_path):
     reference = tmp_path / "one-shot.zarr"
     assert not api.audit(str(run), weights_only=True, out=reference).failed
     assert_same_store(store, reference)
+
+
+def test_sigterm_while_waiting_exits_143_and_keeps_the_store(tmp_path):
+    run, control, store = tmp_path / "run", tmp_path / "control", tmp_path / "s.zarr"
+    run.mkdir()
+    control.mkdir()
+    assert _writer(run, control, "sigint").wait() == 0
+    proc = _watch(run, store, "--until", "1000")
+    lines = _Lines(proc)
+    try:
+        _wait(lambda: "3 steps done; until step 1000)" in lines.text(), "a wait", proc)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, lines.text()
+    assert "rerun the same command to resume" in lines.text()
+    assert _done_steps(store) == [0, 10, 20]
+
+
+def test_metrics_after_each_round_equal_a_one_shot_computation(tmp_path):
+    """The watch's sleep is where the training job writes its next checkpoint."""
+    from flq_audit.audit.watch import WatchOptions, watch
+    from flq_audit.options import RunOptions
+    from flq_audit.store import open_dataset
+    from tests._helpers.runs import make_run
+
+    run = make_run(tmp_path / "run", (0, 10))
+    later = iter([20, 30])
+
+    def training(seconds: float) -> None:
+        step = next(later, None)
+        if step is not None:
+            make_run(run, (step,))
+
+    store, options = tmp_path / "s.zarr", WatchOptions(poll=0.2, until=30, metrics=("tl",))
+    result = watch(str(run), options=options, run=RunOptions(batch_size=20), sleep=training,
+                   out=store)
+    assert sorted(result.written) == [0, 10, 20, 30] and not result.failed
+    reference = tmp_path / "one-shot.zarr"
+    api.audit(str(run), out=reference, run=RunOptions(batch_size=20))
+    want = api.compute_metrics(reference, metrics=["tl"])["target_linearity"]
+    ds = open_dataset(store)
+    assert ds.flq.summary().stale_metrics == []
+    np.testing.assert_array_equal(ds.flq.metric("target_linearity").values, want.values)
+
+
+def test_watch_options_belong_to_watch(tmp_path):
+    from tests._helpers.cli import invoke
+    from tests._helpers.runs import make_run
+
+    run = make_run(tmp_path / "run", (0,))
+    for args, needle in ((("--poll", "1"), "apply only with --watch"),
+                         (("--until", "5"), "apply only with --watch"),
+                         (("--watch", "--dry-run"), "--dry-run"),
+                         (("--watch", "--steps", "first"), "audits every checkpoint")):
+        result = invoke("audit", run, "--out", tmp_path / "s.zarr", *args)
+        assert result.exit_code == 2, describe(result)
+        assert needle in result.output
+    assert not (tmp_path / "s.zarr").exists()
