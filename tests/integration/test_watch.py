@@ -247,3 +247,36 @@ def test_watch_options_belong_to_watch(tmp_path):
         assert result.exit_code == 2, describe(result)
         assert needle in result.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_watch_a_hub_repo_audits_a_branch_added_between_polls(tmp_path):
+    import os
+
+    from tests._helpers.hub import build_git_repo, olah_hub, rev_parse, safetensors_bytes, tiny_state
+
+    def revision(seed: int) -> dict[str, bytes]:
+        return {"model.safetensors": safetensors_bytes(tiny_state(seed))}
+
+    branches = {"main": revision(10), "step0": revision(0), "step10": revision(10)}
+    with olah_hub(tmp_path / "olah", {"org/growing": branches}) as (endpoint, _, server):
+        home, store = tmp_path / "home", tmp_path / "s.zarr"
+        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home),
+               "HF_HUB_CACHE": str(home / "hub"), "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+        proc = popen_cli("org/growing", "--watch", "--poll", "0.2", "--until", "20",
+                         "--weights-only", "--out", store, env=env)
+        lines = _Lines(proc)
+        try:
+            _wait(lambda: _done_steps(store) == [0, 10], "steps 0 and 10", proc)
+            repo = server.repo_path("org/growing")
+            build_git_repo(repo, {"step20": revision(20)})  # the uploader pushes a branch
+            proc.wait(timeout=DEADLINE_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, lines.text()
+        ds = xr.open_zarr(store)
+        assert ds["step"].values.tolist() == [0, 10, 20] and bool(ds["done"].all())
+        assert str(ds["commit"].sel(step=20).values) == rev_parse(repo, "step20")
+        w = tiny_state(20)["layers.0.weight"].double().numpy()
+        gram = ds["gram"].sel(step=20, layer="layers.0").values[:4, :4]
+        np.testing.assert_allclose(gram, w.T @ w, rtol=1e-5, atol=1e-6)
