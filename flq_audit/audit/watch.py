@@ -17,11 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from flq_audit._format import one_line
-from flq_audit.errors import CheckpointNotFoundError, IntegrityError, OptionError, StepSelectionError
+from flq_audit.errors import (
+    CheckpointNotFoundError,
+    IntegrityError,
+    NetworkError,
+    OptionError,
+    StepSelectionError,
+)
 from flq_audit.options import DEFAULT_RUN, RunOptions, SourceOptions
 
-#: Listing errors a checkpoint being written can cause; the watch waits them out.
-_TRANSIENT = (IntegrityError, CheckpointNotFoundError, StepSelectionError)
+#: Errors a checkpoint being written (or a step that vanished between two listings, or a
+#: network blip) can cause; the watch waits them out and looks again at the next poll.
+_TRANSIENT = (IntegrityError, StepSelectionError, NetworkError)
 
 
 @dataclass(frozen=True)
@@ -91,14 +98,14 @@ def watch(
         state.result.polls += 1
         ready, waiting, where = _look(source, hub, state)
         todo = [r.step for r in ready if r.step not in state.attempted]
-        if todo:
-            _audit_round(source, todo, state, run=run, hub=hub, options=options,
-                         reporter=reporter, plan=plan)
+        if todo and _audit_round(source, todo, state, run=run, hub=hub, options=options,
+                                 reporter=reporter, plan=plan):
             continue  # look again at once: more may have been written meanwhile
         if state.reached(options.until):
             return state.result
         reporter.waiting(_waiting_message(where, options, state, waiting))
         sleep(options.poll)
+        state.readiness.next_poll()
 
 
 @dataclass
@@ -118,10 +125,12 @@ def _look(source: str, hub: SourceOptions | None, state: _State) -> tuple[list[A
     from flq_audit.sources import open_source
 
     src = open_source(source, **(hub.source_kwargs() if hub is not None else {}))
+    # a local folder with nothing complete in it yet is waited for; a Hub repo must exist
+    transient = (*_TRANSIENT, CheckpointNotFoundError) if src.name == "local" else _TRANSIENT
     try:
         refs = src.list_refs()
         state.listing_error = ""
-    except _TRANSIENT as err:  # an entry being written, or nothing written yet
+    except transient as err:  # an entry being written, or nothing written yet
         state.listing_error = one_line(getattr(err, "message", str(err)))
         return [], {}, src.describe()
     pending = [r for r in refs if r.step not in state.attempted]
@@ -131,8 +140,9 @@ def _look(source: str, hub: SourceOptions | None, state: _State) -> tuple[list[A
 
 def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOptions,
                  hub: SourceOptions | None, options: WatchOptions, reporter: WatchReporter,
-                 plan: dict[str, Any]) -> None:
-    """Plan and run an audit of ``steps`` into the watch's store; recompute the metrics."""
+                 plan: dict[str, Any]) -> bool:
+    """Plan and run an audit of ``steps`` into the watch's store, recompute the metrics;
+    ``False`` when it could not run this time (it is tried again at the next poll)."""
     from flq_audit import api
 
     selection = ",".join(str(step) for step in steps)
@@ -140,11 +150,15 @@ def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOp
         planned = api.plan_audit(source, steps=selection, run=run, hub=hub, **plan)
     except _TRANSIENT as err:  # the source changed between the two listings: look again
         state.listing_error = one_line(str(err))
-        return
+        return False
     if planned.store_refusal is not None:
         raise planned.store_refusal
-    with reporter.audit_round() as progress:
-        result = api.run_audit(planned, run, progress)
+    try:
+        with reporter.audit_round() as progress:
+            result = api.run_audit(planned, run, progress)
+    except NetworkError as err:  # finished steps are kept; the others are tried again
+        state.listing_error = one_line(err.message)
+        return False
     state.attempted.update(steps)
     state.result.store = str(result.store)
     state.result.written += result.written
@@ -153,6 +167,7 @@ def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOp
     reporter.round_done(result)
     if options.metrics and result.written:
         api.compute_metrics(planned.store, metrics=options.metrics)
+    return True
 
 
 def _waiting_message(where: str, options: WatchOptions, state: _State,

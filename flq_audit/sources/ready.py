@@ -98,14 +98,20 @@ def _signature(folder: Path) -> tuple[tuple[str, int], ...]:
 
 
 class Readiness:
-    """Decides which listed checkpoints are completely written, look after look.
+    """Decides which listed checkpoints are completely written, poll after poll.
 
     A file is judged on its own; a folder must also look the same (names and sizes) as at
-    the previous look, so a folder is ready at the earliest on its second look.
+    an earlier poll, so a folder is ready at the earliest at the poll after the one that
+    first saw it complete. :meth:`next_poll` marks the time between two polls.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._poll = 0
+        self._seen: dict[str, tuple[int, tuple[tuple[str, int], ...]]] = {}
+
+    def next_poll(self) -> None:
+        """The watch waited: the next looks belong to a new poll."""
+        self._poll += 1
 
     def unready(self, ref: CheckpointRef) -> str | None:
         """Why ``ref`` is not ready yet (``None``: it is). Hub checkpoints are always ready."""
@@ -118,12 +124,15 @@ class Readiness:
         reason = folder_unready(files)
         signature = _signature(folder)
         previous = self._seen.get(str(folder))
-        self._seen[str(folder)] = signature
+        if previous is None or previous[1] != signature:
+            self._seen[str(folder)] = (self._poll, signature)
+            return reason or ("seen once: its sizes are checked again at the next poll"
+                              if previous is None else "sizes still changing")
         if reason is not None:
             return reason
-        if previous is None:
+        if previous[0] == self._poll:
             return "seen once: its sizes are checked again at the next poll"
-        return None if previous == signature else "sizes still changing"
+        return None
 
     def split(self, refs: Sequence[CheckpointRef]) -> tuple[list[CheckpointRef], dict[str, str]]:
         """The ready refs, and each other ref's label with why it is not ready."""

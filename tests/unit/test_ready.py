@@ -63,14 +63,17 @@ def _folder_ref(folder: Path) -> CheckpointRef:
                          files=(str(folder / "model.safetensors"),), fmt="safetensors")
 
 
-def test_a_folder_counts_once_it_looks_the_same_twice(tmp_path):
+def test_a_folder_counts_once_it_looks_the_same_at_two_polls(tmp_path):
     folder = tmp_path / "checkpoint-5"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(save(STATE))
     ref, readiness = _folder_ref(folder), Readiness()
     assert readiness.unready(ref).startswith("seen once")  # type: ignore[union-attr]
+    assert readiness.unready(ref).startswith("seen once")  # type: ignore[union-attr]
+    readiness.next_poll()
     (folder / "optimizer.pt").write_bytes(b"partial")  # the trainer is still writing
     assert readiness.unready(ref) == "sizes still changing"
+    readiness.next_poll()
     assert readiness.unready(ref) is None
     ready, waiting = readiness.split([ref])
     assert ready == [ref] and waiting == {}
