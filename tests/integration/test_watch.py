@@ -280,3 +280,40 @@ def test_watch_a_hub_repo_audits_a_branch_added_between_polls(tmp_path):
         w = tiny_state(20)["layers.0.weight"].double().numpy()
         gram = ds["gram"].sel(step=20, layer="layers.0").values[:4, :4]
         np.testing.assert_allclose(gram, w.T @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_half_written_shard_index_is_waited_out(tmp_path):
+    """A listing that fails on a half-written ``model.safetensors.index.json`` does not stop
+    the watch: it waits, says why, and audits the checkpoint once the index is whole."""
+    from contextlib import nullcontext
+
+    from flq_audit.audit.watch import WatchOptions, watch
+    from tests._helpers.hub import safetensors_bytes, sharded
+
+    run = tmp_path / "run"
+    (run / "checkpoint-0").mkdir(parents=True)
+    (run / "checkpoint-0" / "model.safetensors").write_bytes(safetensors_bytes(state_for(0)))
+    files = sharded({k: v.contiguous() for k, v in state_for(10).items()}, 2)
+    (run / "checkpoint-10").mkdir()
+    for name, data in files.items():
+        cut = len(data) // 2 if name.endswith(".json") else len(data)
+        (run / "checkpoint-10" / name).write_bytes(data[:cut])
+    said: list[str] = []
+
+    class Reporter:
+        def audit_round(self):
+            return nullcontext()
+
+        def waiting(self, message: str) -> None:
+            said.append(message)
+
+        def round_done(self, result) -> None: ...
+
+    def training(seconds: float) -> None:  # the trainer finishes writing the index
+        index = run / "checkpoint-10" / "model.safetensors.index.json"
+        index.write_bytes(files["model.safetensors.index.json"])
+
+    result = watch(str(run), options=WatchOptions(poll=0.2, until=10), reporter=Reporter(),
+                   sleep=training, weights_only=True, out=tmp_path / "s.zarr")
+    assert sorted(result.written) == [0, 10] and not result.failed
+    assert any("listing:" in m and "index" in m for m in said), said
