@@ -52,6 +52,7 @@ from flq_audit.store._schema import (
     DONE,
     StoreLayout,
     fingerprint_differences,
+    safe_text,
 )
 from flq_audit.store._template import write_template
 from flq_audit.store._writer import StepWriter, zarr_array
@@ -268,7 +269,24 @@ def _check_resumable(store: Path | StoreLocation, layout: StoreLayout) -> list[i
             path=path, hint=NEW_OUT_HINT,
         )
     refuse_unplaceable(location, steps, layout.written)
+    _refuse_relabelled(location, group, steps, layout)
     return steps
+
+
+def _refuse_relabelled(location: StoreLocation, group: zarr.Group, steps: list[int],
+                       layout: StoreLayout) -> None:
+    """A selected step the store holds under another checkpoint name (step numbers that moved:
+    e.g. offsets of a multi-track Hub suite that gained branches) is refused."""
+    stored = dict(zip(steps, (str(v) for v in np.asarray(zarr_array(group, "label")[:])),
+                      strict=True))
+    listed = dict(zip(layout.steps, layout.labels, strict=True))
+    moved = [f"step {s}: stored {stored[s]!r}, now {listed[s]!r}" for s in layout.written
+             if s in stored and s in listed and stored[s] != safe_text(listed[s])]
+    if moved:
+        raise StoreMismatchError(
+            f"store {location.display!r} names other checkpoints at these steps: "
+            + "; ".join(moved[:5]) + (" ..." if len(moved) > 5 else ""),
+            path=location.display, hint=NEW_OUT_HINT)
 
 
 def steps_to_append(path: str | Path | StoreLocation, layout: StoreLayout) -> list[int]:

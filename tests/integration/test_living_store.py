@@ -203,3 +203,15 @@ def test_two_audits_of_different_selections_at_once_on_s3(s3_endpoint, run, one_
         assert claim is not None and claim.finished and claim.claims == 1, (step, claim)
     group = zarr.open_group(claims.location.zarr_store(read_only=True), mode="r")
     assert_same_variables(group, one_shot, COMPARED)
+
+
+def test_a_step_the_store_holds_under_another_checkpoint_name_is_refused(tmp_path):
+    growing, _ = _growing_run(tmp_path, (0, 10))
+    store = tmp_path / "s.zarr"
+    _audit(growing, store, "0")
+    (growing / "step_10.safetensors").rename(growing / "model_10.safetensors")
+    with pytest.raises(StoreMismatchError) as caught:
+        api.audit(str(growing), steps="all", out=store, run=RUN)
+    assert "'step_10.safetensors'" in caught.value.message
+    assert "'model_10.safetensors'" in caught.value.message
+    assert xr.open_zarr(store)["done"].values.tolist() == [True, False]
