@@ -1,0 +1,31 @@
+"""The audit worker process (``python -m flq_audit.integrations._child``).
+
+Input, one line each: the pickled :class:`AuditSettings` (base64), then one step number a
+line until end of input. Output: one JSON line per step on the original standard output;
+everything else the audit prints goes to standard error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import sys
+
+
+def main() -> int:
+    from flq_audit.integrations._worker import audit_one
+
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints cannot break the replies
+    settings = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))
+    for line in sys.stdin:
+        if line.strip():
+            replies.write(json.dumps(audit_one(settings, int(line))) + "\n")
+    replies.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
