@@ -56,6 +56,7 @@ class AuditWorker:
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._dead_warned = False
 
     # ------------------------------------------------------------------ public
     def submit(self, step: int) -> None:
@@ -72,8 +73,19 @@ class AuditWorker:
             return
         proc = self._proc or self._start()
         assert proc.stdin is not None
-        proc.stdin.write(f"{step}\n".encode())
-        proc.stdin.flush()
+        try:
+            proc.stdin.write(f"{step}\n".encode())
+            proc.stdin.flush()
+        except OSError:  # the worker died: close() reports every step it did not audit
+            self._warn_dead(step)
+
+    def _warn_dead(self, step: int) -> None:
+        if not self._dead_warned:
+            self._dead_warned = True
+            code = self._proc.poll() if self._proc is not None else None
+            warnings.warn(f"the audit worker of {self.settings.store!r} exited (status {code}): "
+                          f"step {step} and later steps are saved but not audited",
+                          FlqAuditWarning, stacklevel=3)
 
     def wait(self) -> None:
         """Block until every submitted step has been audited or has failed."""
