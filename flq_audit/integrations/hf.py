@@ -3,7 +3,7 @@
 The Trainer writes ``OUTPUT_DIR/checkpoint-{global_step}/``; at ``on_save`` the callback
 hands that step to the audit worker, which audits ``OUTPUT_DIR`` with ``--steps STEP`` into
 one store. The Trainer's model, optimizer, RNG and device are never touched: the audit reads
-the saved files. Needs the extra ``flq-audit[hf]``.
+the saved files. Needs the extra ``flq-audit[hf]`` (imported on first use of the class).
 """
 
 from __future__ import annotations
@@ -15,18 +15,16 @@ from flq_audit.integrations._settings import AuditSettings
 from flq_audit.integrations._worker import AuditWorker, OnError
 from flq_audit.options import DEFAULT_CAPTURE, DEFAULT_RUN, CaptureOptions, RunOptions, SourceOptions
 
-try:
-    from transformers import TrainerCallback
-except ImportError as err:  # pragma: no cover - the hf extra is missing
-    raise ImportError("FlqAuditCallback needs transformers: pip install 'flq-audit[hf]'") from err
-
 if TYPE_CHECKING:
     from flq_audit.audit.extensions.fl_inputs import FLOptions
     from flq_audit.options import TextProbeOptions
 
 
-class FlqAuditCallback(TrainerCallback):
-    """Audit every checkpoint a ``transformers.Trainer`` saves into ``store``.
+class TrainerAudit:
+    """The callback's behaviour, free of transformers (:data:`FlqAuditCallback` adds
+    ``TrainerCallback`` as a base when first used, so importing this module stays cheap).
+
+    Audit every checkpoint a ``transformers.Trainer`` saves into ``store``.
 
     Parameters
     ----------
@@ -83,4 +81,26 @@ class FlqAuditCallback(TrainerCallback):
             worker.close()
 
 
-__all__ = ["FlqAuditCallback"]
+def _callback_class() -> type:
+    try:
+        from transformers import TrainerCallback
+    except ImportError as err:  # the hf extra is missing
+        raise ImportError("FlqAuditCallback needs transformers: pip install 'flq-audit[hf]'"
+                          ) from err
+    return type("FlqAuditCallback", (TrainerAudit, TrainerCallback),
+               {"__module__": __name__, "__doc__": TrainerAudit.__doc__})
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    """``FlqAuditCallback``: a ``transformers.TrainerCallback``, made on first use."""
+    if name != "FlqAuditCallback":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _CLASSES:
+        _CLASSES[name] = _callback_class()
+    return _CLASSES[name]
+
+
+__all__ = ["FlqAuditCallback", "TrainerAudit"]  # noqa: F822  # the class comes from __getattr__

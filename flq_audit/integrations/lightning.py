@@ -4,7 +4,8 @@ Every ``every_n_steps`` optimizer steps (or ``every_n_epochs`` epochs) the callb
 ``folder/checkpoint-{global_step}/model.safetensors`` through a
 :class:`~flq_audit.integrations.Recorder`, which hands the step to the audit worker. The
 module, its device, the optimizer and the RNG are never touched: the weights are copied to
-the CPU. Needs the extra ``flq-audit[lightning]`` (``pytorch-lightning``).
+the CPU. Needs the extra ``flq-audit[lightning]`` (``pytorch-lightning``, imported on first use of
+the class).
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ from typing import Any
 from flq_audit.errors import OptionError
 from flq_audit.integrations.recorder import Recorder
 
-try:
-    from pytorch_lightning import Callback
-except ImportError as err:  # pragma: no cover - the lightning extra is missing
-    raise ImportError("FlqAuditLightningCallback needs pytorch-lightning: "
-                      "pip install 'flq-audit[lightning]'") from err
 
+class LightningAudit:
+    """The callback's behaviour, free of Lightning (:data:`FlqAuditLightningCallback` adds
+    ``pytorch_lightning.Callback`` as a base when first used: its import takes seconds).
 
-class FlqAuditLightningCallback(Callback):
-    """Save and audit the weights of a ``LightningModule`` during ``Trainer.fit``.
+    Save and audit the weights of a ``LightningModule`` during ``Trainer.fit``.
 
     Parameters
     ----------
@@ -99,4 +97,26 @@ class FlqAuditLightningCallback(Callback):
             recorder.close()
 
 
-__all__ = ["FlqAuditLightningCallback"]
+def _callback_class() -> type:
+    try:
+        from pytorch_lightning import Callback
+    except ImportError as err:  # the lightning extra is missing
+        raise ImportError("FlqAuditLightningCallback needs pytorch-lightning: "
+                          "pip install 'flq-audit[lightning]'") from err
+    return type("FlqAuditLightningCallback", (LightningAudit, Callback),
+                {"__module__": __name__, "__doc__": LightningAudit.__doc__})
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    """``FlqAuditLightningCallback``: a ``pytorch_lightning.Callback``, made on first use."""
+    if name != "FlqAuditLightningCallback":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _CLASSES:
+        _CLASSES[name] = _callback_class()
+    return _CLASSES[name]
+
+
+__all__ = ["FlqAuditLightningCallback", "LightningAudit"]  # noqa: F822  # the class comes from __getattr__
