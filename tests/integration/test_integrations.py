@@ -182,3 +182,22 @@ def test_a_worker_that_dies_is_reported_with_the_steps_it_did_not_audit(tmp_path
     assert "exited (status -9) before auditing" in str(info.value)
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == [
         "checkpoint-0", "checkpoint-1", "checkpoint-2"]
+
+
+@pytest.mark.gpu
+def test_saving_a_cuda_model_leaves_it_and_the_cuda_rng_as_they_were(tmp_path):
+    from flq_audit.options import RunOptions
+
+    spec, probe = write_inputs(tmp_path)
+    net = build_from_spec(SMALL_SPEC).cuda()
+    cuda_rng = torch.cuda.get_rng_state_all()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    recorder = Recorder(tmp_path / "s.zarr", tmp_path / "ckpts", model=str(spec),
+                        probe=str(probe), inline=True, run=RunOptions(device="cuda"))
+    recorder.save(0, net)  # inline: the audit replays on this process's GPU
+    recorder.close()
+    assert all(p.is_cuda for p in net.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert all(torch.equal(a, b) for a, b in
+               zip(torch.cuda.get_rng_state_all(), cuda_rng, strict=True))
+    assert _done_steps(tmp_path / "s.zarr") == [0]
