@@ -11,12 +11,16 @@ import base64
 import json
 import os
 import pickle
+import signal
 import sys
 
 
 def main() -> int:
     from flq_audit.integrations._worker import audit_one
 
+    # Ctrl-C in the terminal reaches the whole process group: training stops, and the worker
+    # finishes the steps it was handed (it exits at the end of its input; SIGTERM stops it)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints cannot break the replies
     settings = pickle.loads(base64.b64decode(sys.stdin.buffer.readline()))

@@ -57,6 +57,7 @@ class AuditWorker:
         self._reader: threading.Thread | None = None
         self._closed = False
         self._dead_warned = False
+        self._reader_done = False
 
     # ------------------------------------------------------------------ public
     def submit(self, step: int) -> None:
@@ -150,14 +151,15 @@ class AuditWorker:
                 self._done.notify_all()
         proc.wait()
         with self._done:
+            self._reader_done = True
             self._done.notify_all()
 
     def _settled(self) -> bool:
         return len(self.audited) + len(self.failures) >= len(self.submitted)
 
     def _exited(self) -> bool:
-        return self._proc is not None and self._proc.poll() is not None and \
-            (self._reader is None or not self._reader.is_alive())
+        """The worker is gone and all its replies are read (under ``self._done``)."""
+        return self._reader_done
 
     def _note_lost(self) -> None:
         """Steps the worker never answered (it died): failures that say so."""

@@ -7,6 +7,7 @@ trainer's weights and RNG states are compared with the same run without the call
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -200,4 +201,27 @@ def test_saving_a_cuda_model_leaves_it_and_the_cuda_rng_as_they_were(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     assert all(torch.equal(a, b) for a, b in
                zip(torch.cuda.get_rng_state_all(), cuda_rng, strict=True))
+    assert _done_steps(tmp_path / "s.zarr") == [0]
+
+
+def test_the_worker_finishes_the_handed_steps_when_training_is_killed(tmp_path):
+    import psutil
+
+    spec, probe = write_inputs(tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from flq_audit.integrations import Recorder\n"
+        "from flq_audit.models import build_from_spec, load_spec\n"
+        f"recorder = Recorder({str(tmp_path / 's.zarr')!r}, {str(tmp_path / 'ckpts')!r}, "
+        f"model={str(spec)!r}, probe={str(probe)!r})\n"
+        f"recorder.save(0, build_from_spec(load_spec({str(spec)!r})))\n"
+        "print(recorder.worker._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == -9, describe(result)
+    worker = int(result.stdout.split()[0])
+    with contextlib.suppress(psutil.NoSuchProcess):  # not our child: no exit status to read
+        psutil.Process(worker).wait(timeout=120)
     assert _done_steps(tmp_path / "s.zarr") == [0]
