@@ -150,15 +150,19 @@ def test_the_lightning_callback_writes_the_post_hoc_store(tmp_path):
     from flq_audit.integrations import FlqAuditLightningCallback
 
     spec, probe = write_inputs(tmp_path)
-    plain = train_lightning([])
+    plain = train_lightning([], max_steps=16)
     plain_rng = rng_states()
     callback = FlqAuditLightningCallback(tmp_path / "pl.zarr", tmp_path / "ckpts",
-                                         every_n_steps=2, model=str(spec), probe=str(probe))
-    audited = train_lightning([callback])
+                                         every_n_steps=5, model=str(spec), probe=str(probe))
+    by_epoch = FlqAuditLightningCallback(  # 8 batches an epoch; the net only, from step 0
+        tmp_path / "epochs.zarr", tmp_path / "epochs", every_n_epochs=1, save_initial=True,
+        attribute="net", model=str(spec), probe=str(probe))
+    audited = train_lightning([callback, by_epoch], max_steps=16)
     assert rng_states() == plain_rng
     assert _same_weights(audited, plain) and audited.device == plain.device
-    assert callback.saved == [2, 4, 6]
-    assert _done_steps(tmp_path / "pl.zarr") == [2, 4, 6]
+    assert callback.saved == [5, 10, 15] and by_epoch.saved == [0, 8, 16]
+    assert _done_steps(tmp_path / "pl.zarr") == callback.saved
+    assert _done_steps(tmp_path / "epochs.zarr") == [0, 8, 16]
     assert_same_store(tmp_path / "pl.zarr",
                       _post_hoc(tmp_path / "ckpts", spec, probe, tmp_path / "post.zarr"))
 
@@ -225,3 +229,18 @@ def test_the_worker_finishes_the_handed_steps_when_training_is_killed(tmp_path):
     with contextlib.suppress(psutil.NoSuchProcess):  # not our child: no exit status to read
         psutil.Process(worker).wait(timeout=120)
     assert _done_steps(tmp_path / "s.zarr") == [0]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, "one of every_n_steps and every_n_epochs"),
+    ({"every_n_steps": 2, "every_n_epochs": 1}, "one of every_n_steps and every_n_epochs"),
+    ({"every_n_steps": 0}, r"every_n_steps must be an integer >= 1; got 0"),
+    ({"every_n_epochs": 1.5}, r"every_n_epochs must be an integer >= 1; got 1.5"),
+])
+def test_the_lightning_cadence_is_checked_when_the_callback_is_made(tmp_path, kwargs, message):
+    from flq_audit.errors import OptionError
+    from flq_audit.integrations import FlqAuditLightningCallback
+
+    with pytest.raises(OptionError, match=message):
+        FlqAuditLightningCallback(tmp_path / "s.zarr", tmp_path / "ckpts", **kwargs)
+    assert not (tmp_path / "ckpts").exists()
