@@ -8,6 +8,7 @@ trainer's weights and RNG states are compared with the same run without the call
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,9 @@ def test_a_worker_that_dies_is_reported_with_the_steps_it_did_not_audit(tmp_path
     assert recorder.worker.audited == [0]
     proc = recorder.worker._proc
     assert proc is not None
+    import psutil
+
+    assert psutil.Process(proc.pid).nice() == min(19, os.nice(0) + 10)  # training goes first
     proc.kill()
     proc.wait()
     with pytest.warns(FlqAuditWarning, match="exited"):
