@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-SCHEMA_VERSION = 1
+#: 2: the step axis lays out every step the source listed at creation and grows at its end
+#: (1: the selected steps only; still read, and grown the same way).
+SCHEMA_VERSION = 2
 
 # Dimension names of the store, defined once.
 STEP = "step"

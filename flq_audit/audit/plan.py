@@ -58,7 +58,14 @@ from flq_audit.sources import (
     open_source,
     select_steps,
 )
-from flq_audit.store import LayerInfo, ProbeSummary, StoreLayout, StoreLocation, store_action
+from flq_audit.store import (
+    LayerInfo,
+    ProbeSummary,
+    StoreLayout,
+    StoreLocation,
+    steps_to_append,
+    store_action,
+)
 
 WEIGHTS_ONLY_MODEL = "none (weights only)"
 
@@ -101,6 +108,8 @@ class AuditPlan:
     moved: tuple[MovedStep, ...] = ()
     #: Whether the run re-audits ``moved`` (``--reaudit-moved``).
     reaudit_moved: bool = False
+    #: Steps the source gained since the store was made: the run appends them to its axis.
+    appended: tuple[int, ...] = ()
 
     @property
     def built(self) -> BuiltModel | None:
@@ -123,6 +132,8 @@ class AuditPlan:
                 "message": str(self.store_refusal), "exit_code": self.store_refusal.exit_code},
             "steps": [r.step for r in self.refs],
             "already_done": list(self.already_done),
+            "new_steps": [r.step for r in self.refs if r.step not in set(self.already_done)],
+            "appended": list(self.appended),
             "moved": [{"step": m.step, "label": m.label, "stored_commit": m.stored,
                        "current_commit": m.current, "reaudit": self.reaudit_moved}
                       for m in self.moved],
@@ -221,8 +232,9 @@ def _with_store_status(plan: AuditPlan, *, overwrite: bool, reaudit_moved: bool)
     done, moved = _already_done(plan) if status == "resume" else ((), ())
     if reaudit_moved:
         done = tuple(s for s in done if s not in {m.step for m in moved})
+    appended = tuple(steps_to_append(plan.store, plan.layout)) if status == "resume" else ()
     return replace(plan, store_status=status, store_refusal=refusal, already_done=done,
-                   moved=moved, reaudit_moved=reaudit_moved)
+                   moved=moved, reaudit_moved=reaudit_moved, appended=appended)
 
 
 def _model_plan(
@@ -264,16 +276,13 @@ def _model_plan(
     if fl is not None:
         builtin.append(FeatureLearningResidual(fl))
     layout = StoreLayout(
+        **_step_axis(src, refs, all_refs),
         source=src.describe(),
-        steps=tuple(r.step for r in refs),
-        labels=tuple(r.label for r in refs),
-        commits=tuple(r.commit or "" for r in refs),
         layers=tuple(infos),
         probe=ProbeSummary.of(loaded),
         capture_config=capture_config(str(model_spec), infos, capture, text, fl),
         activation_dtype=capture.activation_dtype,
         gram_dtype=capture.gram_dtype,
-        duplicates=_duplicates(src, refs),
     )
     return AuditPlan(
         source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
@@ -327,11 +336,9 @@ def _weights_only_plan(
     infos = weight_layer_infos(shapes, model_type=model_type, patterns=capture.layers)
     options = CaptureOptions(layers=capture.layers, gram_dtype=capture.gram_dtype)
     layout = StoreLayout(
-        source=src.describe(), steps=tuple(r.step for r in refs),
-        labels=tuple(r.label for r in refs), commits=tuple(r.commit or "" for r in refs),
-        layers=tuple(infos), probe=None,
-        capture_config=capture_config(WEIGHTS_ONLY_MODEL, infos, options),
-        gram_dtype=capture.gram_dtype, duplicates=_duplicates(src, refs),
+        **_step_axis(src, refs, all_refs), source=src.describe(), layers=tuple(infos),
+        probe=None, capture_config=capture_config(WEIGHTS_ONLY_MODEL, infos, options),
+        gram_dtype=capture.gram_dtype,
     )
     return AuditPlan(source=src, refs=refs, all_steps=tuple(r.step for r in all_refs),
                      store=store, model=WEIGHTS_ONLY_MODEL, loader=WeightsLoader(), probe=None,
@@ -370,8 +377,18 @@ def warn_left_out(plan: AuditPlan) -> None:
         warnings.warn(message, UnauditedFilesWarning, stacklevel=2)
 
 
+def _step_axis(src: CheckpointSource, refs: Sequence[CheckpointRef],
+               all_refs: Sequence[CheckpointRef]) -> dict[str, Any]:
+    """The store's step axis: every step the source lists (a later audit of another
+    selection fills the store in), the selected ones to write, and byte-identical steps."""
+    return {"steps": tuple(r.step for r in all_refs), "selected": tuple(r.step for r in refs),
+            "labels": tuple(r.label for r in all_refs),
+            "commits": tuple(r.commit or "" for r in all_refs),
+            "duplicates": _duplicates(src, all_refs)}
+
+
 def _duplicates(src: CheckpointSource, refs: Sequence[CheckpointRef]) -> tuple[tuple[int, int], ...]:
-    """Selected steps whose weight files are identical to an earlier selected step's."""
+    """Steps whose weight files are identical to an earlier listed step's."""
     if not src.supports_duplicates:
         return ()
     return tuple(sorted(src.duplicates(list(refs)).items()))

@@ -237,6 +237,14 @@ def audit_command(
 audit_command.__doc__ = (audit_command.__doc__ or "") + AUDIT_EXAMPLES
 
 
+def _step_status(step: int, summary: dict) -> str:
+    """``done`` (already in the store), ``new: appended`` (the store's step axis grows to
+    take it) or ``new`` (laid out in the store, not audited yet)."""
+    if step in summary["already_done"]:
+        return "done"
+    return "new: appended" if step in summary["appended"] else "new"
+
+
 def _render_plan(plan: AuditPlan, as_json: bool) -> None:
     summary = plan.summary()
     if as_json:
@@ -264,7 +272,7 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
             table.add_column(column)
     moved = {m["step"] for m in summary["moved"]}
     for ckpt in summary["checkpoints"]:
-        status = "done" if ckpt["step"] in summary["already_done"] else "to do"
+        status = _step_status(ckpt["step"], summary)
         if ckpt["step"] in moved:
             status = "moved: re-audit" if plan.reaudit_moved else "done; branch moved"
         cells = [str(ckpt["step"]), ckpt["label"], ckpt["step_from"], ckpt["format"],

@@ -34,7 +34,12 @@ from flq_audit.store._schema import (
 )
 
 if TYPE_CHECKING:
-    from flq_audit.store._create import create_or_resume, source_paths, store_action
+    from flq_audit.store._create import (
+        create_or_resume,
+        source_paths,
+        steps_to_append,
+        store_action,
+    )
     from flq_audit.store._writer import StepWriter
 
 #: The write side (zarr, numcodecs, fsspec), imported on first use: `--help` needs none of it.
@@ -42,6 +47,7 @@ _WRITE_SIDE = {
     "create_or_resume": "flq_audit.store._create",
     "source_paths": "flq_audit.store._create",
     "store_action": "flq_audit.store._create",
+    "steps_to_append": "flq_audit.store._create",
     "StepWriter": "flq_audit.store._writer",
 }
 
@@ -164,6 +170,7 @@ __all__ = [
     "remove_store",
     "root_metadata",
     "source_paths",
+    "steps_to_append",
     "store_action",
     "store_lock",
 ]

@@ -30,6 +30,13 @@ import zarr
 from flq_audit._faults import fault_point
 from flq_audit.errors import FlqAuditError, StoreError, StoreMismatchError
 from flq_audit.store._claims import StepClaims
+from flq_audit.store._grow import (
+    appendable,
+    grow_axis,
+    open_fresh,
+    refuse_unplaceable,
+    stored_steps,
+)
 from flq_audit.store._location import StoreLocation
 from flq_audit.store._lock import store_lock
 from flq_audit.store._safety import (
@@ -69,15 +76,26 @@ def create_or_resume(
         ``overwrite`` names something that is not an flq-audit store, or the source.
     StoreMismatchError
         The store exists and was made from another source, probe, layer set or config, or
-        lacks some of the selected steps.
+        some selected steps fall between its steps (its axis grows only at its end).
+
+    Steps of the layout after the store's last step (the source gained them) are appended
+    to its axis (:func:`flq_audit.store._grow.grow_axis`).
     """
     location = StoreLocation.parse(path)
-    if location.is_local:
-        with store_lock(location.path, wait=True):
-            _create_or_resume_local(location.path, layout, overwrite=overwrite, version=version)
-    else:
-        _create_or_resume_url(location, layout, overwrite=overwrite, version=version,
-                              claims=claims or StepClaims(location))
+    own = claims is None
+    claims = claims or StepClaims(location)
+    try:
+        if location.is_local:
+            with store_lock(location.path, wait=True):
+                _create_or_resume_local(location.path, layout, overwrite=overwrite,
+                                        version=version)
+        else:
+            _create_or_resume_url(location, layout, overwrite=overwrite, version=version,
+                                  claims=claims)
+        grow_axis(location, layout, claims)
+    finally:
+        if own:
+            claims.close()
     return StepWriter(location, layout)
 
 
@@ -219,7 +237,8 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _check_resumable(store: Path | StoreLocation, layout: StoreLayout) -> None:
+def _check_resumable(store: Path | StoreLocation, layout: StoreLayout) -> list[int]:
+    """Refuse a store this audit cannot join; return its steps."""
     location = StoreLocation.parse(store)
     path = location.display
     if location.is_local:
@@ -236,21 +255,30 @@ def _check_resumable(store: Path | StoreLocation, layout: StoreLayout) -> None:
             f"{path!r} exists and is not an flq-audit store (no zarr.json saying so)",
             path=path, hint="Choose another --out.")
     try:
-        group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+        group = open_fresh(location, mode="r")
         steps = [int(s) for s in np.asarray(zarr_array(group, "step")[:])]
     except Exception as err:
         raise StoreMismatchError(
             f"store {path!r} cannot be read ({type(err).__name__}: {err})", path=path,
             hint="Choose another --out.") from err
     diffs = fingerprint_differences(attrs, layout.fingerprint())
-    missing = sorted(set(layout.steps) - set(steps))
-    if missing:
-        diffs.append(f"steps: the store lacks selected step(s) {missing}")
     if diffs:
         raise StoreMismatchError(
             f"store {path!r} was made by a different audit:\n  " + "\n  ".join(diffs),
             path=path, hint=NEW_OUT_HINT,
         )
+    refuse_unplaceable(location, steps, layout.written)
+    return steps
 
 
-__all__ = ["create_or_resume", "source_paths", "store_action"]
+def steps_to_append(path: str | Path | StoreLocation, layout: StoreLayout) -> list[int]:
+    """The steps an audit of ``layout`` appends to the existing store at ``path`` (read only;
+    empty when the store is missing, refused or holds them all)."""
+    location = StoreLocation.parse(path)
+    try:
+        return appendable(stored_steps(location), layout)
+    except Exception:  # a missing or unreadable store: the run reports it
+        return []
+
+
+__all__ = ["create_or_resume", "source_paths", "steps_to_append", "store_action"]

@@ -37,6 +37,10 @@ FILES = "files"
 #: often multiples of 512, so narrower layers leave whole chunks unwritten.
 FEATURE_BLOCK = 512
 
+#: Characters the ``label`` and ``commit`` coordinates hold at least: steps appended later
+#: (:mod:`flq_audit.store._grow`) must fit the width fixed at creation.
+STEP_TEXT_WIDTH = 64
+
 #: Attributes that must agree between a store and a rerun that resumes it.
 FINGERPRINT_KEYS = ("source", "probe_fingerprint", "layers", "capture_config")
 
@@ -58,6 +62,14 @@ class StoreLayout:
     duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
     variables: tuple[VariableSpec, ...] = ()  # declared by the audit's step extensions
     attrs: tuple[tuple[str, str], ...] = ()  # store attributes the extensions set
+    #: The steps this audit writes (empty: all of ``steps``, which lays out every step the
+    #: source lists, audited or not).
+    selected: tuple[int, ...] = ()
+
+    @property
+    def written(self) -> tuple[int, ...]:
+        """The steps this audit writes."""
+        return self.selected or self.steps
 
     @property
     def feature_max(self) -> int:
@@ -110,12 +122,13 @@ class StoreLayout:
             "capture_config": json.dumps(_identified(self.capture_config), sort_keys=True),
         }
 
-    def estimated_bytes(self) -> int:
-        """Uncompressed size of the activation and Gram chunks written (padding chunks of
-        narrow layers are not stored)."""
+    def estimated_bytes(self, n_steps: int | None = None) -> int:
+        """Uncompressed size of the activation and Gram chunks written for ``n_steps`` steps
+        (default: the steps this audit writes; padding chunks of narrow layers are not stored)."""
         n = 0 if self.probe is None else self.probe.n_samples
-        act = len(self.steps) * n * sum(self.feature_extent(la.width) for la in self.layers)
-        grams = len(self.steps) * sum(self.gram_extent(la.gram_width) ** 2 for la in self.layers)
+        n_steps = len(self.written) if n_steps is None else n_steps
+        act = n_steps * n * sum(self.feature_extent(la.width) for la in self.layers)
+        grams = n_steps * sum(self.gram_extent(la.gram_width) ** 2 for la in self.layers)
         return act * np.dtype(self.activation_dtype).itemsize + grams * np.dtype(
             self.gram_dtype
         ).itemsize
@@ -174,8 +187,10 @@ def template(layout: StoreLayout, *, version: str) -> Template:
     }
     coords: dict[str, Any] = {
         STEP: ((STEP,), np.asarray(layout.steps, dtype=np.int64), {}),
-        "label": ((STEP,), coordinate_strings([safe_text(label) for label in layout.labels]), {}),
-        "commit": ((STEP,), coordinate_strings([safe_text(c) for c in layout.commits]), {}),
+        "label": ((STEP,), coordinate_strings([safe_text(label) for label in layout.labels],
+                                              width=STEP_TEXT_WIDTH), {}),
+        "commit": ((STEP,), coordinate_strings([safe_text(c) for c in layout.commits],
+                                               width=STEP_TEXT_WIDTH), {}),
         LAYER: ((LAYER,), coordinate_strings([layer.name for layer in layout.layers]), {}),
         "layer_kind": ((LAYER,), coordinate_strings([layer.kind for layer in layout.layers]), {}),
         "depth": ((LAYER,), np.arange(n_layers, dtype=np.int64), {}),
@@ -304,15 +319,18 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.asarray(list(values), dtype=object)
 
 
-def coordinate_strings(values: Sequence[str]) -> np.ndarray:
+def coordinate_strings(values: Sequence[str], *, width: int = 1) -> np.ndarray:
     """Fixed-width strings (``<U``): plain ``xr.open_zarr`` reads them back as ``<U``, so
     xarray plotting, ``.sel`` and ``.to_pandas()`` work on the store as on the NetCDF export
     (variable-length strings read back as NumPy ``StringDType``, which they reject).
 
     Zarr warns that fixed-width strings have no v3 specification yet (a Zarr-Python
-    extension); the store is written under :func:`fixed_width_strings_allowed`.
+    extension); the store is written under :func:`fixed_width_strings_allowed`. ``width``:
+    the least number of characters the array holds (step coordinates keep room for the
+    labels of steps appended later).
     """
-    return np.asarray([str(v) for v in values], dtype=str)
+    texts = [str(v) for v in values]
+    return np.asarray(texts, dtype=f"<U{max([width, *map(len, texts)])}")
 
 
 @contextmanager

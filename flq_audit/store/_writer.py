@@ -16,6 +16,7 @@ import zarr
 from flq_audit._faults import fault_point
 from flq_audit._gram_maths import MatrixLike, gram_of_matrix
 from flq_audit.errors import StoreError
+from flq_audit.store._grow import open_fresh
 from flq_audit.store._location import StoreLocation
 from flq_audit.store._schema import (
     ACTIVATIONS,
@@ -62,7 +63,7 @@ class StepWriter:
         self.location = StoreLocation.parse(path)
         self.path = self.location.display
         self.layout = layout
-        self.group = zarr.open_group(self.location.zarr_store(), mode="r+")
+        self.group = open_fresh(self.location)  # not the consolidated copy: it may be older
         self.acts = zarr_array(self.group, ACTIVATIONS) if layout.probe is not None else None
         self.grams = zarr_array(self.group, GRAM)
         self.done = zarr_array(self.group, DONE)
@@ -72,6 +73,7 @@ class StepWriter:
         # a resumed store may hold more steps than this run selected: index by its own axis
         self.steps = [int(x) for x in np.asarray(zarr_array(self.group, "step")[:])]
         self.labels = [str(x) for x in np.asarray(zarr_array(self.group, "label")[:])]
+        self.commits = [str(x) for x in np.asarray(zarr_array(self.group, "commit")[:])]
         self._rows = layout.sample_chunk
         self._buffers: dict[int, np.ndarray] = {}
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flq-audit-writer")
@@ -130,8 +132,9 @@ class StepWriter:
     def _commit(self, index: int, names: list[str], hashes: list[str],
                 commit: str | None = None) -> None:
         """The step's bookkeeping, written side by side on the pool; ``done`` last, alone."""
-        if commit:
+        if commit and commit != self.commits[index]:  # a branch that moved since listing
             self._submit(zarr_array(self.group, "commit"), (index,), commit)
+            self.commits[index] = commit
         self._submit(self.files, (index,), json.dumps(names))
         self._submit(self.sha, (index,), json.dumps(hashes))
         self._submit(self.error, (index,), "")
@@ -305,17 +308,31 @@ def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
             for i, step in enumerate(steps) if flags[i]}
 
 
-def finish_store(group: zarr.Group, location: StoreLocation) -> dict[str, dict[str, object]]:
+def finish_store(group: zarr.Group | None, location: StoreLocation
+                 ) -> dict[str, dict[str, object]]:
     """Write the ``checkpoints`` provenance of every done step and consolidate the metadata:
     what each writer does as it finishes (the last one leaves them complete; a rerun that
     finds every step done, or ``flq-audit show --repair``, does it again). Returns the
-    provenance written."""
-    provenance = step_provenance(group)
-    with fixed_width_strings_allowed():  # rewriting the group metadata lists the <U arrays
-        group.attrs["checkpoints"] = json.dumps(provenance)
-    from flq_audit.store import consolidate
+    provenance written.
 
-    consolidate(location)
+    Done under the store-wide ``axis`` claim, from the store's metadata as it is now (not
+    ``group``'s, opened earlier: another writer may have grown the axis or stamped metrics
+    since), after finishing any interrupted growth of the axis."""
+    from flq_audit.store import consolidate
+    from flq_audit.store._claims import StepClaims
+    from flq_audit.store._grow import axis_claim, finish_journal
+
+    claims = StepClaims(location)
+    try:
+        with axis_claim(claims):
+            finish_journal(location)
+            fresh = open_fresh(location)
+            provenance = step_provenance(fresh)
+            with fixed_width_strings_allowed():  # rewriting the group metadata lists <U arrays
+                fresh.attrs["checkpoints"] = json.dumps(provenance)
+            consolidate(location)
+    finally:
+        claims.close()
     return provenance
 
 

@@ -203,7 +203,7 @@ def test_dry_run_table_writes_nothing(audited, tmp_path):
     assert result.exit_code == 0, describe(result)
     assert not store.exists()
     assert list(tmp_path.iterdir()) == []
-    for name in [*(f"step_{s}.safetensors" for s in STEPS), *LAYERS, "to do"]:
+    for name in [*(f"step_{s}.safetensors" for s in STEPS), *LAYERS, "new"]:
         assert_says(result.stdout, name)
 
 
