@@ -10,10 +10,11 @@ the class).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
-from flq_audit.errors import OptionError
+from flq_audit.errors import FlqAuditWarning, OptionError
 from flq_audit.integrations.recorder import Recorder
 
 
@@ -62,6 +63,13 @@ class LightningAudit:
             return
         if self.recorder is None:
             self.recorder = Recorder(self.store, self.folder, **self.options)
+        if (self.recorder.folder / f"checkpoint-{step}").exists():  # a resumed fit
+            warnings.warn(f"step {step}: {str(self.recorder.folder / f'checkpoint-{step}')!r} "
+                          "exists already (a resumed run?); it is kept, not saved again, and "
+                          "audited if it is not yet", FlqAuditWarning, stacklevel=2)
+            self.recorder.worker.submit(step)  # a done step is skipped
+            self.saved.append(step)
+            return
         module = getattr(pl_module, self.attribute) if self.attribute else pl_module
         self.recorder.save(step, module)
         self.saved.append(step)

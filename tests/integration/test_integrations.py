@@ -166,6 +166,12 @@ def test_the_lightning_callback_writes_the_post_hoc_store(tmp_path):
     assert _done_steps(tmp_path / "epochs.zarr") == [0, 8, 16]
     assert_same_store(tmp_path / "pl.zarr",
                       _post_hoc(tmp_path / "ckpts", spec, probe, tmp_path / "post.zarr"))
+    again = FlqAuditLightningCallback(tmp_path / "pl.zarr", tmp_path / "ckpts", every_n_steps=5,
+                                      model=str(spec), probe=str(probe))
+    with pytest.warns(FlqAuditWarning, match=r"step 5: .*checkpoint-5.* exists already"):
+        train_lightning([again], max_steps=16)  # the same steps again: kept, not rewritten
+    assert again.saved == [5, 10, 15]
+    assert_same_store(tmp_path / "pl.zarr", tmp_path / "post.zarr")
 
 
 def test_a_worker_that_dies_is_reported_with_the_steps_it_did_not_audit(tmp_path):
