@@ -147,11 +147,16 @@ def run_metrics(
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
 
 
+def _read_back_names(ds: xr.Dataset, plan: _Plan) -> dict[str, str]:
+    """A stored group's variables and the output each holds."""
+    names = stamps(ds.attrs)[plan.tag]["variables"]
+    return {_output_name(ds[v].attrs, v, plan.suffix): v for v in names}
+
+
 def _read_back(ds: xr.Dataset, plan: _Plan) -> xr.Dataset:
     """A stored group's values, named by output."""
-    names = stamps(ds.attrs)[plan.tag]["variables"]
-    stored = ds[names].compute()
-    return stored.rename({v: _output_name(ds[v].attrs, v, plan.suffix) for v in names})
+    names = _read_back_names(ds, plan)
+    return ds[list(names.values())].compute().rename({v: k for k, v in names.items()})
 
 
 def _extend(ds: xr.Dataset, added: Mapping[str, list[int]], specs: Mapping[str, MetricSpec],
@@ -159,11 +164,14 @@ def _extend(ds: xr.Dataset, added: Mapping[str, list[int]], specs: Mapping[str, 
     """Per-step groups stored from other done steps: the added steps computed (groups with
     the same added steps share one pass over them), the stored steps read back, the
     trajectory outputs recomputed over the whole store."""
+    full = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(ds, plans[g].options)), ds)
+            for g in added}
+    stored_outputs = {g: set(_read_back_names(ds, plans[g])) for g in added}
+    added = {g: steps for g, steps in added.items()  # other outputs stored: compute it whole
+             if stored_outputs[g] == {str(v) for v in full[g].data_vars}}
     by_steps: dict[tuple[int, ...], list[str]] = {}
     for g, added_to in added.items():
         by_steps.setdefault(tuple(added_to), []).append(g)
-    full = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(ds, plans[g].options)), ds)
-            for g in added}
     whole = {g: whole_outputs(specs[g], full[g]) for g in added}
     new: dict[str, xr.Dataset] = {}
     for steps, groups in by_steps.items():

@@ -152,3 +152,31 @@ def test_steps_first_then_all_equals_the_one_shot_metrics(stores, tmp_path):
         api.compute_metrics(store, metrics=GROUPS)
     assert counts["tl"] == (len(steps) - 1) * layers
     _assert_same_metrics(store, reference)
+
+
+def _energy(block, options):
+    return (float(np.trace(block.moments.hh)),)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_a_plugin_group_is_recomputed_whole_unless_it_declares_per_step(
+        stores, tmp_path, monkeypatch, per_step):
+    from flq_audit.metrics import MetricSpec, Output, _spec, register_metric
+
+    monkeypatch.setattr(_spec, "_REGISTRY", dict(_spec.registry()))
+    register_metric(MetricSpec("energy", frozenset({"moments"}), {"energy": Output("tr HᵀH")},
+                               kernel=_energy, per_step=per_step))
+    _, clean, _ = stores
+    store = tmp_path / "s.zarr"
+    shutil.copytree(clean, store)
+    steps, layers = _layout(store)
+    _set_done(store, steps[1:], False)
+    api.compute_metrics(store, metrics=["energy"])
+    _set_done(store, steps[1:], True)
+    with counting_blocks() as counts:
+        values = api.compute_metrics(store, metrics=["energy"])
+    assert counts["energy"] == (len(steps) - 1 if per_step else len(steps)) * layers
+    fresh = tmp_path / "fresh.zarr"
+    shutil.copytree(clean, fresh)
+    want = api.compute_metrics(fresh, metrics=["energy"])
+    assert values["energy"].values.tobytes() == want["energy"].values.tobytes()
