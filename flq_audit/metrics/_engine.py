@@ -147,46 +147,41 @@ def run_metrics(
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
 
 
-def _read_back_names(ds: xr.Dataset, plan: _Plan) -> dict[str, str]:
-    """A stored group's variables and the output each holds."""
-    names = stamps(ds.attrs)[plan.tag]["variables"]
-    return {_output_name(ds[v].attrs, v, plan.suffix): v for v in names}
-
-
 def _read_back(ds: xr.Dataset, plan: _Plan) -> xr.Dataset:
     """A stored group's values, named by output."""
-    names = _read_back_names(ds, plan)
-    return ds[list(names.values())].compute().rename({v: k for k, v in names.items()})
+    names = stamps(ds.attrs)[plan.tag]["variables"]
+    stored = ds[names].compute()
+    return stored.rename({v: _output_name(ds[v].attrs, v, plan.suffix) for v in names})
 
 
 def _extend(ds: xr.Dataset, added: Mapping[str, list[int]], specs: Mapping[str, MetricSpec],
             plans: Mapping[str, _Plan], scheduler: str | None) -> dict[str, xr.Dataset]:
     """Per-step groups stored from other done steps: the added steps computed (groups with
     the same added steps share one pass over them), the stored steps read back, the
-    trajectory outputs recomputed over the whole store."""
-    full = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(ds, plans[g].options)), ds)
-            for g in added}
-    stored_outputs = {g: set(_read_back_names(ds, plans[g])) for g in added}
-    added = {g: steps for g, steps in added.items()  # other outputs stored: compute it whole
-             if stored_outputs[g] == {str(v) for v in full[g].data_vars}}
+    trajectory outputs recomputed over the whole store. A group whose outputs differ from
+    those stored is left out (it is then computed whole)."""
+    stored = {g: _read_back(ds, plans[g]) for g in added}
+    whole = {g: whole_outputs(specs[g], stored[g]) for g in added}
     by_steps: dict[tuple[int, ...], list[str]] = {}
     for g, added_to in added.items():
         by_steps.setdefault(tuple(added_to), []).append(g)
-    whole = {g: whole_outputs(specs[g], full[g]) for g in added}
     new: dict[str, xr.Dataset] = {}
     for steps, groups in by_steps.items():
-        if steps:
-            sub = ds.sel(step=list(steps))
-            lazy = _lazy_first(sub, groups, specs, plans)
-            lazy = {g: data.drop_vars(whole[g]) for g, data in lazy.items()}
-            new.update(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
-    trajectories = {g: full[g][whole[g]] for g in added if whole[g]}
+        if not steps:
+            continue
+        lazy = _lazy_first(ds.sel(step=list(steps)), groups, specs, plans)
+        lazy = {g: data.drop_vars([v for v in whole[g] if v in data])
+                for g, data in lazy.items()
+                if {str(v) for v in data.data_vars} | set(whole[g]) == set(stored[g].data_vars)}
+        new.update(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
+    kept = [g for g, steps in added.items() if g in new or not steps]
+    trajectories = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
+        ds, plans[g].options)), ds)[whole[g]] for g in kept if whole[g]}
     recomputed = dict(zip(trajectories, _compute(list(trajectories.values()), scheduler),
                           strict=True))
-    return {g: merge_steps(ds, _read_back(ds, plans[g]), new.get(g),
-                           recomputed.get(g, xr.Dataset()), steps,
-                           {str(v): full[g][v].attrs for v in full[g].data_vars})
-            for g, steps in added.items()}
+    return {g: merge_steps(ds, stored[g], new.get(g), recomputed.get(g, xr.Dataset()),
+                           added[g], {str(v): var.attrs for v, var in stored[g].data_vars.items()})
+            for g in kept}
 
 
 def _adopt_legacy(ds: xr.Dataset, specs: Mapping[str, MetricSpec]) -> dict[str, Any]:

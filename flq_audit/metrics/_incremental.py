@@ -26,10 +26,10 @@ def added_steps(ds: xr.Dataset, spec: MetricSpec, tag: str, param_id: str) -> li
     return [s for s in done_steps(ds) if s not in before]
 
 
-def whole_outputs(spec: MetricSpec, lazy: xr.Dataset) -> list[str]:
+def whole_outputs(spec: MetricSpec, stored: xr.Dataset) -> list[str]:
     """Outputs recomputed over every step: the spec's trajectory ones, and any without a
     ``step`` dimension (nothing per step to keep)."""
-    return [str(v) for v, var in lazy.data_vars.items()
+    return [str(v) for v, var in stored.data_vars.items()
             if v in spec.trajectory or "step" not in var.dims]
 
 
