@@ -8,7 +8,7 @@ from __future__ import annotations
 
 #: The one place the version is written: ``pyproject.toml`` reads it from here, so an
 #: editable install and a source tree never report a stale one.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]
 

@@ -13,6 +13,8 @@ name match anything, so ``kill@step-commit`` fires at the first step's commit.
 Points in the code (each is documented where it is called):
 
 - ``store-create``: the store template is half written.
+- ``store-grow`` (``stage``): the step axis is growing: its journal is written (``journal``),
+  or an array is resized (``arrays``), the ``step`` coordinate not yet.
 - ``step-batch`` (``step``, ``batch``): batch ``batch`` (0-based) of step ``step`` replayed.
 - ``step-commit`` (``step``): all of a step's data landed, ``done(step)`` not yet written.
 - ``metrics-write`` (``group``): metric values half written, the group's stamp not yet.

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from flq_audit.audit.extensions.base import StepExtension
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.audit.step import AuditResult, Progress
+    from flq_audit.audit.watch import WatchOptions, WatchReporter, WatchResult
     from flq_audit.metrics import TLOptions
     from flq_audit.reading import Report
     from flq_audit.sources import CheckpointRef
@@ -208,6 +209,19 @@ def audit(
     return run_audit(plan, run, progress)
 
 
+def watch(source: str, *, options: WatchOptions | None = None, run: RunOptions = DEFAULT_RUN,
+          hub: SourceOptions | None = None, reporter: WatchReporter | None = None,
+          **plan: Any) -> WatchResult:
+    """Follow a run in progress: audit ``source`` now, then each checkpoint that appears,
+    into one store, until ``options.until`` is audited (:mod:`flq_audit.audit.watch`).
+    ``plan`` takes the other keyword arguments of :func:`plan_audit`."""
+    from flq_audit.audit.watch import WatchOptions
+    from flq_audit.audit.watch import watch as follow
+
+    return follow(source, options=options or WatchOptions(), run=run, hub=hub,
+                  reporter=reporter, **plan)
+
+
 def open_store(path: str | Path | StoreLocation, *, dask: bool = True,
                storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Open a store lazily; ``ds.activations.sel(step=s, layer=l)`` gives one layer's features.
@@ -336,7 +350,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "RunOptions", "SourceOptions",
     "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
-    "plan_audit", "report", "run_audit",
+    "plan_audit", "report", "run_audit", "watch",
 ]
 
 

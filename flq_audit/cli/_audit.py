@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,12 +20,16 @@ from flq_audit.cli._options import (
     FLLossOpt,
     GramDtypeOpt,
     JsonOpt,
+    PollOpt,
     PoolingOpt,
     ProbeKeysOpt,
     QuietOpt,
     StepsOpt,
     StorageOptionsOpt,
     TaskOpt,
+    UntilOpt,
+    WatchMetricsOpt,
+    WatchOpt,
 )
 from flq_audit.errors import MovedRevisionWarning, OptionError, UnauditedFilesWarning
 from flq_audit.options import (
@@ -39,6 +45,7 @@ from flq_audit.options import (
 
 if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
+    from flq_audit.audit.step import AuditResult
 
 AUDIT_EXAMPLES = """
 Examples:
@@ -170,8 +177,14 @@ def audit_command(
         help="Grams of every weight matrix only: no model, no probe.")
     ] = False,
     quiet: QuietOpt = False,
+    watch: WatchOpt = False,
+    poll: PollOpt = 30.0,
+    until: UntilOpt = None,
+    metrics: WatchMetricsOpt = None,
 ) -> None:
     """Audit a checkpoint sequence: replay the probe, store activations and Grams."""
+    _check_watch_options(watch, dry_run=dry_run, steps=steps, poll=poll, until=until,
+                         metrics=metrics)
     fl = fl_options(None if fl_loss is None else fl_loss.value, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype.value,
@@ -189,6 +202,11 @@ def audit_command(
     text = TextProbeOptions(task=task.value, pooling=None if pooling is None else pooling.value,
                             text_column=text_column, label_column=label_column,
                             max_length=max_length, top_k=top_k)
+    if watch:
+        _watch(source, poll=poll, until=until, metrics=metrics, as_json=as_json, quiet=quiet,
+               run=run, hub=hub, model=model, probe=probe, weights_only=weights_only, out=out,
+               storage_options=storage_options, capture=capture, text=text, fl=fl)
+        return
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
                           out=out, storage_options=storage_options,
                           capture=capture, hub=hub, text=text, fl=fl, run=run)
@@ -235,6 +253,73 @@ def audit_command(
 
 
 audit_command.__doc__ = (audit_command.__doc__ or "") + AUDIT_EXAMPLES
+
+
+class _WatchLines:
+    """A watch's report: bars during each audit round, a status line on stderr when what it
+    waits for changes."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self._last = ""
+
+    @contextmanager
+    def audit_round(self) -> Iterator[_output.RichProgress]:
+        self._last = ""
+        with _output.RichProgress(quiet=self.quiet) as progress:
+            yield progress
+
+    def waiting(self, message: str) -> None:
+        if not self.quiet and message != self._last:
+            _output.stderr.print(message, soft_wrap=True, highlight=False)
+        self._last = message
+
+    def round_done(self, result: AuditResult) -> None:
+        if not self.quiet:
+            _output.stderr.print(f"audited step(s) {result.written or '-'}, "
+                                 f"{len(result.skipped)} already done, "
+                                 f"{len(result.failed)} failed", highlight=False)
+
+
+def _check_watch_options(watch: bool, *, dry_run: bool, steps: str, poll: float,
+                         until: int | None, metrics: str | None) -> None:
+    """--poll, --until and --metrics belong to --watch; a dry run and a step selection do
+    not watch."""
+    if watch and dry_run:
+        raise OptionError("--watch and --dry-run: a dry run writes nothing, so it cannot watch",
+                          hint="Run --dry-run alone to see the plan, then --watch.")
+    if watch and steps.strip().lower() not in ("all", ""):
+        raise OptionError(f"--steps {steps} with --watch: a watch audits every checkpoint",
+                          hint="Audit the selection first (without --watch), then watch.")
+    given = [name for name, value in (("--poll", poll != 30.0), ("--until", until is not None),
+                                      ("--metrics", metrics is not None)) if value]
+    if given and not watch:
+        raise OptionError(f"{', '.join(given)} apply only with --watch",
+                          hint="Add --watch, or run `flq-audit metrics STORE` after the audit.")
+
+
+def _watch(source: str, *, poll: float, until: int | None, metrics: str | None,
+           as_json: bool, quiet: bool, **plan: Any) -> None:
+    """``--watch``: :func:`flq_audit.api.watch`, its waits as status lines on stderr."""
+    from flq_audit.audit.watch import WatchOptions
+
+    groups = tuple(m.strip() for m in (metrics or "").split(",") if m.strip())
+    options = WatchOptions(poll=poll, until=until, metrics=groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnauditedFilesWarning)  # the watch lists every poll
+        result = api.watch(source, options=options,
+                           reporter=_WatchLines(quiet=quiet or as_json), **plan)
+    if as_json:
+        _output.print_json(result.to_dict())
+    elif not quiet:
+        _output.stdout.print(
+            f"store {result.store}: {len(result.written)} step(s) written, "
+            f"{len(result.skipped)} already done, {len(result.failed)} failed "
+            f"(step {until} reached)")
+    if result.failed:
+        for message in result.failed.values():
+            _output.error(message)
+        raise typer.Exit(EXIT_STEPS_FAILED)
 
 
 def _step_status(step: int, summary: dict) -> str:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from flq_audit.audit.extensions.fl_inputs import FLLossChoice
-from flq_audit.cli._command import choices, complete_from
+from flq_audit.cli._command import choices, complete_from, complete_metric_groups
 from flq_audit.errors import OptionError
 from flq_audit.options import (
     ActivationDtypeChoice,
@@ -92,3 +92,15 @@ DenominatorOpt = Annotated[DenominatorChoice, typer.Option(
     "row-centred form, which its VAE figures use).")]
 FLLossOpt = Annotated[FLLossChoice | None, typer.Option(
     help="FL residual: the training loss, ce or mse (mean reduction).")]
+
+WatchOpt = Annotated[bool, typer.Option(
+    "--watch", help="Follow a run in progress: audit what is there, then each new checkpoint as "
+    "it is completely written (local folder) or appears (Hub branch or revision), into the same "
+    "store; Ctrl-C or SIGTERM stops it, resumably.")]
+PollOpt = Annotated[float, typer.Option(
+    min=0.01, metavar="SECONDS", help="--watch: seconds between two looks at the source.")]
+UntilOpt = Annotated[int | None, typer.Option(
+    metavar="STEP", help="--watch: stop once this step (or a later one) is audited.")]
+WatchMetricsOpt = Annotated[str | None, typer.Option(
+    "--metrics", metavar="GROUPS", autocompletion=complete_metric_groups,
+    help="--watch: recompute these metric groups (comma-separated) after each new step.")]

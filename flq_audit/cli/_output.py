@@ -155,7 +155,18 @@ def write_rows(header: Sequence[str], rows: Iterable[Sequence[Any]], fmt: Output
 
 
 def metric_table(values: xr.DataArray, title: str) -> Table:
-    """A step × layer table of one metric (layer × step when there are many layers)."""
+    """A step × layer table of one metric (layer × step when there are many layers).
+
+    Steps without any value (not audited yet, or failed) are left out and counted in the
+    caption: a store lays out every step its source lists."""
+    valued = np.isfinite(np.asarray(values.transpose("step", ...).values, dtype=float))
+    keep = valued.reshape(valued.shape[0], -1).any(axis=1)
+    left_out = int((~keep).sum())
+    if left_out and keep.any():
+        values = values.isel(step=np.flatnonzero(keep))
+        table = metric_table(values, title)
+        table.caption = f"{left_out} step(s) without a value (not audited, or failed) left out"
+        return table
     if values.sizes["layer"] > 6 and values.sizes["step"] <= values.sizes["layer"]:
         table = Table(title=title.replace("step × layer", "layer × step"), show_lines=False)
         table.add_column("layer")

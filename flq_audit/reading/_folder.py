@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xarray as xr
 
 from flq_audit.reading._report import (
@@ -67,6 +68,15 @@ def prepare_folder(location: StoreLocation, out: str | Path | None) -> Path:
     return folder
 
 
+def audited_steps(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` at the steps an audit wrote or tried (done, or failed with an error): a store
+    lays out every listed step, and the report leaves out those never audited."""
+    tried = ds["done"].values.astype(bool)
+    if "error" in ds:
+        tried |= np.asarray([bool(str(e)) for e in ds["error"].values])
+    return ds.isel(step=np.flatnonzero(tried)) if not tried.all() else ds
+
+
 def write_folder(location: StoreLocation, folder: Path, metrics: xr.Dataset) -> Report:
     """Write the figures, the NetCDF export and the page of a store whose report metrics are
     computed (``metrics``); mark the folder as a report's last, so a rerun may replace it."""
@@ -75,7 +85,9 @@ def write_folder(location: StoreLocation, folder: Path, metrics: xr.Dataset) -> 
     from flq_audit.store import open_dataset
     from flq_audit.store._safety import REPORT_MARKER
 
-    store = open_dataset(location)
+    store = audited_steps(open_dataset(location))
+    if "step" in metrics.dims:
+        metrics = metrics.sel(step=store["step"].values)
     notes = nonfinite_lines(store)
     verdict = sequential_verdict(metrics)
     said = findings(metrics, store)

@@ -39,7 +39,7 @@ from flq_audit.constants import STEP
 from flq_audit.errors import StoreMismatchError
 from flq_audit.store._claims import StepClaims
 from flq_audit.store._location import StoreLocation
-from flq_audit.store._schema import StoreLayout, template
+from flq_audit.store._schema import StoreLayout, fixed_width_strings_allowed, template
 
 AXIS_CLAIM = "axis"
 JOURNAL_KEY = ".flq/axis.json"
@@ -49,8 +49,9 @@ def open_fresh(location: StoreLocation, *, mode: Literal["r", "r+"] = "r+") -> z
     """The store's group from its own array metadata, never from the consolidated copy (which
     may predate a growth of the axis)."""
     read_only = mode == "r"
-    return zarr.open_group(location.zarr_store(read_only=read_only), mode=mode,
-                           use_consolidated=False)
+    with fixed_width_strings_allowed():
+        return zarr.open_group(location.zarr_store(read_only=read_only), mode=mode,
+                               use_consolidated=False)
 
 
 def stored_steps(location: StoreLocation) -> list[int]:
@@ -195,6 +196,11 @@ def _journal(location: StoreLocation, layout: StoreLayout, stored: list[int],
 def _apply(location: StoreLocation, journal: dict[str, Any]) -> None:
     """Resize every step-indexed array to the journal's length and write its new rows;
     the ``step`` coordinate last (idempotent: a redo writes the same)."""
+    with fixed_width_strings_allowed():
+        _apply_journal(location, journal)
+
+
+def _apply_journal(location: StoreLocation, journal: dict[str, Any]) -> None:
     start, length, values = journal["start"], journal["length"], journal["values"]
     group = open_fresh(location)
     with warnings.catch_warnings():  # zarr notes the claims folder, which is no array
