@@ -95,6 +95,28 @@ def with_stamps(attrs: Mapping[str, Any], entries: Mapping[str, dict[str, Any] |
     return {**attrs, STAMPS_ATTR: json.dumps(current, sort_keys=True)}
 
 
+def stale_steps(ds: xr.Dataset, tag: str) -> list[int] | None:
+    """The done steps a stamped group was computed on, when they are not the store's done
+    steps now (the group is stale); ``None`` when it is current (or carries no steps)."""
+    stamp = stamps(ds.attrs).get(tag)
+    if stamp is None or stamp.get("done_steps") is None:
+        return None
+    computed_on = [int(s) for s in stamp["done_steps"]]
+    return None if computed_on == done_steps(ds) else computed_on
+
+
+def stale_groups(ds: xr.Dataset) -> dict[str, tuple[int, int]]:
+    """Stale stamped groups (by tag): the number of steps each was computed on and the
+    number of the store's done steps now."""
+    now = len(done_steps(ds))
+    out: dict[str, tuple[int, int]] = {}
+    for tag in variables_by_tag(ds):
+        computed_on = stale_steps(ds, tag) if is_complete(ds, tag) else None
+        if computed_on is not None:
+            out[tag] = (len(computed_on), now)
+    return dict(sorted(out.items()))
+
+
 def metric_status(ds: xr.Dataset) -> dict[str, str]:
     """Each persisted metric variable's state: ``"current"`` (stamped, from the store's
     done steps), ``"stale"`` (stamped from other done steps: recomputed on the next run) or
@@ -169,6 +191,8 @@ __all__ = [
     "is_current",
     "make_stamp",
     "metric_status",
+    "stale_groups",
+    "stale_steps",
     "stamps",
     "stored_name",
     "with_stamps",

@@ -209,9 +209,12 @@ def print_summary(summary: StoreSummary) -> None:
     out.print(_output.layers_table(
         (la.name, la.kind, la.width, la.gram_width) for la in summary.layers))
     out.print(f"metrics {', '.join(summary.metrics) or 'none (run `flq-audit metrics`)'}")
-    if summary.stale_metrics:
-        out.print(f"stale   {', '.join(summary.stale_metrics)} (computed from other done "
-                  "steps: `flq-audit metrics` recomputes them)")
+    by_counts: dict[tuple[int, ...], list[str]] = {}
+    for tag, counts in summary.stale_groups.items():
+        by_counts.setdefault(tuple(counts), []).append(tag)
+    for (computed_on, done), tags in by_counts.items():
+        out.print(f"stale   {', '.join(tags)} (computed on {computed_on} of {done} done steps; "
+                  f"run `flq-audit metrics {summary.store}`)")
     if summary.incomplete_metrics:
         out.print(f"incomplete {', '.join(summary.incomplete_metrics)} (written without "
                   f"their stamp: the run was interrupted; `flq-audit metrics {summary.store}` "

@@ -52,7 +52,7 @@ def _class_probe(context: GroupContext, with_classifier: bool) -> xr.Dataset:
 
 SPEC = MetricSpec(
     group="nc", needs=frozenset({"moments"}), outputs=OUTPUTS,
-    kernel=collapse_kernel, build=lambda context: _class_probe(context, True),
+    kernel=collapse_kernel, build=lambda context: _class_probe(context, True), per_step=True,
     description="nc1, nc2_equinorm, nc2_equiangularity, nc2_etf_error, nc_n_classes (class "
     "probes); nc3, nc4 per step for the classifier layer",
 )

@@ -14,6 +14,7 @@ import xarray as xr
 from flq_audit._faults import fault_point
 from flq_audit.errors import MetricError, OptionError
 from flq_audit.metrics._graph import GroupContext, group_dataset, mask_nonfinite
+from flq_audit.metrics._incremental import added_steps, merge_steps, whole_outputs
 from flq_audit.metrics._lazy import LayerMoments, layer_moments
 from flq_audit.metrics._options import (
     TLOptions,
@@ -101,7 +102,9 @@ def run_metrics(
     holds its lock), persist each with its stamp last, and return them.
 
     Groups already stored with the same parameters over the same done steps are read back,
-    unless ``recompute``; groups interrupted while being written are recomputed.
+    unless ``recompute``; groups interrupted while being written are recomputed. A
+    ``per_step`` group stored from other done steps computes only the steps it lacks and
+    recomputes its trajectory outputs; any other group is recomputed whole.
     """
     specs = registry()
     groups = list(dict.fromkeys(metrics))
@@ -126,12 +129,15 @@ def run_metrics(
     for g in order:
         plan = plans[g]
         if not recompute and is_current(ds, plan.tag, plan.param_id):
-            names = stamps(ds.attrs)[plan.tag]["variables"]
-            stored = ds[names].compute()
-            results[g] = stored.rename({v: _output_name(ds[v].attrs, v, plan.suffix)
-                                        for v in names})
-    fresh = _compute_fresh(ds, [g for g in order if g not in results], specs, plans, results,
-                           scheduler)
+            results[g] = _read_back(ds, plan)
+    added = {} if recompute else {
+        g: steps for g in order if g not in results
+        and (steps := added_steps(ds, specs[g], plans[g].tag, plans[g].param_id)) is not None}
+    extended = _extend(ds, added, specs, plans, scheduler)
+    fresh = _compute_fresh(ds, [g for g in order if g not in results and g not in extended],
+                           specs, plans, {**results, **extended}, scheduler)
+    fresh = {g: extended[g] if g in extended else fresh[g] for g in order
+             if g in extended or g in fresh}
     root_attrs = _adopt_legacy(ds, specs)
     written = [g for g in order if g in fresh]
     for g in written:
@@ -139,6 +145,43 @@ def run_metrics(
                               consolidate=g == written[-1])
     merged = [_named(fresh.get(g, results.get(g)), plans[g]) for g in groups]
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
+
+
+def _read_back(ds: xr.Dataset, plan: _Plan) -> xr.Dataset:
+    """A stored group's values, named by output."""
+    names = stamps(ds.attrs)[plan.tag]["variables"]
+    stored = ds[names].compute()
+    return stored.rename({v: _output_name(ds[v].attrs, v, plan.suffix) for v in names})
+
+
+def _extend(ds: xr.Dataset, added: Mapping[str, list[int]], specs: Mapping[str, MetricSpec],
+            plans: Mapping[str, _Plan], scheduler: str | None) -> dict[str, xr.Dataset]:
+    """Per-step groups stored from other done steps: the added steps computed (groups with
+    the same added steps share one pass over them), the stored steps read back, the
+    trajectory outputs recomputed over the whole store. A group whose outputs differ from
+    those stored is left out (it is then computed whole)."""
+    stored = {g: _read_back(ds, plans[g]) for g in added}
+    whole = {g: whole_outputs(specs[g], stored[g]) for g in added}
+    by_steps: dict[tuple[int, ...], list[str]] = {}
+    for g, added_to in added.items():
+        by_steps.setdefault(tuple(added_to), []).append(g)
+    new: dict[str, xr.Dataset] = {}
+    for steps, groups in by_steps.items():
+        if not steps:
+            continue
+        lazy = _lazy_first(ds.sel(step=list(steps)), groups, specs, plans)
+        lazy = {g: data.drop_vars([v for v in whole[g] if v in data])
+                for g, data in lazy.items()
+                if {str(v) for v in data.data_vars} | set(whole[g]) == set(stored[g].data_vars)}
+        new.update(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
+    kept = [g for g, steps in added.items() if g in new or not steps]
+    trajectories = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
+        ds, plans[g].options)), ds)[whole[g]] for g in kept if whole[g]}
+    recomputed = dict(zip(trajectories, _compute(list(trajectories.values()), scheduler),
+                          strict=True))
+    return {g: merge_steps(ds, stored[g], new.get(g), recomputed.get(g, xr.Dataset()),
+                           added[g], {str(v): var.attrs for v, var in stored[g].data_vars.items()})
+            for g in kept}
 
 
 def _adopt_legacy(ds: xr.Dataset, specs: Mapping[str, MetricSpec]) -> dict[str, Any]:
@@ -174,12 +217,7 @@ def _compute_fresh(
     plans: Mapping[str, _Plan], done: Mapping[str, xr.Dataset], scheduler: str | None,
 ) -> dict[str, xr.Dataset]:
     """Groups that need only the store in one pass (shared moments), then the others."""
-    first = [g for g in todo if not (specs[g].needs - INPUTS)]
-    moments = _moments_by_form(ds, [(specs[g], plans[g].options) for g in first])
-    lazy = {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
-        ds, plans[g].options,
-        shared_moments=moments.get(specs[g].accepts_dual(plans[g].options)))), ds)
-        for g in first}
+    lazy = _lazy_first(ds, [g for g in todo if not (specs[g].needs - INPUTS)], specs, plans)
     fresh = dict(zip(lazy, _compute(list(lazy.values()), scheduler), strict=True))
     for g in todo:
         if g in fresh:
@@ -188,6 +226,16 @@ def _compute_fresh(
         fresh[g] = _compute([mask_nonfinite(group_dataset(specs[g], context), ds)],
                             scheduler)[0]
     return fresh
+
+
+def _lazy_first(ds: xr.Dataset, groups: Sequence[str], specs: Mapping[str, MetricSpec],
+                plans: Mapping[str, _Plan]) -> dict[str, xr.Dataset]:
+    """Lazy groups that need only the store, sharing their moments."""
+    moments = _moments_by_form(ds, [(specs[g], plans[g].options) for g in groups])
+    return {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
+        ds, plans[g].options,
+        shared_moments=moments.get(specs[g].accepts_dual(plans[g].options)))), ds)
+        for g in groups}
 
 
 def _moments_by_form(ds: xr.Dataset, readers: Sequence[tuple[MetricSpec, object | None]]

@@ -71,7 +71,8 @@ def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
 
 SPEC = MetricSpec(
     group="gram", needs=frozenset({"gram"}), outputs=OUTPUTS, kernel=spectrum_kernel,
-    build=_drift_and_cosine,
+    build=_drift_and_cosine, per_step=True,
+    trajectory=frozenset({"gram_drift", "gram_cosine_to_final"}),
     description="gram_top_eigenvalues, gram_effective_rank, gram_stable_rank, gram_drift, "
     "gram_cosine_to_final",
 )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +23,30 @@ from flq_audit.metrics._lazy import (
 from flq_audit.metrics._spec import Block, MetricSpec
 
 NONFINITE = "nonfinite"
+_COUNTS: list[Counter[str]] = []
+_COUNTS_LOCK = threading.Lock()
+
+
+@contextmanager
+def counting_blocks() -> Iterator[Counter[str]]:
+    """Count, per group, the (step, layer) blocks whose kernel runs inside the ``with`` (in
+    this process: the threads and synchronous schedulers); e.g. to see that a run after
+    steps were added computed the new steps only."""
+    counts: Counter[str] = Counter()
+    with _COUNTS_LOCK:
+        _COUNTS.append(counts)
+    try:
+        yield counts
+    finally:
+        with _COUNTS_LOCK:
+            _COUNTS.remove(counts)
+
+
+def _count_block(group: str) -> None:
+    if _COUNTS:
+        with _COUNTS_LOCK:
+            for counts in _COUNTS:
+                counts[group] += 1
 
 
 @dataclass
@@ -107,6 +135,7 @@ def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
         nan = nan[0]
 
     def per_block(*arrays: np.ndarray) -> tuple[Any, ...]:
+        _count_block(spec.group)
         position = 0
         moments: Moments | DualMoments | None = None
         gram = None
@@ -160,4 +189,4 @@ def mask_nonfinite(result: xr.Dataset, ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
-__all__ = ["GroupContext", "block_dataset", "group_dataset", "mask_nonfinite"]
+__all__ = ["GroupContext", "block_dataset", "counting_blocks", "group_dataset", "mask_nonfinite"]

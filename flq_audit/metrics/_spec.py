@@ -64,6 +64,13 @@ class MetricSpec:
     one value per output (an array for outputs with extra ``dims``). ``build(ds, context)``
     adds lazy variables that are not per-block (e.g. a drift between steps, or a group built
     from another group's computed values: ``needs`` then names that group).
+
+    ``per_step``: each (step, layer) value depends on that step's data only, so that when
+    steps are added only the new steps are computed and the stored ones are kept; outputs
+    named in ``trajectory`` (kernel or ``build`` outputs: a drift to the previous step, a
+    cosine to the final one) use other steps and are recomputed over every done step. The
+    default (``False``) recomputes the whole group whenever the done steps change: the safe
+    choice for a spec that does not say.
     """
 
     group: str
@@ -77,10 +84,13 @@ class MetricSpec:
     #: (:class:`~flq_audit.metrics._kernels.moments.DualMoments`) for layers wider than the
     #: probe; ``None``: it always needs the primal moments.
     dual: Callable[[Any], bool] | None = None
+    per_step: bool = False
+    trajectory: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.group.isidentifier():
             raise OptionError(f"metric group name must be an identifier, got {self.group!r}")
+        object.__setattr__(self, "trajectory", frozenset(self.trajectory))
         if self.kernel is None and self.build is None:
             raise OptionError(f"metric {self.group!r} needs a kernel or a build function")
         object.__setattr__(self, "needs", frozenset(self.needs))

@@ -19,6 +19,8 @@ from flq_audit._stamps import (
     is_current,
     make_stamp,
     metric_status,
+    stale_groups,
+    stale_steps,
     stamps,
     stored_name,
     stored_parameters,
@@ -29,6 +31,7 @@ from flq_audit._stamps import (
 __all__ = [
     "GROUP_ATTR", "LEGACY_STAMP_ATTR", "OUTPUT_ATTR", "PARAMS_ATTR", "PARAM_ID_ATTR",
     "STAMPS_ATTR", "TAG_ATTR", "done_steps", "find_metric", "group_of", "incomplete_groups",
-    "is_complete", "is_current", "make_stamp", "metric_status", "stamps", "stored_name",
+    "is_complete", "is_current", "make_stamp", "metric_status", "stale_groups", "stale_steps",
+    "stamps", "stored_name",
     "stored_parameters", "variables_by_tag", "with_stamps",
 ]

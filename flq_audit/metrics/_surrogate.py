@@ -34,7 +34,7 @@ def surrogate_kernel(block: Block, options: None) -> tuple[float, float, float, 
 
 SPEC = MetricSpec(
     group="surrogate", needs=frozenset({"moments", "gram"}), outputs=OUTPUTS,
-    kernel=surrogate_kernel, description="surrogate, surrogate_per_class, norm, alignment",
+    kernel=surrogate_kernel, per_step=True, description="surrogate, surrogate_per_class, norm, alignment",
 )
 
 

@@ -39,7 +39,9 @@ class StoreSummary:
 
     ``metrics`` are the stored metric variables whose group is complete (stamped);
     ``stale_metrics`` those of them computed from other done steps than the store's now;
-    ``incomplete_metrics`` those written without their stamp (an interrupted computation).
+    ``incomplete_metrics`` those written without their stamp (an interrupted computation);
+    ``stale_groups`` the stale metric groups (by tag) with ``[steps computed on, done steps
+    now]``.
     """
 
     store: str | None
@@ -54,6 +56,7 @@ class StoreSummary:
     metrics: list[str] = field(default_factory=list)
     stale_metrics: list[str] = field(default_factory=list)
     incomplete_metrics: list[str] = field(default_factory=list)
+    stale_groups: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def n_done(self) -> int:
@@ -96,14 +99,18 @@ class FlqAccessor:
         done = self._ds["done"].values.astype(bool)
         return [int(s) for s in self._ds["step"].values[done]]
 
-    def metric(self, name: str, *, tl: object | None = None, **params: Any) -> xr.DataArray:
+    def metric(self, name: str, *, tl: object | None = None, allow_stale: bool = False,
+               **params: Any) -> xr.DataArray:
         """A stored metric output (``target_linearity``, ``t90``, ``surrogate``…) computed with
         the given parameters (the group's defaults for those not given; ``tl`` may be a
-        :class:`~flq_audit.metrics.TLOptions`). Refuses a group whose write was interrupted."""
+        :class:`~flq_audit.metrics.TLOptions`). Refuses a group whose write was interrupted,
+        and a stale one (computed from other done steps than the store's now) unless
+        ``allow_stale``: its values then carry ``flq_state="stale"`` and the steps they were
+        computed on (``flq_computed_on``)."""
         from flq_audit.errors import MetricError
         from flq_audit.metrics import registry
         from flq_audit.metrics._options import options_attrs
-        from flq_audit.metrics._stamp import TAG_ATTR, find_metric, is_complete
+        from flq_audit.metrics._stamp import TAG_ATTR, find_metric, is_complete, stale_steps
 
         if tl is not None:
             params = {**options_attrs(tl), **params}
@@ -123,11 +130,19 @@ class FlqAccessor:
         if not is_complete(self._ds, tag):
             raise MetricError(f"metric {name!r} ({tag}) is incomplete: its computation was "
                               "interrupted", hint="Rerun `flq-audit metrics STORE`.")
-        return var.rename(name)
+        computed_on = stale_steps(self._ds, tag)
+        if computed_on is None:
+            return var.rename(name)
+        if not allow_stale:
+            raise MetricError(
+                f"metric {name!r} ({tag}) is stale: computed on {len(computed_on)} of the "
+                f"{len(self.done_steps)} done steps", hint="Run `flq-audit metrics STORE` to "
+                "bring it up to date, or pass allow_stale=True to read it flagged as stale.")
+        return var.rename(name).assign_attrs(flq_state="stale", flq_computed_on=computed_on)
 
     def summary(self) -> StoreSummary:
         """Provenance, steps, layers, size on disk and stored metrics of the store."""
-        from flq_audit._stamps import metric_status
+        from flq_audit._stamps import metric_status, stale_groups
 
         ds = self._ds
         source = ds.encoding.get("source")
@@ -153,6 +168,7 @@ class FlqAccessor:
             metrics=[n for n in tagged if status.get(n) != "incomplete"],
             stale_metrics=sorted(n for n, s in status.items() if s == "stale"),
             incomplete_metrics=sorted(n for n, s in status.items() if s == "incomplete"),
+            stale_groups={tag: list(counts) for tag, counts in stale_groups(ds).items()},
         )
 
 

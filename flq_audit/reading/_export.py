@@ -46,6 +46,7 @@ def to_netcdf(
         names.append("gram")
     subset = ds[names]
     subset = subset.assign_attrs(_clean_attrs(ds.attrs))
+    _flag_stale(subset, ds)
     for name in list(subset.variables):
         var = subset[name]
         if var.dtype == np.float16:
@@ -71,6 +72,18 @@ def to_netcdf(
         partial.unlink(missing_ok=True)
         raise ExportError(f"cannot write NetCDF {str(out)!r} ({err})", path=out) from err
     return out
+
+
+def _flag_stale(subset: xr.Dataset, ds: xr.Dataset) -> None:
+    """Metric variables of a stale group carry ``flq_state="stale"`` and the number of done
+    steps they were computed on: an export never passes them off as current."""
+    from flq_audit._stamps import TAG_ATTR, stale_groups
+
+    stale = stale_groups(ds)
+    for name, var in subset.data_vars.items():
+        counts = stale.get(str(var.attrs.get(TAG_ATTR)))
+        if counts is not None:
+            subset[name].attrs.update(flq_state="stale", flq_computed_on_steps=counts[0])
 
 
 def _char_array(var: xr.DataArray) -> xr.DataArray:

@@ -122,7 +122,7 @@ def test_show_prints_the_accessor_summary_with_stale_metrics(run_dir, tmp_path):
     assert shown.exit_code == 0, describe(shown)
     assert json.loads(shown.stdout) == json.loads(json.dumps(summary.to_dict()))
     text = invoke("show", store)
-    assert "stale   target_linearity" in text.stdout.replace("\n", " ")
+    assert "stale   tl (computed on 2 of 3 done steps" in text.stdout.replace("\n", " ")
 
 
 def test_summary_measures_a_url_store(run_dir):
