@@ -129,6 +129,11 @@ def test_a_source_that_gained_steps_grows_the_store_at_its_end(tmp_path):
     assert plain["label"].values.tolist() == [f"step_{s}.safetensors" for s in STEPS]
     assert plain["gram_effective_rank"].sizes["step"] == len(STEPS)
     assert np.isnan(plain["gram_effective_rank"].sel(step=[20, 30, 40]).values).all()
+    # metrics of the grown store: the new steps computed, equal to the reference's
+    grown = api.compute_metrics(store, metrics=["gram"])
+    fresh = api.compute_metrics(reference, metrics=["gram"])
+    for name in ("gram_effective_rank", "gram_drift", "gram_cosine_to_final"):
+        np.testing.assert_array_equal(grown[name].values, fresh[name].values, err_msg=name)
 
 
 def test_a_step_between_stored_steps_is_refused_and_the_store_is_kept(tmp_path):
