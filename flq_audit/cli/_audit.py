@@ -46,6 +46,7 @@ from flq_audit.options import (
 if TYPE_CHECKING:
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.audit.step import AuditResult
+    from flq_audit.audit.watch import WatchResult
 
 AUDIT_EXAMPLES = """
 Examples:
@@ -238,18 +239,10 @@ def audit_command(
             warnings.simplefilter("ignore", UnauditedFilesWarning)
             warnings.simplefilter("ignore", MovedRevisionWarning)
             result = api.run_audit(plan, run, progress)
-    if as_json:
-        _output.print_json(result.to_dict())
-    elif not quiet:
-        _output.stdout.print(
-            f"store {result.store}: {len(result.written)} step(s) written, "
-            f"{len(result.skipped)} already done, {len(result.failed)} failed"
-        )
+    _finish(result, as_json=as_json, quiet=quiet)
+    if not (as_json or quiet):
         _output.worker_summary(getattr(result, "workers", None))
-    if result.failed:
-        for message in result.failed.values():
-            _output.error(message)
-        raise typer.Exit(EXIT_STEPS_FAILED)
+    _exit_if_failed(result)
 
 
 audit_command.__doc__ = (audit_command.__doc__ or "") + AUDIT_EXAMPLES
@@ -309,13 +302,22 @@ def _watch(source: str, *, poll: float, until: int | None, metrics: str | None,
         warnings.simplefilter("ignore", UnauditedFilesWarning)  # the watch lists every poll
         result = api.watch(source, options=options,
                            reporter=_WatchLines(quiet=quiet or as_json), **plan)
+    _finish(result, as_json=as_json, quiet=quiet, note=f" (step {until} reached)")
+    _exit_if_failed(result)
+
+
+def _finish(result: AuditResult | WatchResult, *, as_json: bool, quiet: bool, note: str = "") -> None:
+    """The audit's last line (or its JSON): steps written, already done, failed."""
     if as_json:
         _output.print_json(result.to_dict())
     elif not quiet:
         _output.stdout.print(
             f"store {result.store}: {len(result.written)} step(s) written, "
-            f"{len(result.skipped)} already done, {len(result.failed)} failed "
-            f"(step {until} reached)")
+            f"{len(result.skipped)} already done, {len(result.failed)} failed{note}")
+
+
+def _exit_if_failed(result: AuditResult | WatchResult) -> None:
+    """Each failed step's message, then exit code 5."""
     if result.failed:
         for message in result.failed.values():
             _output.error(message)
