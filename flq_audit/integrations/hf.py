@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flq_audit.integrations._lazy import lazy_class
 from flq_audit.integrations._settings import AuditSettings
 from flq_audit.integrations._worker import AuditWorker, OnError
 from flq_audit.options import DEFAULT_CAPTURE, DEFAULT_RUN, CaptureOptions, RunOptions, SourceOptions
@@ -81,26 +82,16 @@ class TrainerAudit:
             worker.close()
 
 
-def _callback_class() -> type:
+def _base() -> type:
     try:
-        from transformers import TrainerCallback
-    except ImportError as err:  # the hf extra is missing
-        raise ImportError("FlqAuditCallback needs transformers: pip install 'flq-audit[hf]'"
-                          ) from err
-    return type("FlqAuditCallback", (TrainerAudit, TrainerCallback),
-               {"__module__": __name__, "__doc__": TrainerAudit.__doc__})
+        from transformers import TrainerCallback as Base
+    except ImportError as err:  # the extra is missing
+        raise ImportError("FlqAuditCallback needs transformers: pip install 'flq-audit[hf]'") from err
+    return Base
 
 
-_CLASSES: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> type:
-    """``FlqAuditCallback``: a ``transformers.TrainerCallback``, made on first use."""
-    if name != "FlqAuditCallback":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _CLASSES:
-        _CLASSES[name] = _callback_class()
-    return _CLASSES[name]
+#: ``FlqAuditCallback``: made on first use (importing this module imports no trainer).
+__getattr__ = lazy_class(__name__, "FlqAuditCallback", TrainerAudit, _base)
 
 
 __all__ = ["FlqAuditCallback", "TrainerAudit"]  # noqa: F822  # the class comes from __getattr__

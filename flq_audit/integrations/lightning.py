@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flq_audit.errors import FlqAuditWarning, OptionError
+from flq_audit.integrations._lazy import lazy_class
 from flq_audit.integrations.recorder import Recorder
 
 
@@ -105,26 +106,17 @@ class LightningAudit:
             recorder.close()
 
 
-def _callback_class() -> type:
+def _base() -> type:
     try:
-        from pytorch_lightning import Callback
-    except ImportError as err:  # the lightning extra is missing
+        from pytorch_lightning import Callback as Base
+    except ImportError as err:  # the extra is missing
         raise ImportError("FlqAuditLightningCallback needs pytorch-lightning: "
                           "pip install 'flq-audit[lightning]'") from err
-    return type("FlqAuditLightningCallback", (LightningAudit, Callback),
-                {"__module__": __name__, "__doc__": LightningAudit.__doc__})
+    return Base
 
 
-_CLASSES: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> type:
-    """``FlqAuditLightningCallback``: a ``pytorch_lightning.Callback``, made on first use."""
-    if name != "FlqAuditLightningCallback":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _CLASSES:
-        _CLASSES[name] = _callback_class()
-    return _CLASSES[name]
+#: ``FlqAuditLightningCallback``: made on first use (importing this module imports no trainer).
+__getattr__ = lazy_class(__name__, "FlqAuditLightningCallback", LightningAudit, _base)
 
 
 __all__ = ["FlqAuditLightningCallback", "LightningAudit"]  # noqa: F822  # the class comes from __getattr__
