@@ -71,7 +71,7 @@ def _grams(store: Path) -> dict[int, np.ndarray]:
 
     ds = api.open_store(store, dask=False)
     out = {}
-    for step in ds["step"].values:
+    for step in ds["step"].values[ds["done"].values.astype(bool)]:  # the audited steps
         gram = ds["gram"].sel(step=int(step), layer=FIRST_LAYER).values
         out[int(step)] = gram[:6, :6]
     return out
