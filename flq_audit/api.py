@@ -6,7 +6,8 @@ use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -211,15 +212,17 @@ def audit(
 
 def watch(source: str, *, options: WatchOptions | None = None, run: RunOptions = DEFAULT_RUN,
           hub: SourceOptions | None = None, reporter: WatchReporter | None = None,
-          **plan: Any) -> WatchResult:
+          sleep: Callable[[float], None] = time.sleep, **plan: Any) -> WatchResult:
     """Follow a run in progress: audit ``source`` now, then each checkpoint that appears,
     into one store, until ``options.until`` is audited (:mod:`flq_audit.audit.watch`).
-    ``plan`` takes the other keyword arguments of :func:`plan_audit`."""
-    from flq_audit.audit.watch import WatchOptions
+    ``plan`` takes the other keyword arguments of :func:`plan_audit`; ``sleep`` waits
+    between polls."""
+    from flq_audit.audit.watch import AuditCalls, WatchOptions
     from flq_audit.audit.watch import watch as follow
 
-    return follow(source, options=options or WatchOptions(), run=run, hub=hub,
-                  reporter=reporter, **plan)
+    calls = AuditCalls(plan=plan_audit, run=run_audit, metrics=compute_metrics)
+    return follow(source, calls=calls, options=options or WatchOptions(), run=run, hub=hub,
+                  reporter=reporter, sleep=sleep, **plan)
 
 
 def open_store(path: str | Path | StoreLocation, *, dask: bool = True,

@@ -79,10 +79,22 @@ class SilentReporter:
     def round_done(self, result: Any) -> None: ...
 
 
+@dataclass(frozen=True)
+class AuditCalls:
+    """What a watch round calls: :func:`flq_audit.api.plan_audit`, ``run_audit`` and
+    ``compute_metrics`` (handed in by :func:`flq_audit.api.watch`, which this module does not
+    import: the API sits above the audit)."""
+
+    plan: Callable[..., Any]
+    run: Callable[..., Any]
+    metrics: Callable[..., Any]
+
+
 def watch(
-    source: str, *, options: WatchOptions = WatchOptions(), run: RunOptions = DEFAULT_RUN,
-    hub: SourceOptions | None = None, reporter: WatchReporter | None = None,
-    sleep: Callable[[float], None] = time.sleep, **plan: Any,
+    source: str, *, calls: AuditCalls, options: WatchOptions = WatchOptions(),
+    run: RunOptions = DEFAULT_RUN, hub: SourceOptions | None = None,
+    reporter: WatchReporter | None = None, sleep: Callable[[float], None] = time.sleep,
+    **plan: Any,
 ) -> WatchResult:
     """Audit ``source`` now and at every poll until ``options.until`` is audited (or forever).
 
@@ -98,8 +110,8 @@ def watch(
         state.result.polls += 1
         ready, waiting, where = _look(source, hub, state)
         todo = [r.step for r in ready if r.step not in state.attempted]
-        if todo and _audit_round(source, todo, state, run=run, hub=hub, options=options,
-                                 reporter=reporter, plan=plan):
+        if todo and _audit_round(source, todo, state, calls, run=run, hub=hub,
+                                 options=options, reporter=reporter, plan=plan):
             continue  # look again at once: more may have been written meanwhile
         if state.reached(options.until):
             return state.result
@@ -138,16 +150,15 @@ def _look(source: str, hub: SourceOptions | None, state: _State) -> tuple[list[A
     return ready, waiting, src.describe()
 
 
-def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOptions,
+def _audit_round(source: str, steps: Sequence[int], state: _State, calls: AuditCalls, *,
+                 run: RunOptions,
                  hub: SourceOptions | None, options: WatchOptions, reporter: WatchReporter,
                  plan: dict[str, Any]) -> bool:
     """Plan and run an audit of ``steps`` into the watch's store, recompute the metrics;
     ``False`` when it could not run this time (it is tried again at the next poll)."""
-    from flq_audit import api
-
     selection = ",".join(str(step) for step in steps)
     try:
-        planned = api.plan_audit(source, steps=selection, run=run, hub=hub, **plan)
+        planned = calls.plan(source, steps=selection, run=run, hub=hub, **plan)
     except _TRANSIENT as err:  # the source changed between the two listings: look again
         state.listing_error = one_line(str(err))
         return False
@@ -155,7 +166,7 @@ def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOp
         raise planned.store_refusal
     try:
         with reporter.audit_round() as progress:
-            result = api.run_audit(planned, run, progress)
+            result = calls.run(planned, run, progress)
     except NetworkError as err:  # finished steps are kept; the others are tried again
         state.listing_error = one_line(err.message)
         return False
@@ -166,7 +177,7 @@ def _audit_round(source: str, steps: Sequence[int], state: _State, *, run: RunOp
     state.result.failed.update(result.failed)
     reporter.round_done(result)
     if options.metrics and result.written:
-        api.compute_metrics(planned.store, metrics=options.metrics)
+        calls.metrics(planned.store, metrics=options.metrics)
     return True
 
 
@@ -184,4 +195,4 @@ def _waiting_message(where: str, options: WatchOptions, state: _State,
     return f"waiting for new checkpoints in {where} ({'; '.join(parts)})"
 
 
-__all__ = ["SilentReporter", "WatchOptions", "WatchReporter", "WatchResult", "watch"]
+__all__ = ["AuditCalls", "SilentReporter", "WatchOptions", "WatchReporter", "WatchResult", "watch"]

@@ -105,7 +105,8 @@ def test_the_template_declares_data_arrays_as_xarray_reads_them(run, tmp_path):
               capture=CaptureOptions(max_samples=40))
     ds = xr.open_zarr(store)
     acts = ds["activations"]
-    assert acts.dims == ("step", "layer", "sample", "feature") and acts.shape == (2, 3, 40, 8)
+    assert acts.dims == ("step", "layer", "sample", "feature") and acts.shape[1:] == (3, 40, 8)
+    assert ds["step"].values[ds["done"].values].tolist() == [0, 10]  # every listed step laid out
     assert {"label", "commit", "class_label", "layer_kind", "width"} <= set(acts.coords)
     assert acts.encoding["chunks"] == (1, 1, 40, 8)
     assert acts.attrs["long_name"] == "input features of each weight layer"

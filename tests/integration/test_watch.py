@@ -209,7 +209,8 @@ def test_sigterm_while_waiting_exits_143_and_keeps_the_store(tmp_path):
 
 def test_metrics_after_each_round_equal_a_one_shot_computation(tmp_path):
     """The watch's sleep is where the training job writes its next checkpoint."""
-    from flq_audit.audit.watch import WatchOptions, watch
+    from flq_audit.api import watch
+    from flq_audit.audit.watch import WatchOptions
     from flq_audit.options import RunOptions
     from flq_audit.store import open_dataset
     from tests._helpers.runs import make_run
@@ -287,7 +288,8 @@ def test_a_half_written_shard_index_is_waited_out(tmp_path):
     the watch: it waits, says why, and audits the checkpoint once the index is whole."""
     from contextlib import nullcontext
 
-    from flq_audit.audit.watch import WatchOptions, watch
+    from flq_audit.api import watch
+    from flq_audit.audit.watch import WatchOptions
     from tests._helpers.hub import safetensors_bytes, sharded
 
     run = tmp_path / "run"
