@@ -51,6 +51,20 @@ class GramDtypeChoice(Choice):
     float64 = "float64"
 
 
+class GramsChoice(Choice):
+    full = "full"
+    compact = "compact"
+    spectrum = "spectrum"
+    none = "none"
+
+
+class ReplayDtypeChoice(Choice):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+    float64 = "float64"
+
+
 class TaskChoice(Choice):
     sequence = "sequence"
     token = "token"
@@ -70,6 +84,8 @@ class CacheChoice(Choice):
 
 ACTIVATION_DTYPES = ActivationDtypeChoice.values()
 GRAM_DTYPES = GramDtypeChoice.values()
+GRAM_FORMS = GramsChoice.values()
+REPLAY_DTYPES = ReplayDtypeChoice.values()
 TEXT_TASKS = TaskChoice.values()
 POOLINGS = PoolingChoice.values()
 CACHE_MODES = CacheChoice.values()
@@ -154,6 +170,15 @@ class CaptureOptions:
     activation_dtype: Literal["float32", "float16", "float64"] = field(
         default="float32", metadata=ALWAYS)
     gram_dtype: Literal["float32", "float64"] = field(default="float32", metadata=ALWAYS)
+    #: What is kept of each weight's Gram (``--grams``): ``compact`` the cheaper exact form
+    #: (WᵀW, or W itself when it has fewer rows than columns), ``full`` always WᵀW,
+    #: ``spectrum`` its eigenvalues only, ``none`` nothing. A store keeps the form it was
+    #: made with (a store written before the option holds ``full`` Grams).
+    grams: Literal["full", "compact", "spectrum", "none"] = field(
+        default="compact", metadata=WHEN_SET)
+    #: The dtype the probe replays in (``--dtype``); ``None``: the loader's default.
+    replay_dtype: Literal["bfloat16", "float16", "float32", "float64"] | None = field(
+        default=None, metadata=WHEN_SET)
     max_samples: int | None = field(default=None, metadata=ALWAYS)
     hidden_states: bool = field(default=False, metadata=WHEN_SET)
     extensions: tuple[str, ...] = field(default=(), metadata=WHEN_SET)  # --extension NAME
@@ -166,6 +191,10 @@ class CaptureOptions:
             "--activation-dtype (activation_dtype)", self.activation_dtype, ACTIVATION_DTYPES))
         object.__setattr__(self, "gram_dtype", one_of(
             "--gram-dtype (gram_dtype)", self.gram_dtype, GRAM_DTYPES))
+        object.__setattr__(self, "grams", one_of("--grams (grams)", self.grams, GRAM_FORMS))
+        if self.replay_dtype is not None:
+            object.__setattr__(self, "replay_dtype", one_of(
+                "--dtype (replay_dtype)", self.replay_dtype, REPLAY_DTYPES))
         if self.activation_dtype == "float64":  # a float64 replay keeps float64 Grams too
             object.__setattr__(self, "gram_dtype", "float64")
         positive_int("--max-samples (max_samples)", self.max_samples, allow_none=True)
@@ -317,7 +346,9 @@ __all__ = [
     "Choice",
     "FLOptions",
     "GramDtypeChoice",
+    "GramsChoice",
     "PoolingChoice",
+    "ReplayDtypeChoice",
     "RunOptions",
     "SourceOptions",
     "TaskChoice",

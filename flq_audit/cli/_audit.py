@@ -19,11 +19,13 @@ from flq_audit.cli._options import (
     CacheOpt,
     FLLossOpt,
     GramDtypeOpt,
+    GramsOpt,
     JsonOpt,
     PollOpt,
     PoolingOpt,
     ProbeKeysOpt,
     QuietOpt,
+    ReplayDtypeOpt,
     StepsOpt,
     StorageOptionsOpt,
     TaskOpt,
@@ -37,6 +39,7 @@ from flq_audit.options import (
     CacheChoice,
     CaptureOptions,
     GramDtypeChoice,
+    GramsChoice,
     RunOptions,
     SourceOptions,
     TaskChoice,
@@ -113,6 +116,8 @@ def audit_command(
     ] = True,
     activation_dtype: ActivationDtypeOpt = ActivationDtypeChoice.float32,
     gram_dtype: GramDtypeOpt = GramDtypeChoice.float32,
+    grams: GramsOpt = GramsChoice.compact,
+    replay_dtype: ReplayDtypeOpt = None,
     max_samples: Annotated[int | None, typer.Option(
         min=1, help="Use only the first N probe samples.")] = None,
     dry_run: Annotated[bool, typer.Option(
@@ -189,7 +194,9 @@ def audit_command(
     fl = fl_options(None if fl_loss is None else fl_loss.value, fl_lr, fl_batches, fl_probe, probe_keys)
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype.value,
-        gram_dtype=gram_dtype.value, max_samples=max_samples, hidden_states=hidden_states,
+        gram_dtype=gram_dtype.value, grams=grams.value,
+        replay_dtype=None if replay_dtype is None else replay_dtype.value,
+        max_samples=max_samples, hidden_states=hidden_states,
         extensions=tuple(extension or ()),
     )
     run = RunOptions(batch_size=batch_size, device=device, overwrite=overwrite,

@@ -20,7 +20,9 @@ from flq_audit.options import (
     CacheChoice,
     Choice,
     GramDtypeChoice,
+    GramsChoice,
     PoolingChoice,
+    ReplayDtypeChoice,
     TaskChoice,
 )
 from flq_audit.probes import ProbeKeys, parse_probe_keys
@@ -76,6 +78,16 @@ ActivationDtypeOpt = Annotated[ActivationDtypeChoice, typer.Option(
     help="float32, float16, or float64 (replays the probe in float64; Grams stored in "
          "float64 too).")]
 GramDtypeOpt = Annotated[GramDtypeChoice, typer.Option(help="float32 or float64.")]
+GramsOpt = Annotated[GramsChoice, typer.Option(
+    "--grams", help="What is kept of each weight's Gram: compact (WᵀW, or W itself when it has "
+    "fewer rows than columns: exact, never larger than the weight), full (always WᵀW), "
+    "spectrum (its eigenvalues only) or none.")]
+ReplayDtypeOpt = Annotated[ReplayDtypeChoice | None, typer.Option(
+    "--dtype", metavar="|".join(choices(ReplayDtypeChoice)),
+    autocompletion=complete_from(choices(ReplayDtypeChoice)),
+    help="The dtype the probe replays in (default: the checkpoint's own for transformers "
+    "models, float32 otherwise; float64 with --activation-dtype float64). Grams are always "
+    "formed from the checkpoint's own tensors in float64.")]
 TaskOpt = Annotated[TaskChoice, typer.Option(
     help="Text probes: sequence (one row per text), token (one per word) or next-token.")]
 PoolingOpt = Annotated[PoolingChoice | None, typer.Option(
