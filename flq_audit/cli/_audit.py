@@ -76,7 +76,9 @@ def _steps_list(text: str | None) -> list[int] | None:
 
 
 def _layers(values: list[str] | None) -> list[str]:
-    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    from flq_audit.capture.roles import split_layers  # the capture package imports torch
+
+    return split_layers(values or [])
 
 
 @mapped
@@ -92,7 +94,8 @@ def audit_command(
         help="Builtin probe (digits, swissroll), a .npz/.safetensors/.pt file, or a text "
         "probe (.jsonl/.csv) for transformers models. Default: SOURCE/probe.npz.")] = None,
     layers: Annotated[list[str] | None, typer.Option(
-        "--layers", help="Glob pattern(s) over module and parameter names (W_in); repeat or "
+        "--layers", help="Glob pattern(s) over module and parameter names (W_in), or layer "
+        "roles of language models (mlp.down, attn.out@0,8,15, unembed); repeat or "
         "comma-separate. Default: every Linear/Conv layer and parameter layer.")] = None,
     out: Annotated[str | None, typer.Option(
         help="Output Zarr store: a local path or an fsspec URL (s3://bucket/x.zarr). "
@@ -380,5 +383,6 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         for entry in summary["not_audited"]:
             left.add_row(entry["name"], entry["reason"], entry["include"] or "-")
         out.print(left)
-    out.print(_output.layers_table((la["name"], la["kind"], la["width"], la["gram_width"])
-                                   for la in summary["layers"]))
+    out.print(_output.layers_table([(la["name"], la["kind"], la["width"], la["gram_width"])
+                                    for la in summary["layers"]],
+                                   roles=[la["role"] for la in summary["layers"]]))
