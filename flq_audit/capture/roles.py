@@ -43,8 +43,10 @@ class Family:
         return re.compile(rf"(?:^|.*\.){self.block}\.(?:{tails})$")
 
     def role_of(self, name: str) -> str | None:
-        """The role of the layer called ``name`` (``None``: none of this family's roles)."""
-        return next((r for r in self.roles if self.pattern(r).match(name)), None)
+        """The narrowest role of the layer called ``name`` (``attn.q`` rather than
+        ``attn.qkv`` for a split projection; ``None``: none of this family's roles)."""
+        found = [r for r in self.roles if self.pattern(r).match(name)]
+        return min(found, key=lambda r: len(self.roles[r])) if found else None
 
 
 _LLAMA_ATTN = {"attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
