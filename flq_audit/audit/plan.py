@@ -32,7 +32,7 @@ from flq_audit.capture import (
     weight_layer_infos,
     weight_matrix,
 )
-from flq_audit.capture.roles import model_type_of, roles_of
+from flq_audit.capture.roles import layer_roles
 from flq_audit.errors import (
     ProbeNotFoundError,
     ProbeShapeError,
@@ -151,11 +151,9 @@ class AuditPlan:
                 "name": self.probe.name, "n_samples": self.probe.n_samples,
                 "kind": self.probe.kind, "num_classes": self.probe.num_classes,
                 "fingerprint": self.probe.fingerprint, **self._text_summary()},
-            "layers": [
-                {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width,
-                 "role": role}
-                for li, role in zip(self.layers, self._roles(), strict=True)
-            ],
+            "layers": [{"name": li.name, "kind": li.kind, "width": li.width,
+                        "gram_width": li.gram_width, "role": role}
+                       for li, role in zip(self.layers, layer_roles(self), strict=True)],
             "extensions": [ext.name for ext in self.extensions],
             "not_audited": [{"name": e.name, "reason": e.reason, "include": e.include or None}
                             for e in self.left_out],
@@ -164,11 +162,6 @@ class AuditPlan:
             "capture_config": self.config,
         }
 
-
-    def _roles(self) -> list[str | None]:
-        """Each layer's role (``mlp.down``, ``unembed``; ``None``: none), for the dry run."""
-        module = None if self.built is None else self.built.module
-        return roles_of([li.name for li in self.layers], model_type_of(module))
 
     def _text_summary(self) -> dict[str, Any]:
         """A text probe's task and pooling, and where the pooling came from."""

@@ -105,6 +105,12 @@ def roles_of(names: Sequence[str], model_type: str | None) -> list[str | None]:
     return [family.role_of(n) for n in names]
 
 
+def layer_roles(plan: Any) -> list[str | None]:
+    """The role of each of an audit plan's layers (``plan.layers``, ``plan.built``)."""
+    module = None if plan.built is None else plan.built.module
+    return roles_of([li.name for li in plan.layers], model_type_of(module))
+
+
 def _shared_role(name: str) -> str | None:
     """The role every family gives ``name``, when they all agree on a global role."""
     found = {f.role_of(name) for f in FAMILIES} - {None}
@@ -244,5 +250,5 @@ def _blocks(sel: _Selector, n_blocks: int, described: str) -> list[int]:
     return list(dict.fromkeys(i % n_blocks for i in indices))
 
 
-__all__ = ["FAMILIES", "ROLES", "Family", "family_for", "model_type_of", "resolve_roles",
-           "roles_of", "split_layers"]
+__all__ = ["FAMILIES", "ROLES", "Family", "family_for", "layer_roles", "model_type_of",
+           "resolve_roles", "roles_of", "split_layers"]
