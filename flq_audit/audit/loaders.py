@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 import torch
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.errors import ModelBuildError, OptionError
 from flq_audit.models import BuiltModel, build_model, load_weights
 
 if TYPE_CHECKING:
@@ -47,6 +47,26 @@ def compute_dtype(activation_dtype: str) -> torch.dtype:
     """The dtype a probe replays in for ``--activation-dtype``: float64 replays in float64,
     float32 and float16 in float32 (float16 rows are rounded from a float32 forward)."""
     return torch.float64 if activation_dtype == "float64" else torch.float32
+
+
+def resolve_replay_dtype(activation_dtype: str, requested: str | None = None,
+                         checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The one decision of the replay dtype: an explicit ``--dtype`` wins; else float64 for
+    ``--activation-dtype float64``; else the checkpoint's own floating dtype when known
+    (transformers models), float32 otherwise. ``--dtype`` below float64 with
+    ``--activation-dtype float64`` is refused (the float64 rows would be rounded)."""
+    if requested is not None:
+        dtype = getattr(torch, requested)
+        if activation_dtype == "float64" and dtype != torch.float64:
+            raise OptionError(f"--dtype {requested} contradicts --activation-dtype float64 "
+                              "(float64 activations need a float64 replay)",
+                              hint="Leave --dtype out or pass --dtype float64.")
+        return dtype
+    if activation_dtype == "float64":
+        return torch.float64
+    if checkpoint_dtype is not None and checkpoint_dtype.is_floating_point:
+        return checkpoint_dtype
+    return torch.float32
 
 
 @dataclass(frozen=True)
@@ -258,4 +278,4 @@ def model_loader(spec: str, config_dir: Path | None, *, activation_dtype: str,
 
 
 __all__ = ["LoaderKind", "ModelLoader", "ModuleLoader", "StepModel", "TransformersLoader",
-           "WeightsLoader", "compute_dtype", "model_loader", "training_module"]
+           "WeightsLoader", "compute_dtype", "model_loader", "resolve_replay_dtype", "training_module"]

@@ -131,3 +131,17 @@ def test_capabilities_replace_origin_strings():
     assert TransformersLoader.residual_stream and not TransformersLoader.class_scores
     with pytest.raises(ModelBuildError, match="--model hf needs checkpoint folders"):
         model_loader("hf", None, activation_dtype="float32")
+
+
+def test_replay_dtype_resolution_order() -> None:
+    from flq_audit.audit.loaders import resolve_replay_dtype
+    from flq_audit.errors import OptionError
+
+    assert resolve_replay_dtype("float32") is torch.float32
+    assert resolve_replay_dtype("float64") is torch.float64
+    assert resolve_replay_dtype("float32", checkpoint_dtype=torch.bfloat16) is torch.bfloat16
+    assert resolve_replay_dtype("float64", checkpoint_dtype=torch.bfloat16) is torch.float64
+    assert resolve_replay_dtype("float16", "bfloat16", torch.float32) is torch.bfloat16
+    assert resolve_replay_dtype("float64", "float64") is torch.float64
+    with pytest.raises(OptionError, match=r"--dtype bfloat16.*--activation-dtype float64"):
+        resolve_replay_dtype("float64", "bfloat16")
