@@ -1,0 +1,177 @@
+"""``--dtype``: the replay runs in half precision, Grams stay the checkpoint's own (float64)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from safetensors import safe_open
+
+from flq_audit import api
+from flq_audit.errors import StoreMismatchError
+from flq_audit.options import CaptureOptions, TextProbeOptions
+from tests._helpers.runs import make_run
+
+#: bfloat16 keeps 8 significant bits: a unit roundoff of 2**-8.
+BF16_ROUNDOFF = 2.0**-8
+#: The fidelity bound on |ΔTL| of a bfloat16 replay: each of the fixture's two blocks rounds
+#: the features by a few units of roundoff, and TL (an R² of a linear fit to them) moves by
+#: at most about as much as its features do; ten units leave room for the layer norms.
+TL_BOUND = 10 * BF16_ROUNDOFF
+WORDS = sorted({w for text in ("the cat sat on the mat", "a dog ran in the park today",
+                               "birds fly high", "the sun is hot", "rain falls down on the town",
+                               "snow is cold and white", "fish swim", "the wind blows hard tonight")
+                for w in text.split()})
+ANIMALS = {"cat", "dog", "birds", "fish"}
+
+
+def _neox_run(root: Path, n_texts: int = 72) -> Path:
+    """The tiny GPT-NeoX run (float32 checkpoints 0 and 10) with a probe of ``n_texts``
+    random sentences, more than the layers are wide (TL below 1)."""
+    pytest.importorskip("transformers")
+    from tests._helpers.hf_models import trainer_run
+
+    run = trainer_run(root, "neox")
+    rng = np.random.default_rng(0)
+    with open(run / "probe.jsonl", "w") as handle:
+        for _ in range(n_texts):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 8))))
+            label = "animal" if ANIMALS & set(text.split()) else "weather"
+            handle.write(json.dumps({"text": text, "label": label}) + "\n")
+    return run
+
+
+def _audit(run: Path, store: Path, dtype: str | None, steps: str = "all", **capture: str):
+    return api.audit(str(run), probe=str(run / "probe.jsonl"), out=store, steps=steps,
+                     text=TextProbeOptions(pooling="mean"),
+                     capture=CaptureOptions(replay_dtype=dtype, **capture))
+
+
+def _config(store: Path) -> dict:
+    with xr.open_zarr(store) as ds:
+        return json.loads(ds.attrs["capture_config"])
+
+
+def _file_gram(folder: Path, key: str) -> np.ndarray:
+    """WᵀW in float64 of the tensor ``key`` as the checkpoint file holds it."""
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        w = handle.get_tensor(key).double().numpy()
+    return w.T @ w
+
+
+def _tl_and_grams(store: Path) -> tuple[np.ndarray, dict[tuple[int, str], np.ndarray]]:
+    api.compute_metrics(store, metrics=["tl"])
+    with xr.open_zarr(store) as ds:
+        tl = ds.flq.metric("target_linearity").values
+        grams = {(int(s), str(layer)): ds.flq.gram(int(s), str(layer)).values
+                 for s in ds.step.values for layer in ds.layer.values}
+    return tl, grams
+
+
+def test_bfloat16_replay_keeps_the_checkpoints_grams_and_tl_within_the_bound(tmp_path):
+    run = _neox_run(tmp_path / "run")
+    stores = {dtype: tmp_path / f"{dtype}.zarr" for dtype in ("bfloat16", "float32")}
+    for dtype, store in stores.items():
+        result = _audit(run, store, dtype, gram_dtype="float64")
+        assert result.written == [0, 10] and not result.failed
+    assert _config(stores["bfloat16"])["replay_dtype"] == "bfloat16"
+    assert "replay_dtype" not in _config(stores["float32"])  # the legacy replay: not recorded
+    (tl16, grams16), (tl32, grams32) = (_tl_and_grams(stores[d]) for d in ("bfloat16", "float32"))
+    for (step, layer), gram in grams32.items():
+        np.testing.assert_allclose(grams16[step, layer], gram, rtol=1e-12, atol=0,
+                                   err_msg=f"{layer} at step {step}")
+    key = "gpt_neox.layers.1.mlp.dense_4h_to_h.weight"  # and both are the file's own
+    np.testing.assert_allclose(grams16[10, key.removesuffix(".weight")],
+                               _file_gram(run / "checkpoint-10", key), rtol=1e-12, atol=1e-12)
+    with xr.open_zarr(stores["bfloat16"]) as b16, xr.open_zarr(stores["float32"]) as f32:
+        assert b16.activations.dtype == np.float32
+        assert np.nanmax(np.abs(b16.activations.values - f32.activations.values)) > 0
+    assert np.all(tl32 < 1 - 1e-3)  # a probe longer than the layers are wide
+    delta = np.abs(tl16 - tl32)
+    print(f"max |ΔTL| bfloat16 vs float32 replay: {delta.max():.3e}")
+    assert 0 < delta.max() < TL_BOUND
+
+
+def test_appending_with_another_replay_dtype_is_refused(tmp_path):
+    run = _neox_run(tmp_path / "run", n_texts=12)
+    store = tmp_path / "s.zarr"
+    assert _audit(run, store, "bfloat16", steps="0").written == [0]
+    before = sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*"))
+    for other in (None, "float32"):
+        with pytest.raises(StoreMismatchError, match=r"replay_dtype: stored \"bfloat16\", now null"):
+            _audit(run, store, other, steps="10")
+    assert sorted((p.relative_to(store), p.stat().st_mtime_ns) for p in store.rglob("*")) == before
+    assert _audit(run, store, "bfloat16", steps="10").written == [10]
+
+
+def test_a_store_without_dtype_resumes_with_the_legacy_dtype_named(tmp_path):
+    run = make_run(tmp_path / "run", steps=(0, 10))
+    store = tmp_path / "s.zarr"
+    api.audit(str(run), out=store, steps="0")
+    assert api.audit(str(run), out=store, steps="10",
+                     capture=CaptureOptions(replay_dtype="float32")).written == [10]
+    with pytest.raises(StoreMismatchError, match="replay_dtype"):
+        api.audit(str(run), out=store, capture=CaptureOptions(replay_dtype="float16"))
+
+
+@pytest.mark.parametrize("activation_dtype", ["float32", "float16"])
+def test_module_model_half_replay_writes_the_store_dtype_and_exact_grams(tmp_path,
+                                                                         activation_dtype):
+    run = make_run(tmp_path / "run", steps=(0, 10), n_samples=64)
+    stores = {dtype: tmp_path / f"{dtype}.zarr" for dtype in ("bfloat16", "float32")}
+    for dtype, store in stores.items():
+        assert api.audit(str(run), out=store, capture=CaptureOptions(
+            replay_dtype=dtype, activation_dtype=activation_dtype)).written == [0, 10]
+    assert _config(stores["bfloat16"])["replay_dtype"] == "bfloat16"
+    with xr.open_zarr(stores["bfloat16"]) as b16, xr.open_zarr(stores["float32"]) as f32:
+        assert b16.activations.dtype == np.dtype(activation_dtype)
+        np.testing.assert_array_equal(b16.gram.values, f32.gram.values)
+        a, b = b16.activations.values, f32.activations.values
+        assert np.nanmax(np.abs(a - b)) > 0
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
+
+
+def test_a_bfloat16_checkpoint_replays_in_bfloat16_by_default(tmp_path):
+    pytest.importorskip("transformers")
+    from tests._helpers.hf_models import model_for, tokenizer, trainer_run
+
+    run = trainer_run(tmp_path / "run", "neox", steps=(0,))
+    model_for("neox", tokenizer().vocab_size, seed=0).to(torch.bfloat16).save_pretrained(
+        run / "checkpoint-0")
+    store = tmp_path / "s.zarr"
+    assert _audit(run, store, None).written == [0]
+    assert _config(store)["replay_dtype"] == "bfloat16"  # config.json says bfloat16
+    key = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight"
+    with xr.open_zarr(store) as ds:
+        stored = ds.flq.gram(0, key.removesuffix(".weight")).values
+    np.testing.assert_allclose(stored, _file_gram(run / "checkpoint-0", key).astype(np.float32),
+                               rtol=1e-6)
+
+
+def test_float64_activations_refuse_a_half_replay(tmp_path):
+    from flq_audit.errors import OptionError
+
+    run = make_run(tmp_path / "run", steps=(0,))
+    with pytest.raises(OptionError, match="--dtype bfloat16 contradicts --activation-dtype"):
+        api.audit(str(run), out=tmp_path / "s.zarr", capture=CaptureOptions(
+            replay_dtype="bfloat16", activation_dtype="float64"))
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.gpu
+def test_bfloat16_replay_on_cuda_keeps_the_grams(tmp_path):
+    run = make_run(tmp_path / "run", steps=(0, 10), n_samples=64)
+    stores = {device: tmp_path / f"{device}.zarr" for device in ("cpu", "cuda")}
+    for device, store in stores.items():
+        dtype = "bfloat16" if device == "cuda" else "float32"
+        assert api.audit(str(run), out=store, device=device,
+                         capture=CaptureOptions(replay_dtype=dtype)).written == [0, 10]
+    with xr.open_zarr(stores["cuda"]) as cuda, xr.open_zarr(stores["cpu"]) as cpu:
+        np.testing.assert_array_equal(cuda.gram.values, cpu.gram.values)
+        assert cuda.activations.dtype == np.float32
+        np.testing.assert_allclose(cuda.activations.values, cpu.activations.values,
+                                   rtol=0.05, atol=0.05)
