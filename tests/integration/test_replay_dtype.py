@@ -182,3 +182,18 @@ def test_bfloat16_replay_on_cuda_keeps_the_grams(tmp_path):
         assert cuda.activations.dtype == np.float32
         np.testing.assert_allclose(cuda.activations.values, cpu.activations.values,
                                    rtol=0.05, atol=0.05)
+
+
+def test_the_cli_replays_in_dtype_and_refuses_another_one_into_the_store(tmp_path):
+    from tests._helpers.cli import assert_says, describe, invoke
+
+    run = make_run(tmp_path / "run", steps=(0, 10))
+    store = tmp_path / "s.zarr"
+    first = invoke("audit", run, "--out", store, "--steps", "0", "--dtype", "bfloat16")
+    assert first.exit_code == 0, describe(first)
+    assert _config(store)["replay_dtype"] == "bfloat16"
+    refused = invoke("audit", run, "--out", store, "--steps", "10", "--dtype", "float16")
+    assert refused.exit_code == StoreMismatchError.exit_code, describe(refused)
+    assert_says(refused.output, 'capture_config.replay_dtype: stored "bfloat16", now "float16"')
+    with xr.open_zarr(store) as ds:
+        assert ds["done"].values.tolist() == [True, False]
