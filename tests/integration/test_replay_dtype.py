@@ -197,3 +197,24 @@ def test_the_cli_replays_in_dtype_and_refuses_another_one_into_the_store(tmp_pat
     assert_says(refused.output, 'capture_config.replay_dtype: stored "bfloat16", now "float16"')
     with xr.open_zarr(store) as ds:
         assert ds["done"].values.tolist() == [True, False]
+
+
+def test_a_tied_unembedding_takes_its_gram_from_the_embedding_tensor(tmp_path):
+    pytest.importorskip("transformers")
+    from tests._helpers.hf_models import trainer_run
+
+    run = trainer_run(tmp_path / "run", "gpt2", steps=(0,))  # lm_head is tied to wte
+    for dtype in ("bfloat16", "float32"):
+        assert _audit(run, tmp_path / f"{dtype}.zarr", dtype, gram_dtype="float64").written == [0]
+    with xr.open_zarr(tmp_path / "bfloat16.zarr") as b16, \
+            xr.open_zarr(tmp_path / "float32.zarr") as f32:
+        assert "lm_head" in b16.layer.values
+        np.testing.assert_array_equal(b16.gram.values, f32.gram.values)
+    np.testing.assert_allclose(  # the file holds the tied weight once, as wte
+        _gram_of(tmp_path / "bfloat16.zarr", "lm_head"),
+        _file_gram(run / "checkpoint-0", "transformer.wte.weight"), rtol=1e-12, atol=1e-12)
+
+
+def _gram_of(store: Path, layer: str) -> np.ndarray:
+    with xr.open_zarr(store) as ds:
+        return ds.flq.gram(0, layer).values
