@@ -155,7 +155,9 @@ def weight_layer_infos(
             continue
         conv1d = model_type in CONV1D_MODEL_TYPES and name.endswith(_CONV1D_SUFFIXES)
         width = shape[0] if conv1d else int(np.prod(shape[1:]))
-        infos.append(LayerInfo(name, "Conv1D" if conv1d else f"weight{len(shape)}d", width, width))
+        rows = int(shape[1]) if conv1d else int(shape[0])
+        infos.append(LayerInfo(name, "Conv1D" if conv1d else f"weight{len(shape)}d", width, width,
+                               rows))
     if not infos:
         raise LayerNotFoundError(
             f"no weight matrices found (looked at {len(shapes)} tensors"
@@ -190,11 +192,11 @@ def layer_infos(
                 f"layer {name!r} was never called in the forward pass", layer=name
             )
         kind = module.kind if isinstance(module, ParameterLayer) else type(module).__name__
-        gram_width = weight_matrix(module).shape[1]
-        infos.append(LayerInfo(name, kind, widths[name], gram_width))
+        gram_rows, gram_width = weight_matrix(module).shape
+        infos.append(LayerInfo(name, kind, widths[name], gram_width, gram_rows))
     for name in sorted((n for n in widths if n.startswith(HIDDEN_STATE_PREFIX)),
                        key=lambda n: int(n.rsplit(".", 1)[1])):
-        infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1))  # no Gram
+        infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1, 0))  # no Gram
     return infos
 
 

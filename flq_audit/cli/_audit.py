@@ -354,6 +354,12 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         out.print(f"store   {summary['store']} ({estimate}): refused: {one_line(refusal['message'])}")
     else:
         out.print(f"store   {summary['store']} ({summary['store_status']}; {estimate})")
+    per_step, n_written = summary["store_bytes_per_step"], len(plan.layout.written)
+    out.print(f"        per step: activations {human_size(per_step['activations'])}, Grams "
+              f"{human_size(per_step['grams'])} (--grams {plan.capture.grams}); "
+              f"{n_written} step(s) to write: activations "
+              f"{human_size(n_written * per_step['activations'])}, Grams "
+              f"{human_size(n_written * per_step['grams'])}")
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
@@ -380,5 +386,5 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         for entry in summary["not_audited"]:
             left.add_row(entry["name"], entry["reason"], entry["include"] or "-")
         out.print(left)
-    out.print(_output.layers_table((la["name"], la["kind"], la["width"], la["gram_width"])
-                                   for la in summary["layers"]))
+    out.print(_output.layers_table((la["name"], la["kind"], la["width"], la["gram_width"],
+                                    la["gram_form"]) for la in summary["layers"]))

@@ -185,14 +185,14 @@ def metric_table(values: xr.DataArray, title: str) -> Table:
     return table
 
 
-def layers_table(layers: Iterable[tuple[str, str, int, int]]) -> Table:
+def layers_table(layers: Iterable[tuple[str, str, int, int, str]]) -> Table:
     """The ``layers`` table of ``show`` and ``--dry-run``: one ``(name, kind, width, Gram
-    width)`` row a layer."""
+    width, Gram form)`` row a layer."""
     table = Table(title="layers")
-    for column in ("layer", "kind", "width", "gram width"):
+    for column in ("layer", "kind", "width", "gram width", "gram form"):
         table.add_column(column)
-    for name, kind, width, gram_width in layers:
-        table.add_row(name, kind, str(width), str(gram_width))
+    for name, kind, width, gram_width, form in layers:
+        table.add_row(name, kind, str(width), str(gram_width), form)
     return table
 
 
