@@ -178,7 +178,8 @@ class CaptureOptions:
         default="compact", metadata=WHEN_SET)
     #: The dtype the probe replays in (``--dtype``); ``None``: the loader's default.
     replay_dtype: Literal["bfloat16", "float16", "float32", "float64"] | None = field(
-        default=None, metadata=WHEN_SET)
+        default=None, metadata=not_fingerprinted(
+            "the store records the dtype the loader resolved, when not the legacy one"))
     max_samples: int | None = field(default=None, metadata=ALWAYS)
     hidden_states: bool = field(default=False, metadata=WHEN_SET)
     extensions: tuple[str, ...] = field(default=(), metadata=WHEN_SET)  # --extension NAME

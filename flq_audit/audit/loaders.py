@@ -19,6 +19,12 @@ Three loaders:
   each checkpoint in the compute dtype itself (``dtype=`` of ``from_config`` and
   ``from_pretrained``), so float64 means unrounded float64 weights here too.
 - :class:`WeightsLoader`: ``--weights-only``; state dicts only, no module.
+
+The replay dtype (:func:`resolve_replay_dtype`) is ``--dtype`` when given, else the legacy
+compute dtype (:func:`compute_dtype`), except that a transformers model replays in its
+checkpoint's own dtype (``config.json``). Grams never come from a rounded model: a module
+model's step state holds the checkpoint's tensors, and a transformers model replaying in a
+narrower dtype than its files gets them as :class:`~flq_audit.audit.file_tensors.FileTensors`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 import torch
 from torch import nn
 
-from flq_audit.errors import ModelBuildError
+from flq_audit.audit.file_tensors import FileTensors, config_dtype
+from flq_audit.errors import ModelBuildError, OptionError
 from flq_audit.models import BuiltModel, build_model, load_weights
 
 if TYPE_CHECKING:
@@ -47,6 +54,26 @@ def compute_dtype(activation_dtype: str) -> torch.dtype:
     """The dtype a probe replays in for ``--activation-dtype``: float64 replays in float64,
     float32 and float16 in float32 (float16 rows are rounded from a float32 forward)."""
     return torch.float64 if activation_dtype == "float64" else torch.float32
+
+
+def resolve_replay_dtype(activation_dtype: str, requested: str | None = None,
+                         checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The one decision of the replay dtype: an explicit ``--dtype`` wins; else float64 for
+    ``--activation-dtype float64``; else the checkpoint's own floating dtype when known
+    (transformers models), float32 otherwise. ``--dtype`` below float64 with
+    ``--activation-dtype float64`` is refused (the float64 rows would be rounded)."""
+    if requested is not None:
+        dtype = getattr(torch, requested)
+        if activation_dtype == "float64" and dtype != torch.float64:
+            raise OptionError(f"--dtype {requested} contradicts --activation-dtype float64 "
+                              "(float64 activations need a float64 replay)",
+                              hint="Leave --dtype out or pass --dtype float64.")
+        return dtype
+    if activation_dtype == "float64":
+        return torch.float64
+    if checkpoint_dtype is not None and checkpoint_dtype.is_floating_point:
+        return checkpoint_dtype
+    return torch.float32
 
 
 @dataclass(frozen=True)
@@ -128,10 +155,12 @@ class _Loader:
     class_scores: ClassVar[bool] = False
     activation_dtype: str = "float32"
     template: BuiltModel | None = None
+    #: The replay dtype's name (``None``: the legacy :func:`compute_dtype`).
+    replay: str | None = None
 
     @property
     def dtype(self) -> torch.dtype:
-        return compute_dtype(self.activation_dtype)
+        return getattr(torch, self.replay) if self.replay else compute_dtype(self.activation_dtype)
 
     def model(self) -> BuiltModel:
         if self.template is None:
@@ -172,11 +201,14 @@ class ModuleLoader(_Loader):
     spec: str = ""
 
     @classmethod
-    def create(cls, spec: str, activation_dtype: str) -> ModuleLoader:
-        """Build the model of ``--model`` in the compute dtype, in eval mode."""
+    def create(cls, spec: str, activation_dtype: str, replay: str | None = None) -> ModuleLoader:
+        """Build the model of ``--model`` in the replay dtype (``--dtype`` ``replay``, else
+        the compute dtype), in eval mode."""
+        dtype = resolve_replay_dtype(activation_dtype, replay)
         built = build_model(spec)
-        built.module.to(compute_dtype(activation_dtype)).eval()
-        return cls(activation_dtype=activation_dtype, template=built, spec=spec)
+        built.module.to(dtype).eval()
+        return cls(activation_dtype=activation_dtype, template=built, spec=spec,
+                   replay=dtype_name(dtype))
 
     def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
         _read_state(fetched, run)
@@ -192,8 +224,8 @@ class ModuleLoader(_Loader):
         return StepModel(built, load_weights(built, dict(fetched.state), step=fetched.ref.step))
 
     def rebuilt(self) -> ModelLoader:
-        return self if self.template is not None else self.create(self.spec,
-                                                                  self.activation_dtype)
+        return self if self.template is not None else self.create(
+            self.spec, self.activation_dtype, self.replay)
 
 
 @dataclass(frozen=True)
@@ -206,30 +238,38 @@ class TransformersLoader(_Loader):
     config_dir: Path | None = None
 
     @classmethod
-    def create(cls, config_dir: Path | None, activation_dtype: str, *,
-               trust_remote_code: bool = False) -> TransformersLoader:
-        """Instantiate the architecture of ``config_dir/config.json`` in the compute dtype."""
+    def create(cls, config_dir: Path | None, activation_dtype: str, replay: str | None = None,
+               *, trust_remote_code: bool = False) -> TransformersLoader:
+        """Instantiate the architecture of ``config_dir/config.json`` in the replay dtype
+        (``--dtype`` ``replay``, else the checkpoint's own as the config declares it)."""
         from flq_audit.models.hf import build_hf_model
 
         if config_dir is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
-        built = build_hf_model(config_dir, trust_remote_code=trust_remote_code,
-                               dtype=compute_dtype(activation_dtype))
-        return cls(activation_dtype=activation_dtype, template=built, config_dir=config_dir)
+        dtype = resolve_replay_dtype(activation_dtype, replay, config_dtype(config_dir))
+        built = build_hf_model(config_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+        return cls(activation_dtype=activation_dtype, template=built, config_dir=config_dir,
+                   replay=dtype_name(dtype))
 
     def read(self, source: CheckpointSource, fetched: Fetched, run: RunOptions) -> None:
+        """Load the step's model in the replay dtype; when that rounds the files' tensors,
+        the state maps the weights to the files' own tensors (read on access)."""
         from flq_audit.models.hf import load_hf_checkpoint
 
-        folder = source.config_dir(fetched.ref)
-        fetched.built = load_hf_checkpoint(
-            Path(folder) if folder is not None else fetched.paths[0].parent,
-            step=fetched.ref.step, trust_remote_code=run.trust_remote_code, dtype=self.dtype)
+        given = source.config_dir(fetched.ref)
+        folder = Path(given) if given is not None else fetched.paths[0].parent
+        fetched.built = load_hf_checkpoint(folder, step=fetched.ref.step,
+                                           trust_remote_code=run.trust_remote_code,
+                                           dtype=self.dtype)
+        tensors = FileTensors(folder, fetched.built.module, step=fetched.ref.step)
+        if tensors.needed(self.dtype):
+            fetched.state = tensors
 
     def load(self, fetched: Fetched) -> StepModel:
         if not isinstance(fetched.built, BuiltModel):
             raise ModelBuildError(f"step {fetched.ref.step}: no transformers model was loaded",
                                   step=fetched.ref.step)
-        return StepModel(fetched.built)
+        return StepModel(fetched.built, fetched.state)
 
 
 @dataclass(frozen=True)
@@ -249,13 +289,29 @@ class WeightsLoader(_Loader):
 
 
 def model_loader(spec: str, config_dir: Path | None, *, activation_dtype: str,
-                 trust_remote_code: bool = False) -> ModelLoader:
-    """The loader for ``--model SPEC``: ``hf`` (transformers), else a spec or factory."""
+                 replay_dtype: str | None = None, trust_remote_code: bool = False) -> ModelLoader:
+    """The loader for ``--model SPEC``: ``hf`` (transformers), else a spec or factory;
+    ``replay_dtype`` is ``--dtype``."""
     if spec == "hf":
-        return TransformersLoader.create(config_dir, activation_dtype,
+        return TransformersLoader.create(config_dir, activation_dtype, replay_dtype,
                                          trust_remote_code=trust_remote_code)
-    return ModuleLoader.create(spec, activation_dtype)
+    return ModuleLoader.create(spec, activation_dtype, replay_dtype)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def replay_config(loader: ModelLoader) -> dict[str, str]:
+    """The store's record of the replay dtype: ``{"replay_dtype": NAME}`` when it is not the
+    legacy one (:func:`compute_dtype`), else nothing (a store made before ``--dtype``
+    existed keeps its fingerprint)."""
+    if loader.kind == "weights" or loader.dtype == compute_dtype(loader.activation_dtype):
+        return {}
+    return {"replay_dtype": dtype_name(loader.dtype)}
 
 
 __all__ = ["LoaderKind", "ModelLoader", "ModuleLoader", "StepModel", "TransformersLoader",
-           "WeightsLoader", "compute_dtype", "model_loader", "training_module"]
+           "WeightsLoader", "compute_dtype", "dtype_name", "model_loader", "replay_config",
+           "resolve_replay_dtype", "training_module"]

@@ -22,7 +22,7 @@ from flq_audit.audit.extensions.fl import FeatureLearningResidual
 from flq_audit.audit.extensions.hidden_states import HiddenStates, require_transformers
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
-from flq_audit.audit.loaders import ModelLoader, WeightsLoader, model_loader
+from flq_audit.audit.loaders import ModelLoader, WeightsLoader, model_loader, replay_config
 from flq_audit.audit.moved import MovedStep, already_done
 from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
@@ -251,7 +251,7 @@ def _model_plan(
     probe_spec = probe or default_file(src, root, DEFAULT_PROBE_FILE, "--probe",
                                        ProbeNotFoundError)
     loader = model_loader(str(model_spec), folder, activation_dtype=capture.activation_dtype,
-                          trust_remote_code=run.trust_remote_code)
+                          replay_dtype=capture.replay_dtype, trust_remote_code=run.trust_remote_code)
     built = loader.model()
     pooling_from = None
     if str(probe_spec).lower().endswith(TEXT_SUFFIXES):
@@ -284,7 +284,7 @@ def _model_plan(
         source=src.describe(),
         layers=tuple(infos),
         probe=ProbeSummary.of(loaded),
-        capture_config=capture_config(str(model_spec), infos, capture, text, fl),
+        capture_config=capture_config(str(model_spec), infos, capture, text, fl) | replay_config(loader),
         activation_dtype=capture.activation_dtype,
         gram_dtype=capture.gram_dtype,
         grams=capture.grams,

@@ -7,9 +7,9 @@ holding the step's weights) and lives in the step's :class:`StepContext`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import numpy as np
 
@@ -18,13 +18,15 @@ from flq_audit.audit.extensions.base import StepContext
 from flq_audit.audit.moved import warn_moved
 from flq_audit.audit.prefetch import Fetched, checksums, checksums_in_background
 from flq_audit.capture import as_matrix, replay, weight_matrix
-from flq_audit.capture.params import layers_of, weight_key
+from flq_audit.capture.params import ParameterLayer, layers_of, weight_key
 from flq_audit.errors import CaptureError, FlqAuditError, ModelBuildError, WeightsError
 from flq_audit.options import RunOptions
 from flq_audit.sources import CheckpointRef
 from flq_audit.store._location import StoreLocation
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from flq_audit.audit.plan import AuditPlan
     from flq_audit.models import BuiltModel
     from flq_audit.store import StepWriter
@@ -196,6 +198,62 @@ def _weights_only(base: StepContext, step: StepTransaction) -> StepContext:
     return replace(base, weights=weights)
 
 
+class StepWeights(Mapping[str, Any]):
+    """The captured layers' weight matrices, made when asked for (none is kept): from the
+    step's state, the checkpoint's own tensors, when it holds the weight under the layer's
+    key or a tied twin's (a model replaying in half precision holds them rounded), else
+    from the model."""
+
+    def __init__(self, module: nn.Module, layers: Mapping[str, Any],
+                 state: Mapping[str, Any]) -> None:
+        self.layers, self.state = layers, state
+        self.twins: dict[int, list[str]] = {}
+        for name, param in module.named_parameters(remove_duplicate=False):
+            self.twins.setdefault(id(param), []).append(name)
+
+    def _stored(self, name: str) -> Any:
+        layer = self.layers[name]
+        key = weight_key(name, layer)
+        if not self.state or key in self.state:
+            return self.state.get(key)
+        param = layer.parameter if isinstance(layer, ParameterLayer) else getattr(layer, "weight",
+                                                                                    None)
+        twin = next((k for k in self.twins.get(id(param), ()) if k in self.state), None)
+        return None if twin is None else self.state[twin]
+
+    def __getitem__(self, name: str) -> Any:
+        return weight_matrix(self.layers[name], self._stored(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.layers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+class _Pairs(Sequence[tuple[int, Any]]):
+    """``(layer index, weight matrix)`` pairs whose matrices are made when reached."""
+
+    def __init__(self, names: list[tuple[int, str]], weights: Mapping[str, Any]) -> None:
+        self.names, self.weights = names, weights
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, Any]]: ...
+    def __getitem__(self, i: int | slice) -> tuple[int, Any] | list[tuple[int, Any]]:
+        if isinstance(i, slice):
+            return [(index, self.weights[name]) for index, name in self.names[i]]
+        index, name = self.names[i]
+        return index, self.weights[name]
+
+
 def _replayed(
     base: StepContext, built: BuiltModel, probe: Any, device: str, step: StepTransaction,
     progress: Progress,
@@ -203,12 +261,11 @@ def _replayed(
     """Replay the probe through the step's model, writing rows and Grams as they come."""
     plan, ref, run = base.plan, base.ref, base.run
     layers = layers_of(built.module, plan.layers)
-    weights = {name: weight_matrix(layer, base.state.get(weight_key(name, layer)))
-               for name, layer in layers.items()}
+    weights = StepWeights(built.module, layers, base.state)
     ctx = replace(base, built=built, layers=layers, weights=weights)
-    # float64 Grams run on the writer's threads while the probe replays
-    step.write_grams([(i, weights[info.name]) for i, info in enumerate(plan.layers)
-                      if info.name in weights])  # residual-stream rows have no weight, no Gram
+    # float64 Grams run on the writer's threads while the probe replays, one matrix at a time
+    step.write_grams(_Pairs([(i, info.name) for i, info in enumerate(plan.layers)
+                             if info.name in weights], weights))  # hidden states: no Gram
     outputs = frozenset().union(*(ext.replay_outputs for ext in plan.extensions))
     try:
         batches = replay(

@@ -26,6 +26,8 @@ from flq_audit.probes.batches import BatchSource, NotPerTokenError, ProbeBatch, 
 PREDICTION = "<prediction>"
 HIDDEN_STATE_PREFIX = "hidden_states."
 HIDDEN_STATE_KIND = "HiddenState"
+#: Model dtypes whose captured rows are upcast to float32 first.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def output_classes(model: nn.Module, probe: BatchSource | np.ndarray) -> int | None:
@@ -64,7 +66,9 @@ def replay(
     residual stream ``hidden_states.i`` (embeddings = 0) is captured as well, reduced like
     any layer input; such "layers" have no Gram. The forward runs in the model's own dtype
     (the model's loader chose it: :mod:`flq_audit.audit.loaders`) and the rows are cast to
-    ``dtype``; float64 rows need a float64 model (float32 numbers are not upcast).
+    ``dtype``; float64 rows need a float64 model (float32 numbers are not upcast). A
+    bfloat16 or float16 model's rows become float32 in torch before they are reduced over
+    tokens and cast (NumPy has no bfloat16).
     """
     model.eval()
     model.to(device)
@@ -83,6 +87,8 @@ def replay(
     batch_rows = 0
 
     def as_rows(tensor: torch.Tensor) -> torch.Tensor | None:
+        if tensor.dtype in HALF_DTYPES:  # reduced (token means) and stored from float32
+            tensor = tensor.to(rows_dtype)
         try:
             rows = reduce(tensor) if reduce is not None else tensor.reshape(tensor.shape[0], -1)
         except NotPerTokenError:

@@ -131,3 +131,90 @@ def test_capabilities_replace_origin_strings():
     assert TransformersLoader.residual_stream and not TransformersLoader.class_scores
     with pytest.raises(ModelBuildError, match="--model hf needs checkpoint folders"):
         model_loader("hf", None, activation_dtype="float32")
+
+
+def test_replay_dtype_resolution_order() -> None:
+    from flq_audit.audit.loaders import resolve_replay_dtype
+    from flq_audit.errors import OptionError
+
+    assert resolve_replay_dtype("float32") is torch.float32
+    assert resolve_replay_dtype("float64") is torch.float64
+    assert resolve_replay_dtype("float32", checkpoint_dtype=torch.bfloat16) is torch.bfloat16
+    assert resolve_replay_dtype("float64", checkpoint_dtype=torch.bfloat16) is torch.float64
+    assert resolve_replay_dtype("float16", "bfloat16", torch.float32) is torch.bfloat16
+    assert resolve_replay_dtype("float64", "float64") is torch.float64
+    with pytest.raises(OptionError, match=r"--dtype bfloat16.*--activation-dtype float64"):
+        resolve_replay_dtype("float64", "bfloat16")
+
+
+def test_holds_exactly_and_the_config_dtype(tmp_path: Path) -> None:
+    from flq_audit.audit.file_tensors import config_dtype, holds_exactly
+
+    assert holds_exactly(torch.float32, torch.bfloat16) and holds_exactly(torch.float64, torch.float32)
+    assert not holds_exactly(torch.bfloat16, torch.float32)
+    assert not holds_exactly(torch.float16, torch.bfloat16) and holds_exactly(torch.float16, torch.int64)
+    for config, expected in (({"dtype": "bfloat16"}, torch.bfloat16),
+                             ({"torch_dtype": "float16"}, torch.float16),
+                             ({"dtype": "int8"}, None), ({}, None)):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert config_dtype(tmp_path) == expected, config
+    assert config_dtype(tmp_path / "absent") is None and config_dtype(None) is None
+
+
+def test_a_module_loader_replays_in_dtype_and_records_only_a_new_one(run: Path) -> None:
+    from flq_audit.audit.loaders import replay_config
+
+    spec = str(run / "model_spec.json")
+    assert replay_config(model_loader(spec, None, activation_dtype="float32")) == {}
+    assert replay_config(model_loader(spec, None, activation_dtype="float32",
+                                      replay_dtype="float32")) == {}  # the legacy replay
+    assert replay_config(model_loader(spec, None, activation_dtype="float64")) == {}
+    loader = model_loader(spec, None, activation_dtype="float32", replay_dtype="bfloat16")
+    assert replay_config(loader) == {"replay_dtype": "bfloat16"}
+    rebuilt = pickle.loads(pickle.dumps(loader.for_worker())).rebuilt()
+    step = rebuilt.load(_fetched(rebuilt, run))
+    assert step.built is not None and rebuilt.dtype == torch.bfloat16
+    assert {p.dtype for p in step.built.module.parameters()} == {torch.bfloat16}
+    stored = load_file(str(run / "step_4.safetensors"))  # the state keeps the file's values
+    assert torch.equal(step.state["layers.0.weight"].double(), stored["layers.0.weight"])
+
+
+def _neox(tmp_path: Path) -> Path:
+    pytest.importorskip("transformers")
+    from tests._helpers.hf_models import trainer_run
+
+    return trainer_run(tmp_path / "hf", "neox", steps=(0, 10))
+
+
+def test_a_half_transformers_replay_reads_the_grams_weights_from_the_files(tmp_path: Path) -> None:
+    from flq_audit.audit.file_tensors import FileTensors
+
+    run = _neox(tmp_path)
+    folder = run / "checkpoint-0"
+    stored = load_file(str(folder / "model.safetensors"))
+    for replay, holds_files in (("bfloat16", True), ("float32", False)):
+        loader = model_loader("hf", folder, activation_dtype="float32", replay_dtype=replay)
+        fetched = _fetched(loader, run)
+        assert isinstance(fetched.state, FileTensors) is holds_files
+        step = loader.load(fetched)
+        assert step.built is not None
+        assert next(step.built.module.parameters()).dtype == getattr(torch, replay)
+    weights = step.state if holds_files else FileTensors(folder, step.built.module, step=0)
+    # transformers renames embed_out. to lm_head. when it loads GPT-NeoX
+    assert "lm_head.weight" in weights and "embed_out.weight" not in weights
+    bf16 = _fetched(model_loader("hf", folder, activation_dtype="float32",
+                                 replay_dtype="bfloat16"), run).state
+    assert torch.equal(bf16["lm_head.weight"], stored["embed_out.weight"])
+    assert bf16["lm_head.weight"].dtype == torch.float32
+    assert bf16.get("no.such.weight") is None and len(bf16) == len(stored)
+
+
+def test_file_tensors_refuse_a_tensor_that_is_not_the_loaded_weight(tmp_path: Path) -> None:
+    from flq_audit.audit.file_tensors import FileTensors
+    from flq_audit.models.hf import load_hf_checkpoint
+
+    run = _neox(tmp_path)
+    other = load_hf_checkpoint(run / "checkpoint-10", dtype=torch.bfloat16).module
+    tensors = FileTensors(run / "checkpoint-0", other, step=0)  # step 10's model, step 0's files
+    with pytest.raises(ModelBuildError, match=r"step 0: tensor 'embed_out.weight' .* 'lm_head.weight'"):
+        tensors["lm_head.weight"]

@@ -28,8 +28,9 @@ class StepContext:
 
     ``layers`` maps captured layer names to their modules (empty in weights-only audits);
     ``weights`` maps every captured layer with a weight to its ``d_out × d_in`` matrix (a
-    torch tensor, as loaded); ``state`` is the checkpoint's state dict in the model's key
-    names (empty for transformers models, whose weights live in ``built``). ``scratch`` is
+    torch tensor, the checkpoint's own); ``state`` is the checkpoint's state dict in the
+    model's key names (for transformers models empty, or the files' tensors read on access
+    when the replay dtype rounds them). ``scratch`` is
     a per-step dict where an extension keeps what it gathers batch by batch.
     ``next_state()`` is the next step's state dict when it is already loaded (by the
     prefetcher), else ``None``: an extension comparing with the next step loads it then.
