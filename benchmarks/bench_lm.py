@@ -23,8 +23,12 @@ Also: the interpreter's RSS before the plan (baseline), the peak RSS, the checkp
 bytes, and the store's bytes per step by variable, for ``--grams full`` and ``compact``
 (``compact`` is measured where this build wires it: the store then records ``gram_form``).
 
+The projection (``projection`` in the JSON; ``--project`` recomputes it from ``--out``)
+scales the largest measured model to pythia-160m, 1b and 6.9b × 154 steps: see
+:func:`project` and :func:`laws` for the scaling laws.
+
 Run:  python benchmarks/bench_lm.py [--quick] [--shapes 160m,410m] [--steps 2]
-      [--forms full,compact] [--threads T] [--work DIR] [--out PATH]
+      [--forms full,compact] [--threads T] [--work DIR] [--out PATH] [--project]
 ``--quick``: a 2-layer, 128-wide model, 2 steps (a smoke run of the whole path).
 Prints one JSON object and writes it to ``--out`` (default benchmarks/results/bench_lm.json).
 """
@@ -174,6 +178,71 @@ def child(run: Path, out: Path, form: str, threads: int) -> None:
     }))
 
 
+# ---------------------------------------------------------------- projection
+PROJECTED = {
+    "160m": {"hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072,
+             "vocab_size": 50304},
+    "1b": {"hidden_size": 2048, "num_hidden_layers": 16, "intermediate_size": 8192,
+           "vocab_size": 50304},
+    "6.9b": {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 16384,
+             "vocab_size": 50432},
+}
+SUITE_STEPS = 154
+
+
+def matrices(shape: dict) -> list[tuple[int, int]]:
+    """``(d_out, d_in)`` of every captured matrix of a GPT-NeoX model (each block's query-
+    key-value, attention output, MLP up and down projections, and the unembedding)."""
+    d, f = shape["hidden_size"], shape["intermediate_size"]
+    block = [(3 * d, d), (d, d), (f, d), (d, f)]
+    return block * shape["num_hidden_layers"] + [(shape["vocab_size"], d)]
+
+
+def laws(shape: dict) -> dict[str, float]:
+    """What scales a step's phases: weight bytes (float32), forward flops per token, Gram
+    flops and stored Gram bytes (float32) with full and compact Grams."""
+    d, v = shape["hidden_size"], shape["vocab_size"]
+    mats = matrices(shape)
+    weights = 4 * (sum(o * i for o, i in mats) + v * d)  # + the input embedding
+    dense = [(o, i) for o, i in mats if i <= o]
+    return {
+        "weight_bytes": weights,
+        "forward_flops": 2 * sum(o * i for o, i in mats[:-1]),  # the replay stops early
+        "gram_flops_full": sum(2 * o * i * i for o, i in mats),
+        "gram_flops_compact": sum(2 * o * i * i for o, i in dense),
+        "gram_bytes_full": sum(4 * i * i for _, i in mats),
+        "gram_bytes_compact": sum(4 * (i * i if i <= o else o * i) for o, i in mats),
+    }
+
+
+def project(measured: dict, name: str, workers: tuple[int, ...] = (4, 16)) -> dict:
+    """Per-step and whole-suite figures for the shape ``name`` from a measured audit: each
+    phase's thread-seconds scaled by its law (load by weight bytes, replay by forward flops,
+    Grams by Gram flops, writes by stored Gram bytes), and the measured wall time per step
+    scaled by the ratio of those sums (so the measured shape projects onto itself). The plan
+    (building the architecture once, random init) is added once, scaled by weight bytes."""
+    base = laws({**COMMON, **SHAPES[measured["name"]]})
+    target = laws(PROJECTED[name])
+    phases = measured["per_step_s"]
+    wall_step = measured["audit_s"] / measured["steps"]
+    plan_s = measured["plan_s"] * target["weight_bytes"] / base["weight_bytes"]
+    out: dict = {"shape": PROJECTED[name], "weight_bytes": target["weight_bytes"],
+                 "plan_s": round(plan_s, 1)}
+    for form in ("full", "compact"):
+        scaled = (phases["load"] * target["weight_bytes"] / base["weight_bytes"]
+                  + phases["replay"] * target["forward_flops"] / base["forward_flops"]
+                  + phases["grams"] * target[f"gram_flops_{form}"] / base["gram_flops_full"]
+                  + phases["writes"] * target[f"gram_bytes_{form}"] / base["gram_bytes_full"])
+        step = wall_step * scaled / sum(phases[k] for k in ("load", "replay", "grams", "writes"))
+        suite = plan_s + step * SUITE_STEPS
+        out[form] = {"step_s": round(step, 1), "suite_h": round(suite / 3600, 2),
+                     **{f"suite_h_{n}_workers": round((plan_s + step * SUITE_STEPS / n) / 3600, 2)
+                        for n in workers},
+                     "gram_bytes_per_step": target[f"gram_bytes_{form}"],
+                     "gram_bytes_suite": target[f"gram_bytes_{form}"] * SUITE_STEPS}
+    return out
+
+
 # ---------------------------------------------------------------- helpers
 def checkpoint_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
@@ -227,7 +296,14 @@ def main() -> None:
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--project", action="store_true",
+                        help="only (re)compute the projection of the figures in --out")
     args = parser.parse_args()
+    if args.project:
+        result = json.loads(args.out.read_text())
+        with_projection(result)
+        print(write_result(result, args.out))
+        return
     if args.child is not None:
         child(args.child, args.store, args.forms, args.threads)
         return
@@ -260,6 +336,18 @@ def main() -> None:
             entry[form] = measured
         result["models"][name] = entry
         print(write_result(result, args.out))
+    with_projection(result)
+    print(write_result(result, args.out))
+
+
+def with_projection(result: dict) -> None:
+    """Add the projection from the largest model measured with ``--grams full``."""
+    largest = list(result["models"])[-1]
+    if isinstance(result["models"][largest].get("full"), dict):
+        measured = {"name": largest, **result["models"][largest]["full"]}
+        result["projection"] = {"from": f"{largest}, --grams full, measured above",
+                                "suite_steps": SUITE_STEPS,
+                                **{n: project(measured, n) for n in PROJECTED}}
 
 
 if __name__ == "__main__":

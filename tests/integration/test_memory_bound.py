@@ -3,7 +3,7 @@
 The bound is the one the project states (``docs/performance.md``): peak RSS over the
 interpreter's own (measured in the child after its imports, before any model is built) is at
 most 1.3 × the checkpoints held at once (the step being replayed, plus the prefetched one)
-+ the activations of one batch + the Gram of the widest layer on each writer thread. The
++ the activations of one batch + the Gram of the widest layer (formed one at a time). The
 model is sized so that one more model-sized copy (the plan-time model kept alive, a float64
 copy of the weights, every shard merged into one state dict next to the model) breaks it.
 """
@@ -25,8 +25,6 @@ pytest.importorskip("transformers")
 #: in float32; the embeddings hold most of it, as in a small LM).
 SHAPE = {"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
          "intermediate_size": 2048, "vocab_size": 32768, "max_position_embeddings": 128}
-#: The store's writer forms Grams on this many threads, one matrix each at a time.
-WRITER_THREADS = 2
 STEPS = (0, 10)
 
 _CHILD = r"""
@@ -74,12 +72,13 @@ def _sharded_run(root: Path) -> tuple[Path, int]:
 
 
 def gram_working_set() -> int:
-    """Bytes the writer holds while it forms the largest Gram, on each of its threads: the
-    float64 matrix W (d_out × d_in), the float64 WᵀW, its float32 copy and the compressed
-    chunks (at most as large as the float32 copy)."""
-    d, inner = SHAPE["hidden_size"], SHAPE["intermediate_size"]
-    d_out, d_in = d, inner  # the MLP's down projection has the widest input
-    return WRITER_THREADS * (8 * d_out * d_in + (8 + 4 + 4) * d_in * d_in)
+    """Bytes the writer holds while it forms a step's Grams, one matrix at a time on one of
+    its threads, at the widest matrix: the float64 W (d_out × d_in) or its row blocks, the
+    float64 WᵀW, its float32 copy and the compressed chunks (at most as large)."""
+    d, inner, vocab = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["vocab_size"]
+    block = [(3 * d, d), (d, d), (inner, d), (d, inner)]
+    matrices = block * SHAPE["num_hidden_layers"] + [(vocab, d)]  # the unembedding last
+    return max(8 * d_out * d_in + (8 + 4 + 4) * d_in * d_in for d_out, d_in in matrices)
 
 
 @pytest.fixture(scope="module")
