@@ -112,3 +112,15 @@ def test_sharded_audit_peak_rss_within_the_bound(sharded, tmp_path, prefetch):
         f"peak RSS grew {grown / 2**20:.0f} MiB over the interpreter's "
         f"{measured['baseline'] / 2**20:.0f} MiB; the bound is {bound / 2**20:.0f} MiB "
         f"({held} checkpoint(s) of {weights / 2**20:.0f} MiB)")
+
+
+def test_the_plan_holds_a_transformers_model_without_weights(tmp_path):
+    from flq_audit import api
+    from tests._helpers.hf_models import trainer_run
+
+    run = trainer_run(tmp_path / "run", "neox")
+    plan = api.plan_audit(str(run), probe=str(run / "probe.jsonl"), out=tmp_path / "s.zarr")
+    assert plan.built is not None and plan.layers
+    devices = {t.device.type for t in (*plan.built.module.parameters(),
+                                       *plan.built.module.buffers())}
+    assert devices == {"meta"}, devices  # the steps load models of their own
