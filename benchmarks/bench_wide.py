@@ -186,13 +186,15 @@ def _write_grams(path: Path, steps: int, grams: dict[int, np.ndarray], widths: l
 
 
 def _read_grams(path: Path) -> float:
-    """Seconds to read every Gram of the store, each sliced to its width (the readers' way)."""
-    import xarray as xr
+    """Seconds to read every Gram of the store as WᵀW, whatever its stored form (the
+    readers' way: ``ds.flq.gram``)."""
+    from flq_audit.store import open_dataset
 
     start = time.perf_counter()
-    with xr.open_zarr(str(path)) as ds:
-        for j, width in enumerate(ds["gram_width"].values):
-            ds["gram"][:, j, :int(width), :int(width)].values  # noqa: B018
+    with open_dataset(path) as ds:
+        for layer in ds["layer"].values:
+            for step in ds["step"].values:
+                ds.flq.gram(int(step), str(layer)).values  # noqa: B018
     return time.perf_counter() - start
 
 

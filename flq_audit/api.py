@@ -367,4 +367,5 @@ def report(store: str | Path | StoreLocation, out: str | Path | None = None, *,
 
     location = StoreLocation.parse(store, storage_options)
     folder = prepare_folder(location, out)
-    return write_folder(location, folder, compute_metrics(location, metrics=report_groups()))
+    groups = report_groups(open_store(location))
+    return write_folder(location, folder, compute_metrics(location, metrics=groups))

@@ -49,3 +49,21 @@ def warn_moved(plan: AuditPlan) -> None:
     message = moved_message(plan)
     if message is not None:
         warnings.warn(message, MovedRevisionWarning, stacklevel=3)
+
+
+def already_done(plan: AuditPlan) -> tuple[tuple[int, ...], tuple[MovedStep, ...]]:
+    """Selected steps an existing store holds already (a dry run reports them), and those of
+    them whose Hub branch now points at another commit than the one the store pinned."""
+    if not plan.store.exists():
+        return (), ()
+    try:
+        from flq_audit.store import open_dataset
+
+        ds = open_dataset(plan.store, dask=False)
+        flags = ds["done"].values.astype(bool)
+        stored = dict(zip(ds["step"].values.tolist(), ds["commit"].values.tolist(), strict=True))
+    except Exception:  # an unreadable store is reported by the real run
+        return (), ()
+    selected = {r.step: r for r in plan.refs}
+    done = tuple(int(s) for s in ds["step"].values[flags] if int(s) in selected)
+    return done, moved_steps([selected[s] for s in done], stored)

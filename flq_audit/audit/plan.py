@@ -23,7 +23,7 @@ from flq_audit.audit.extensions.hidden_states import HiddenStates, require_trans
 from flq_audit.audit.extensions.nonfinite import NonFiniteWeights
 from flq_audit.audit.extensions.predictions import ClassPredictions
 from flq_audit.audit.loaders import ModelLoader, WeightsLoader, model_loader
-from flq_audit.audit.moved import MovedStep, moved_steps
+from flq_audit.audit.moved import MovedStep, already_done
 from flq_audit.audit.store_name import default_store
 from flq_audit.capture import (
     layer_infos,
@@ -32,7 +32,9 @@ from flq_audit.capture import (
     weight_layer_infos,
     weight_matrix,
 )
+from flq_audit.capture.roles import layer_roles
 from flq_audit.errors import (
+    OptionError,
     ProbeNotFoundError,
     ProbeShapeError,
     StoreMismatchError,
@@ -66,6 +68,7 @@ from flq_audit.store import (
     steps_to_append,
     store_action,
 )
+from flq_audit.store._grams import layout_forms
 
 WEIGHTS_ONLY_MODEL = "none (weights only)"
 
@@ -150,14 +153,15 @@ class AuditPlan:
                 "name": self.probe.name, "n_samples": self.probe.n_samples,
                 "kind": self.probe.kind, "num_classes": self.probe.num_classes,
                 "fingerprint": self.probe.fingerprint, **self._text_summary()},
-            "layers": [
-                {"name": li.name, "kind": li.kind, "width": li.width, "gram_width": li.gram_width}
-                for li in self.layers
-            ],
+            "layers": [{"name": li.name, "kind": li.kind, "width": li.width,
+                        "gram_width": li.gram_width, "gram_form": form, "role": role}
+                       for li, form, role in zip(self.layers, layout_forms(self.layout),
+                                                 layer_roles(self), strict=True)],
             "extensions": [ext.name for ext in self.extensions],
             "not_audited": [{"name": e.name, "reason": e.reason, "include": e.include or None}
                             for e in self.left_out],
             "store_bytes_estimate": self.layout.estimated_bytes(),
+            "store_bytes_per_step": self.layout.bytes_per_step(),
             "sample_chunk": self.layout.sample_chunk,
             "capture_config": self.config,
         }
@@ -229,7 +233,7 @@ def plan_audit(
 def _with_store_status(plan: AuditPlan, *, overwrite: bool, reaudit_moved: bool) -> AuditPlan:
     """The plan with what the real run will do with its store (the same checks, read only)."""
     status, refusal = store_action(plan.store, plan.layout, overwrite=overwrite)
-    done, moved = _already_done(plan) if status == "resume" else ((), ())
+    done, moved = already_done(plan) if status == "resume" else ((), ())
     if reaudit_moved:
         done = tuple(s for s in done if s not in {m.step for m in moved})
     appended = tuple(steps_to_append(plan.store, plan.layout)) if status == "resume" else ()
@@ -287,6 +291,7 @@ def _model_plan(
         capture_config=capture_config(str(model_spec), infos, capture, text, fl),
         activation_dtype=capture.activation_dtype,
         gram_dtype=capture.gram_dtype,
+        grams=capture.grams,
     )
     return AuditPlan(
         source=src, refs=refs, all_steps=tuple(r.step for r in all_refs), store=store,
@@ -310,24 +315,6 @@ def _with_extensions(plan: AuditPlan, extra: list[StepExtension],
     return replace(plan, extensions=extensions, layout=layout)
 
 
-def _already_done(plan: AuditPlan) -> tuple[tuple[int, ...], tuple[MovedStep, ...]]:
-    """Selected steps an existing store holds already (a dry run reports them), and those of
-    them whose Hub branch now points at another commit than the one the store pinned."""
-    if not plan.store.exists():
-        return (), ()
-    try:
-        from flq_audit.store import open_dataset
-
-        ds = open_dataset(plan.store, dask=False)
-        flags = ds["done"].values.astype(bool)
-        stored = dict(zip(ds["step"].values.tolist(), ds["commit"].values.tolist(), strict=True))
-    except Exception:  # an unreadable store is reported by the real run
-        return (), ()
-    selected = {r.step: r for r in plan.refs}
-    done = tuple(int(s) for s in ds["step"].values[flags] if int(s) in selected)
-    return done, moved_steps([selected[s] for s in done], stored)
-
-
 def _weights_only_plan(
     src: CheckpointSource, refs: tuple[CheckpointRef, ...], all_refs: list[CheckpointRef],
     folder: Path | None, store: StoreLocation, capture: CaptureOptions,
@@ -338,11 +325,16 @@ def _weights_only_plan(
     if folder is not None and (folder / "config.json").is_file():
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     infos = weight_layer_infos(shapes, model_type=model_type, patterns=capture.layers)
-    options = CaptureOptions(layers=capture.layers, gram_dtype=capture.gram_dtype)
+    if capture.grams == "none":
+        raise OptionError("--weights-only --grams none keeps nothing: a weights-only store "
+                          "holds only Grams",
+                          hint="Give --grams compact, full or spectrum, or drop --weights-only.")
+    options = CaptureOptions(layers=capture.layers, gram_dtype=capture.gram_dtype,
+                             grams=capture.grams)
     layout = StoreLayout(
         **_step_axis(src, refs, all_refs), source=src.describe(), layers=tuple(infos),
         probe=None, capture_config=capture_config(WEIGHTS_ONLY_MODEL, infos, options),
-        gram_dtype=capture.gram_dtype,
+        gram_dtype=capture.gram_dtype, grams=capture.grams,
     )
     return AuditPlan(source=src, refs=refs, all_steps=tuple(r.step for r in all_refs),
                      store=store, model=WEIGHTS_ONLY_MODEL, loader=WeightsLoader(), probe=None,

@@ -33,6 +33,7 @@ from flq_audit.capture.replay import (
     probe_error,
     replay,
 )
+from flq_audit.capture.roles import model_type_of, resolve_roles
 from flq_audit.errors import CaptureError, FlqAuditError, FlqAuditWarning, LayerNotFoundError
 from flq_audit.probes.batches import BatchSource, OneBatch, batches_of
 from flq_audit.store._records import LayerInfo
@@ -80,6 +81,8 @@ def select_layers(
                 hint=_PARAMETER_HINT)
         return available
     named = dict(module.named_modules())
+    patterns, _ = resolve_roles(patterns, [*available, *_weighted(named, available)],
+                                model_type=model_type_of(module))
     chosen: dict[str, Layer] = {}
     for pattern in patterns:
         hits = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
@@ -98,6 +101,12 @@ def select_layers(
     return {n: chosen[n] for n in available if n in chosen} | {
         n: m for n, m in chosen.items() if n not in available
     }
+
+
+def _weighted(named: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> list[str]:
+    """Modules with a weight matrix that are not layers (embeddings), for role selectors."""
+    return [n for n, m in named.items() if n not in layers
+            and isinstance(w := getattr(m, "weight", None), torch.Tensor) and w.ndim >= 2]
 
 
 def parameter_layers(
@@ -140,22 +149,28 @@ def weight_layer_infos(
 ) -> list[LayerInfo]:
     """Layers of a weights-only audit, from tensor names and shapes alone.
 
-    Every ``*.weight`` with 2 or more dimensions is a layer, except embeddings and norms;
+    Every ``*.weight`` with 2 or more dimensions is a layer, except embeddings and norms
+    (an embedding is one when a role selector names it: ``embed``, or a tied ``unembed``);
     the Gram width is the input width (``prod(shape[1:])``, or ``shape[0]`` for transformers'
     Conv1D in GPT-2-style families).
     """
+    matrices = [k[: -len(".weight")] for k, s in shapes.items() if k.endswith(".weight") and len(s) > 1]
+    patterns, by_role = resolve_roles(patterns or (), matrices, model_type=model_type,
+                                      weights_only=True)
     infos = []
     for key, shape in shapes.items():
         if not key.endswith(".weight") or len(shape) < 2:
             continue
         name = key[: -len(".weight")]
-        if any(part in name.lower() for part in _NOT_LAYERS):
-            continue
+        if name not in by_role and any(part in name.lower() for part in _NOT_LAYERS):
+            continue  # a role selector may pick an embedding
         if patterns and not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
         conv1d = model_type in CONV1D_MODEL_TYPES and name.endswith(_CONV1D_SUFFIXES)
         width = shape[0] if conv1d else int(np.prod(shape[1:]))
-        infos.append(LayerInfo(name, "Conv1D" if conv1d else f"weight{len(shape)}d", width, width))
+        rows = int(shape[1]) if conv1d else int(shape[0])
+        infos.append(LayerInfo(name, "Conv1D" if conv1d else f"weight{len(shape)}d", width, width,
+                               rows))
     if not infos:
         raise LayerNotFoundError(
             f"no weight matrices found (looked at {len(shapes)} tensors"
@@ -190,11 +205,11 @@ def layer_infos(
                 f"layer {name!r} was never called in the forward pass", layer=name
             )
         kind = module.kind if isinstance(module, ParameterLayer) else type(module).__name__
-        gram_width = weight_matrix(module).shape[1]
-        infos.append(LayerInfo(name, kind, widths[name], gram_width))
+        gram_rows, gram_width = weight_matrix(module).shape
+        infos.append(LayerInfo(name, kind, widths[name], gram_width, gram_rows))
     for name in sorted((n for n in widths if n.startswith(HIDDEN_STATE_PREFIX)),
                        key=lambda n: int(n.rsplit(".", 1)[1])):
-        infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1))  # no Gram
+        infos.append(LayerInfo(name, HIDDEN_STATE_KIND, widths[name], 1, 0))  # no Gram
     return infos
 
 

@@ -76,7 +76,9 @@ def _steps_list(text: str | None) -> list[int] | None:
 
 
 def _layers(values: list[str] | None) -> list[str]:
-    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+    from flq_audit.capture.roles import split_layers  # the capture package imports torch
+
+    return split_layers(values or [])
 
 
 @mapped
@@ -92,7 +94,8 @@ def audit_command(
         help="Builtin probe (digits, swissroll), a .npz/.safetensors/.pt file, or a text "
         "probe (.jsonl/.csv) for transformers models. Default: SOURCE/probe.npz.")] = None,
     layers: Annotated[list[str] | None, typer.Option(
-        "--layers", help="Glob pattern(s) over module and parameter names (W_in); repeat or "
+        "--layers", help="Glob pattern(s) over module and parameter names (W_in), or layer "
+        "roles of language models (mlp.down, attn.out@0,8,15, unembed); repeat or "
         "comma-separate. Default: every Linear/Conv layer and parameter layer.")] = None,
     out: Annotated[str | None, typer.Option(
         help="Output Zarr store: a local path or an fsspec URL (s3://bucket/x.zarr). "
@@ -354,6 +357,12 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         out.print(f"store   {summary['store']} ({estimate}): refused: {one_line(refusal['message'])}")
     else:
         out.print(f"store   {summary['store']} ({summary['store_status']}; {estimate})")
+    per_step, n_written = summary["store_bytes_per_step"], len(plan.layout.written)
+    out.print(f"        per step: activations {human_size(per_step['activations'])}, Grams "
+              f"{human_size(per_step['grams'])} (--grams {plan.capture.grams}); "
+              f"{n_written} step(s) to write: activations "
+              f"{human_size(n_written * per_step['activations'])}, Grams "
+              f"{human_size(n_written * per_step['grams'])}")
     probe = summary["probe"]
     out.print("probe   none (weights only)" if probe is None else
               f"probe   {probe['name']}: {probe['n_samples']} samples, {probe['kind']}")
@@ -380,5 +389,6 @@ def _render_plan(plan: AuditPlan, as_json: bool) -> None:
         for entry in summary["not_audited"]:
             left.add_row(entry["name"], entry["reason"], entry["include"] or "-")
         out.print(left)
-    out.print(_output.layers_table((la["name"], la["kind"], la["width"], la["gram_width"])
-                                   for la in summary["layers"]))
+    out.print(_output.layers_table([(la["name"], la["kind"], la["width"], la["gram_width"],
+                                     la["gram_form"]) for la in summary["layers"]],
+                                   roles=[la["role"] for la in summary["layers"]]))

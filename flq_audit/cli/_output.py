@@ -185,14 +185,17 @@ def metric_table(values: xr.DataArray, title: str) -> Table:
     return table
 
 
-def layers_table(layers: Iterable[tuple[str, str, int, int]]) -> Table:
+def layers_table(layers: Iterable[tuple[str, str, int, int, str]],
+                 roles: Sequence[str | None] | None = None) -> Table:
     """The ``layers`` table of ``show`` and ``--dry-run``: one ``(name, kind, width, Gram
-    width)`` row a layer."""
+    width, Gram form)`` row a layer, and a ``role`` column when ``roles`` has any."""
+    shown = roles is not None and any(roles)
     table = Table(title="layers")
-    for column in ("layer", "kind", "width", "gram width"):
+    for column in ("layer", "kind", "width", "gram width", "gram form") + (("role",) * shown):
         table.add_column(column)
-    for name, kind, width, gram_width in layers:
-        table.add_row(name, kind, str(width), str(gram_width))
+    for i, (name, kind, width, gram_width, form) in enumerate(layers):
+        role = (roles[i] or "-",) if shown and roles is not None else ()
+        table.add_row(name, kind, str(width), str(gram_width), form, *role)
     return table
 
 

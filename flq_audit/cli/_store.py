@@ -207,7 +207,7 @@ def print_summary(summary: StoreSummary) -> None:
         table.add_row(str(step.step), step.label, status)
     out.print(table)
     out.print(_output.layers_table(
-        (la.name, la.kind, la.width, la.gram_width) for la in summary.layers))
+        (la.name, la.kind, la.width, la.gram_width, la.gram_form) for la in summary.layers))
     out.print(f"metrics {', '.join(summary.metrics) or 'none (run `flq-audit metrics`)'}")
     by_counts: dict[tuple[int, ...], list[str]] = {}
     for tag, counts in summary.stale_groups.items():

@@ -12,6 +12,7 @@ from typing import Any
 import xarray as xr
 
 from flq_audit._faults import fault_point
+from flq_audit._gram_forms import NONE, stored_forms
 from flq_audit.errors import MetricError, OptionError
 from flq_audit.metrics._graph import GroupContext, group_dataset, mask_nonfinite
 from flq_audit.metrics._incremental import added_steps, merge_steps, whole_outputs
@@ -122,6 +123,7 @@ def run_metrics(
             f"{need_moments} need activations; available here: "
             f"{[g for g in specs if g not in need_moments]}", path=path,
         )
+    _refuse_missing_grams(path, ds, order, specs)
     if not ds["done"].values.astype(bool).any():
         raise MetricError(f"store {str(path)!r} has no completed step yet; run the audit first",
                           path=path)
@@ -145,6 +147,47 @@ def run_metrics(
                               consolidate=g == written[-1])
     merged = [_named(fresh.get(g, results.get(g)), plans[g]) for g in groups]
     return xr.merge(merged, combine_attrs="drop_conflicts", compat="override")
+
+
+def gram_refusal(spec: MetricSpec, forms: set[str]) -> str | None:
+    """Why a group cannot be computed from a store's Gram ``forms`` (``None``: it can)."""
+    if "gram" not in spec.needs:
+        return None
+    kept = forms - {NONE}
+    if not kept:
+        return "this store keeps no Grams (audited with --grams none)"
+    if not kept <= spec.gram_forms:
+        return ("this store keeps only the Grams' eigenvalues (--grams spectrum), and "
+                f"{spec.group!r} needs the whole Gram")
+    return None
+
+
+def _refuse_missing_grams(path: str | Path, ds: xr.Dataset, groups: Sequence[str],
+                          specs: Mapping[str, MetricSpec]) -> None:
+    forms = set(stored_forms(ds))
+    refused = {g: why for g in groups if (why := gram_refusal(specs[g], forms)) is not None}
+    if refused:
+        allowed = [g for g in specs if gram_refusal(specs[g], forms) is None]
+        raise MetricError(
+            f"store {str(path)!r}: metric group(s) {list(refused)} cannot be computed: "
+            f"{next(iter(refused.values()))}; available here: {allowed}", path=path,
+            hint="Audit again with --grams compact (the default) or --grams full to keep "
+            "the Grams these groups need.")
+
+
+def supported_groups(ds: xr.Dataset) -> list[str]:
+    """The registered groups a store's contents allow (activations, Gram forms)."""
+    specs, forms = registry(), set(stored_forms(ds))
+
+    def allowed(group: str) -> bool:
+        spec = specs[group]
+        if "moments" in spec.needs and "activations" not in ds:
+            return False
+        if gram_refusal(spec, forms) is not None:
+            return False
+        return all(allowed(d) for d in spec.needs - INPUTS if d in specs)
+
+    return [g for g in specs if allowed(g)]
 
 
 def _read_back(ds: xr.Dataset, plan: _Plan) -> xr.Dataset:
@@ -341,4 +384,5 @@ def _cli_flags(attrs: Mapping[str, Any]) -> str:
     return flags
 
 
-__all__ = ["ordered_groups", "require_complete", "run_metrics", "stored_name"]
+__all__ = ["gram_refusal", "ordered_groups", "require_complete", "run_metrics", "stored_name",
+           "supported_groups"]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import xarray as xr
 
+from flq_audit._gram_forms import DENSE, FACTOR, SPECTRUM, GramForm, form_of
+from flq_audit.errors import FlqAuditWarning
 from flq_audit.metrics._graph import GroupContext, group_dataset
-from flq_audit.metrics._kernels.gram import gram_cosine, gram_drift, gram_spectrum
-from flq_audit.metrics._lazy import layer_grams
+from flq_audit.metrics._kernels.gram import spectrum_summary
+from flq_audit.metrics._lazy import LayerGram, layer_grams
 from flq_audit.metrics._spec import Block, MetricSpec, Output
 
 TOP_K = 8
@@ -23,15 +26,28 @@ OUTPUTS = {
 
 
 def spectrum_kernel(block: Block, options: None) -> tuple[np.ndarray, float, float]:
-    assert block.gram is not None
-    return gram_spectrum(block.gram, top_k=TOP_K)
+    """From the eigenvalues of whichever form the layer's Gram is stored in."""
+    assert block.form is not None
+    return spectrum_summary(block.form.eigenvalues(), top_k=TOP_K)
 
 
-def _pairwise(func: Callable[[np.ndarray, np.ndarray], float]):
+def form_drift(previous: GramForm, current: GramForm) -> float:
+    """:func:`gram_drift` of two stored forms."""
+    base = previous.frobenius()
+    return current.distance(previous) / base if base > 0 else float("nan")
+
+
+def form_cosine(a: GramForm, b: GramForm) -> float:
+    """:func:`gram_cosine` of two stored forms."""
+    denominator = a.frobenius() * b.frobenius()
+    return a.inner(b) / denominator if denominator > 0 else float("nan")
+
+
+def _pairwise(func: Callable[[GramForm, GramForm], float], form: str):
     def kernel(a: np.ndarray, b: np.ndarray) -> float:
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             return np.nan
-        return func(a, b)
+        return func(form_of(form, a), form_of(form, b))
     return kernel
 
 
@@ -49,16 +65,23 @@ def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
     """Per layer, on its Grams sliced to ``gram_width``; stacked on the layer axis."""
     ds, out = context.ds, context.blocks
     assert out is not None
-    core = [["gram_i", "gram_j"], ["gram_i", "gram_j"]]
     texts = {"gram_drift": "‖G_t − G_prev‖_F / ‖G_prev‖_F (previous stored step)",
              "gram_cosine_to_final": "⟨G_t, G_final⟩_F / (‖G_t‖_F ‖G_final‖_F)"}
     values: dict[str, list[xr.DataArray]] = {name: [] for name in texts}
-    for gram in layer_grams(ds):
-        pairs = {"gram_drift": (previous_step(gram), gram, gram_drift),
-                 "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), gram_cosine)}
+    grams = layer_grams(ds)
+    _warn_whole_gram_needed(grams, list(texts))
+    for layer in grams:
+        gram = layer.values
+        if layer.form not in (DENSE, FACTOR):
+            for name in texts:
+                values[name].append(xr.full_like(ds["step"], np.nan, dtype=np.float64))
+            continue
+        core = [list(layer.core)] * 2
+        pairs = {"gram_drift": (previous_step(gram), gram, form_drift),
+                 "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), form_cosine)}
         for name, (a, b, func) in pairs.items():
             values[name].append(xr.apply_ufunc(
-                _pairwise(func), a, b, input_core_dims=core, vectorize=True,
+                _pairwise(func, layer.form), a, b, input_core_dims=core, vectorize=True,
                 dask="parallelized", keep_attrs=False, output_dtypes=[np.float64]))
     out = out.copy()
     for name, text in texts.items():
@@ -69,9 +92,17 @@ def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
     return out
 
 
+def _warn_whole_gram_needed(grams: list[LayerGram], names: list[str]) -> None:
+    """A store of eigenvalues only leaves the outputs that compare Grams as NaN: say so."""
+    if any(layer.form == SPECTRUM for layer in grams):
+        warnings.warn(f"{', '.join(names)} compare whole Grams: NaN for the layers this store "
+                      "keeps as eigenvalues only (--grams spectrum); audit with --grams "
+                      "compact (or full) to compute them", FlqAuditWarning, stacklevel=3)
+
+
 SPEC = MetricSpec(
     group="gram", needs=frozenset({"gram"}), outputs=OUTPUTS, kernel=spectrum_kernel,
-    build=_drift_and_cosine, per_step=True,
+    build=_drift_and_cosine, per_step=True, gram_forms=frozenset({DENSE, FACTOR, SPECTRUM}),
     trajectory=frozenset({"gram_drift", "gram_cosine_to_final"}),
     description="gram_top_eigenvalues, gram_effective_rank, gram_stable_rank, gram_drift, "
     "gram_cosine_to_final",

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from flq_audit._gram_forms import NONE, GramForm, form_of
 from flq_audit.metrics._kernels.moments import DualMoments, Moments
 from flq_audit.metrics._lazy import (
     MOMENT_I,
@@ -104,13 +105,14 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
             core.append([MOMENT_I, MOMENT_J])
             dual = moments.is_dual(j)
         if with_gram:
-            inputs.append(grams[j])
-            core.append(["gram_i", "gram_j"])
+            inputs.append(grams[j].values)
+            core.append(list(grams[j].core))
         if not inputs:  # a kernel of neither: still one call per step
             inputs.append(ds["step"])
             core.append([])
+        form = grams[j].form if with_gram else NONE
         per_layer.append(_layer_outputs(spec, context.options, inputs, core,
-                                        width, g_width, dual, targets))
+                                        width, g_width, dual, targets, form))
     done = context.done
     layer = ds["layer"]
     return xr.Dataset({
@@ -123,8 +125,9 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
 
 def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
                    core: list[list[str]], width: int, g_width: int, dual: bool,
-                   targets: np.ndarray | None) -> tuple[xr.DataArray, ...]:
-    """One layer's outputs over steps: the kernel applied per step."""
+                   targets: np.ndarray | None, form: str = NONE) -> tuple[xr.DataArray, ...]:
+    """One layer's outputs over steps: the kernel applied per step (its Gram, when the
+    spec needs one, in the layer's stored ``form``)."""
     assert spec.kernel is not None
     kernel = spec.kernel
     with_moments, with_gram = "moments" in spec.needs, "gram" in spec.needs
@@ -138,7 +141,7 @@ def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
         _count_block(spec.group)
         position = 0
         moments: Moments | DualMoments | None = None
-        gram = None
+        gram: GramForm | None = None
         if with_moments:
             if dual:
                 assert targets is not None
@@ -151,11 +154,12 @@ def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
             if not finite:
                 return nan
         if with_gram:
-            gram = np.asarray(arrays[position], dtype=np.float64)
-            if not np.isfinite(gram).all():
+            values = np.asarray(arrays[position], dtype=np.float64)
+            if form == NONE or not np.isfinite(values).all():
                 return nan
-        values = tuple(kernel(Block(moments, gram, width, g_width), options))
-        return values[0] if single else values
+            gram = form_of(form, values)
+        outputs = tuple(kernel(Block(moments, gram, width, g_width), options))
+        return outputs[0] if single else outputs
 
     out_dims = [list(o.dims) for o in spec.outputs.values()]
     sizes = {d: n for o in spec.outputs.values() for d, n in o.sizes.items()}

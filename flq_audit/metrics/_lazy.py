@@ -15,6 +15,19 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from flq_audit._gram_forms import (
+    DENSE,
+    FACTOR,
+    FACTOR_ROW,
+    GRAM,
+    GRAM_EIGENVALUES,
+    GRAM_FACTOR,
+    GRAM_ROWS,
+    NONE,
+    SPECTRUM,
+    stored_forms,
+)
+from flq_audit.constants import GRAM_I, GRAM_J
 from flq_audit.metrics._kernels.moments import _moments_update, kernel_update, use_dual
 
 MOMENT_I, MOMENT_J = "moment_i", "moment_j"
@@ -34,13 +47,41 @@ def coarse_steps(array: xr.DataArray) -> xr.DataArray:
     return array.chunk({"step": steps, **{d: -1 for d in array.dims if d != "step"}})
 
 
-def layer_grams(ds: xr.Dataset) -> list[xr.DataArray]:
-    """Each layer's Grams ``(step, gram_i, gram_j)`` sliced to its ``gram_width``, in blocks
-    of steps: padding chunks are never read."""
-    widths = ds["gram_width"] if "gram_width" in ds else ds["width"]
-    return [coarse_steps(ds["gram"].isel(layer=j, gram_i=slice(0, int(w)),
-                                         gram_j=slice(0, int(w))).drop_vars("layer"))
-            for j, w in enumerate(np.asarray(widths.values))]
+@dataclass(frozen=True)
+class LayerGram:
+    """One layer's stored Grams over steps, in the layer's form: ``values`` has the core
+    dimensions ``core`` after ``step`` (``(gram_i, gram_j)`` dense, ``(factor_row, gram_j)``
+    factor, ``(gram_i,)`` spectrum, none for a layer without a Gram, all NaN)."""
+
+    form: str
+    values: xr.DataArray
+    core: tuple[str, ...]
+
+
+def layer_grams(ds: xr.Dataset) -> list[LayerGram]:
+    """Each layer's stored Grams sliced to its size (``gram_width``, and ``gram_rows`` for a
+    factor), in blocks of steps: padding chunks are never read."""
+    widths = np.asarray((ds["gram_width"] if "gram_width" in ds else ds["width"]).values)
+    rows = (np.asarray(ds[GRAM_ROWS].values) if GRAM_ROWS in ds.coords or GRAM_ROWS in ds
+            else widths)
+    out = []
+    for j, (form, width, n_rows) in enumerate(zip(stored_forms(ds), widths, rows, strict=True)):
+        w, r = int(width), int(n_rows)
+        if form == DENSE:
+            values = ds[GRAM].isel(layer=j, gram_i=slice(0, w), gram_j=slice(0, w))
+            core: tuple[str, ...] = (GRAM_I, GRAM_J)
+        elif form == FACTOR:
+            values = ds[GRAM_FACTOR].isel(layer=j, factor_row=slice(0, r), gram_j=slice(0, w))
+            core = (FACTOR_ROW, GRAM_J)
+        elif form == SPECTRUM:
+            values = ds[GRAM_EIGENVALUES].isel(layer=j, gram_i=slice(0, w))
+            core = (GRAM_I,)
+        else:
+            out.append(LayerGram(NONE, xr.full_like(ds["step"], np.nan, dtype=np.float64),
+                                 ()))
+            continue
+        out.append(LayerGram(form, coarse_steps(values.drop_vars("layer")), core))
+    return out
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from flq_audit._gram_forms import DENSE, FACTOR, DenseGram, GramForm
 from flq_audit.errors import FlqAuditWarning, OptionError
 from flq_audit.metrics._kernels.moments import DualMoments, Moments
 
@@ -44,13 +45,25 @@ class Output:
 
 @dataclass(frozen=True)
 class Block:
-    """What a kernel sees for one (step, layer): float64 moments and Gram, sliced to width.
-    ``moments`` is a :class:`DualMoments` only for specs that declare ``dual``."""
+    """What a kernel sees for one (step, layer): float64 moments and the Gram in its stored
+    form (:class:`~flq_audit._gram_forms.GramForm`; a dense array given here is wrapped),
+    sliced to width. ``moments`` is a :class:`DualMoments` only for specs that declare
+    ``dual``. Kernels that ask ``form`` for what they need (its trace, ``tr(MᵀGM)``, its
+    eigenvalues) work on every form; :attr:`gram` forms ``WᵀW`` itself."""
 
     moments: Moments | DualMoments | None
-    gram: npt.NDArray[np.float64] | None
+    form: GramForm | None
     width: int
     gram_width: int
+
+    def __post_init__(self) -> None:
+        if self.form is not None and not isinstance(self.form, GramForm):
+            object.__setattr__(self, "form", DenseGram(self.form))
+
+    @property
+    def gram(self) -> npt.NDArray[np.float64] | None:
+        """``WᵀW`` (``gram_width × gram_width``), formed from a factor when so stored."""
+        return None if self.form is None else self.form.dense()
 
 
 Kernel = Callable[[Block, Any], tuple[Any, ...]]
@@ -86,6 +99,10 @@ class MetricSpec:
     dual: Callable[[Any], bool] | None = None
     per_step: bool = False
     trajectory: frozenset[str] = frozenset()
+    #: The stored Gram forms (``--grams``) the kernel computes from, for specs that need
+    #: ``gram``: the whole Gram by default (dense or factor); a spectral kernel that asks
+    #: its block only for eigenvalues adds ``"spectrum"``.
+    gram_forms: frozenset[str] = frozenset({DENSE, FACTOR})
 
     def __post_init__(self) -> None:
         if not self.group.isidentifier():
@@ -94,6 +111,7 @@ class MetricSpec:
         if self.kernel is None and self.build is None:
             raise OptionError(f"metric {self.group!r} needs a kernel or a build function")
         object.__setattr__(self, "needs", frozenset(self.needs))
+        object.__setattr__(self, "gram_forms", frozenset(self.gram_forms))
 
     def accepts_dual(self, options: object) -> bool:
         """Whether this group, with these options, can read the dual form."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from flq_audit._gram_forms import DenseGram, GramForm, weight_form
 from flq_audit.errors import MetricError
 from flq_audit.metrics._kernels.moments import Moments, _moments_update
 from flq_audit.metrics._kernels.surrogate import SurrogateResult
@@ -28,7 +29,7 @@ class StreamingMetric:
     """Any registered group whose kernel reads moments (and, optionally, a weight Gram)."""
 
     def __init__(self, group: str | MetricSpec, options: object | None = None, *,
-                 gram: npt.ArrayLike | None = None) -> None:
+                 gram: npt.ArrayLike | GramForm | None = None) -> None:
         self.spec = group if isinstance(group, MetricSpec) else get_spec(group)
         if self.spec.kernel is None or self.spec.needs - {"moments", "gram"}:
             raise MetricError(f"metric {self.spec.group!r} is not a per-block metric of "
@@ -36,7 +37,8 @@ class StreamingMetric:
         if "gram" in self.spec.needs and gram is None:
             raise MetricError(f"metric {self.spec.group!r} needs the weight Gram: pass gram=WᵀW")
         self.options = options if options is not None else self.spec.make_options({})
-        self.gram = None if gram is None else np.asarray(gram, dtype=np.float64)
+        self.form: GramForm | None = (gram if isinstance(gram, GramForm) or gram is None
+                                      else DenseGram(gram))
         self._total: npt.NDArray[np.float64] | None = None
         self._shape: tuple[int, int] | None = None
 
@@ -73,10 +75,10 @@ class StreamingMetric:
             raise MetricError(f"{type(self).__name__}.compute() before any update()")
         width, k = self._shape
         moments = Moments.from_matrix(self._total, width, k)
-        gram_width = width if self.gram is None else self.gram.shape[0]
+        gram_width = width if self.form is None else self.form.width
         kernel = self.spec.kernel
         assert kernel is not None  # __init__ refuses a spec without one
-        values = kernel(Block(moments, self.gram, width, gram_width), self.options)
+        values = kernel(Block(moments, self.form, width, gram_width), self.options)
         return dict(zip(self.spec.outputs, values, strict=True))
 
     def compute(self) -> Any:
@@ -101,10 +103,8 @@ class Surrogate(StreamingMetric):
                  gram: npt.ArrayLike | None = None) -> None:
         if (weight is None) == (gram is None):
             raise MetricError("pass exactly one of weight=W or gram=WᵀW")
-        if weight is not None:
-            w = np.asarray(weight, dtype=np.float64)
-            gram = w.T @ w
-        super().__init__("surrogate", gram=gram)
+        form: GramForm = weight_form(weight) if weight is not None else DenseGram(gram)  # type: ignore[arg-type]  # one of the two is given
+        super().__init__("surrogate", gram=form)
 
     def compute(self) -> SurrogateResult:
         return SurrogateResult(*(float(v) for v in self.compute_all().values()))

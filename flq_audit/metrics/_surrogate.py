@@ -25,10 +25,10 @@ OUTPUTS = {
 def surrogate_kernel(block: Block, options: None) -> tuple[float, float, float, float]:
     """Layers whose Gram does not live in the captured feature space (convolutions: patch
     space, ``gram_width != width``) are NaN."""
-    assert isinstance(block.moments, Moments) and block.gram is not None  # primal only
+    assert isinstance(block.moments, Moments) and block.form is not None  # primal only
     if block.width != block.gram_width:
         return np.nan, np.nan, np.nan, np.nan
-    r = _surrogate_compute(block.moments, block.gram)
+    r = _surrogate_compute(block.moments, block.form)
     return r.surrogate, r.surrogate_per_class, r.norm, r.alignment
 
 

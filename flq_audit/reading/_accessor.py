@@ -31,6 +31,8 @@ class LayerRecord:
     kind: str
     width: int
     gram_width: int
+    #: How the store keeps the layer's Gram (``dense``, ``factor``, ``spectrum``, ``none``).
+    gram_form: str = "dense"
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,35 @@ class FlqAccessor:
         width = int(ds["width"].sel(layer=layer))
         return ds["activations"].sel(step=step, layer=layer).isel(feature=slice(0, width))
 
+    def gram_form(self, layer: str) -> str:
+        """How the store keeps the layer's Gram: ``dense``, ``factor``, ``spectrum``, ``none``."""
+        from flq_audit._gram_forms import stored_forms
+
+        names = [str(name) for name in self._ds["layer"].values]
+        return stored_forms(self._ds)[names.index(str(layer))]
+
     def gram(self, step: int, layer: str) -> xr.DataArray:
-        """The weight Gram ``WᵀW`` of one layer at one step, sliced to ``gram_width``."""
+        """The weight Gram ``WᵀW`` of one layer at one step, ``(gram_i, gram_j)`` sliced to
+        ``gram_width``, whatever its stored form: a factor ``W`` gives ``WᵀW`` in float64,
+        lazily on a dask-backed store."""
+        from flq_audit._gram_forms import FACTOR_ROW, GRAM_FACTOR, GRAM_ROWS
+
         ds = self._ds
         width = int(ds["gram_width"].sel(layer=layer))
-        return ds["gram"].sel(step=step, layer=layer).isel(gram_i=slice(0, width),
-                                                           gram_j=slice(0, width))
+        form = self.gram_form(layer)
+        if form == "dense":
+            return ds["gram"].sel(step=step, layer=layer).isel(gram_i=slice(0, width),
+                                                               gram_j=slice(0, width))
+        if form != "factor":
+            raise KeyError(f"layer {layer!r}: this store keeps "
+                           + ("only the eigenvalues of its Gram (--grams spectrum)"
+                              if form == "spectrum" else "no Gram (--grams none)")
+                           + "; audit with --grams compact or full to keep WᵀW")
+        rows = int(ds[GRAM_ROWS].sel(layer=layer))
+        factor = ds[GRAM_FACTOR].sel(step=step, layer=layer).isel(
+            {FACTOR_ROW: slice(0, rows), "gram_j": slice(0, width)}).astype("float64")
+        gram = xr.dot(factor.rename(gram_j="gram_i"), factor, dim=FACTOR_ROW)
+        return gram.transpose("gram_i", "gram_j").assign_attrs(ds[GRAM_FACTOR].attrs)
 
     @property
     def done_steps(self) -> list[int]:
@@ -153,9 +178,12 @@ class FlqAccessor:
         steps = [StepRecord(int(s), lab, bool(d), e or None) for s, lab, d, e in zip(
             ds["step"].values, labels, ds["done"].values.astype(bool), errors, strict=True)]
         kinds = ds["layer_kind"].values if "layer_kind" in ds else [""] * ds.sizes["layer"]
-        layers = [LayerRecord(str(n), str(k), int(w), int(g)) for n, k, w, g in zip(
+        from flq_audit._gram_forms import stored_forms
+
+        layers = [LayerRecord(str(n), str(k), int(w), int(g), f) for n, k, w, g, f in zip(
             ds["layer"].values, kinds, ds["width"].values,
-            ds["gram_width"].values if "gram_width" in ds else ds["width"].values, strict=True)]
+            ds["gram_width"].values if "gram_width" in ds else ds["width"].values,
+            stored_forms(ds), strict=True)]
         status = metric_status(ds)
         tagged = [str(name) for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
         return StoreSummary(

@@ -43,7 +43,9 @@ def to_netcdf(
     if with_activations:
         names.append("activations")
     if with_grams:
-        names.append("gram")
+        from flq_audit._gram_forms import GRAM_VARIABLES
+
+        names += [name for name in GRAM_VARIABLES if name in ds]
     subset = ds[names]
     subset = subset.assign_attrs(_clean_attrs(ds.attrs))
     _flag_stale(subset, ds)

@@ -128,11 +128,13 @@ def _t90_order(metrics: xr.Dataset) -> tuple[str, bool]:
     return "t90 does not increase with depth", False
 
 
-def report_groups() -> list[str]:
-    """The metric groups a report computes: every registered group."""
+def report_groups(ds: xr.Dataset | None = None) -> list[str]:
+    """The metric groups a report computes: every registered group (that the store ``ds``
+    allows: a store without activations or Grams leaves out the groups that need them)."""
     from flq_audit.metrics import registry
+    from flq_audit.metrics._engine import supported_groups
 
-    return list(registry())
+    return list(registry()) if ds is None else supported_groups(ds)
 
 
 def nonfinite_entries(ds: xr.Dataset) -> list[tuple[int, str]]:

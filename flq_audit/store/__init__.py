@@ -12,6 +12,7 @@ import xarray as xr
 
 from flq_audit.errors import StoreError, StoreNotFoundError
 from flq_audit.store._claims import Claim, StepClaims
+from flq_audit.store._grams import GRAM, GRAM_FORM
 from flq_audit.store._location import StoreLocation, parse_storage_options
 from flq_audit.store._lock import lock_path, store_lock
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
@@ -26,7 +27,6 @@ from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
     ERROR,
-    GRAM,
     TARGETS,
     StoreLayout,
     fixed_width_strings_allowed,
@@ -121,7 +121,7 @@ def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
                               chunks={} if dask else None)
         except Exception as err:
             raise StoreError(f"cannot open store {shown!r} ({err})", path=shown) from err
-    if GRAM not in ds or DONE not in ds:
+    if DONE not in ds or not (GRAM_FORM in ds.coords or GRAM in ds):
         raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown)
     ds.encoding["source"] = shown
     ds.encoding[LOCATION_ENCODING] = location  # ds.flq.summary() measures the store with it

@@ -23,6 +23,14 @@ class LayerInfo:
     kind: str
     width: int
     gram_width: int
+    #: Rows of the weight as a matrix (``d_out``; conv kernels: ``C_out``); 0: no weight
+    #: (the residual stream); ``None``: not known (its Gram is kept whole).
+    gram_rows: int | None = None
+
+    def identity(self) -> dict[str, object]:
+        """What the store fingerprint compares (``gram_rows`` follows from the weights)."""
+        return {"name": self.name, "kind": self.kind, "width": self.width,
+                "gram_width": self.gram_width}
 
 
 PARAMETER_KIND = "Parameter"

@@ -6,7 +6,7 @@ import json
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,6 +19,13 @@ from flq_audit.constants import (
     STEP,
     TARGET,
 )
+from flq_audit.store._grams import (
+    GRAM_FORM,
+    GRAM_ROWS,
+    gram_arrays,
+    layer_values,
+    layout_forms,
+)
 from flq_audit.store._records import LayerInfo, ProbeSummary, VariableSpec
 from flq_audit.store._variables import extension_encoding, extension_variables
 
@@ -26,7 +33,6 @@ if TYPE_CHECKING:
     import xarray as xr
 
 ACTIVATIONS = "activations"
-GRAM = "gram"
 TARGETS = "targets"
 DONE = "done"
 ERROR = "error"
@@ -58,6 +64,8 @@ class StoreLayout:
     capture_config: dict[str, Any] = field(default_factory=dict)
     activation_dtype: str = "float32"
     gram_dtype: str = "float32"
+    #: ``--grams``: what is kept of each layer's Gram (:mod:`flq_audit.store._grams`).
+    grams: str = "full"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
     variables: tuple[VariableSpec, ...] = ()  # declared by the audit's step extensions
@@ -118,20 +126,23 @@ class StoreLayout:
         return {
             "source": self.source,
             "probe_fingerprint": "none" if self.probe is None else self.probe.fingerprint,
-            "layers": json.dumps([asdict(layer) for layer in self.layers]),
+            "layers": json.dumps([layer.identity() for layer in self.layers]),
             "capture_config": json.dumps(_identified(self.capture_config), sort_keys=True),
         }
 
     def estimated_bytes(self, n_steps: int | None = None) -> int:
         """Uncompressed size of the activation and Gram chunks written for ``n_steps`` steps
         (default: the steps this audit writes; padding chunks of narrow layers are not stored)."""
-        n = 0 if self.probe is None else self.probe.n_samples
         n_steps = len(self.written) if n_steps is None else n_steps
-        act = n_steps * n * sum(self.feature_extent(la.width) for la in self.layers)
-        grams = n_steps * sum(self.gram_extent(la.gram_width) ** 2 for la in self.layers)
-        return act * np.dtype(self.activation_dtype).itemsize + grams * np.dtype(
-            self.gram_dtype
-        ).itemsize
+        return n_steps * sum(self.bytes_per_step().values())
+
+    def bytes_per_step(self) -> dict[str, int]:
+        """Uncompressed bytes one step writes: ``activations`` and ``grams`` (every form)."""
+        n = 0 if self.probe is None else self.probe.n_samples
+        act = n * sum(self.feature_extent(la.width) for la in self.layers)
+        grams = sum(layer_values(self, la) for la in self.layers)
+        return {"activations": act * np.dtype(self.activation_dtype).itemsize,
+                "grams": grams * np.dtype(self.gram_dtype).itemsize}
 
 
 def _whole_chunks(width: int, chunk: int, size: int) -> int:
@@ -198,6 +209,12 @@ def template(layout: StoreLayout, *, version: str) -> Template:
         "gram_width": (
             (LAYER,), np.asarray([la.gram_width for la in layout.layers], dtype=np.int64), {}
         ),
+        GRAM_FORM: ((LAYER,), coordinate_strings(list(layout_forms(layout))), {
+            "description": "how the layer's Gram is stored: dense (gram), factor "
+            "(gram_factor), spectrum (gram_eigenvalues) or none"}),
+        GRAM_ROWS: ((LAYER,), np.asarray([la.gram_width if la.gram_rows is None else la.gram_rows
+                                          for la in layout.layers], dtype=np.int64), {
+            "description": "rows of the layer's weight as a matrix (d_out)"}),
     }
     attrs: dict[str, Any] = {
         "Conventions": "CF-1.8 flq-audit-1",
@@ -245,10 +262,10 @@ def encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
         "chunks": (1, 1, layout.sample_chunk, layout.feature_chunk), "_FillValue": np.nan,
         "compressors": [_fast_codec()],
     }} if layout.probe is not None else {}
-    return {**extension_encoding(layout), **acts,
-        GRAM: {"chunks": (1, 1, layout.gram_chunk, layout.gram_chunk), "_FillValue": np.nan},
-        STEP: {"chunks": (max(1, len(layout.steps)),)},
-    }
+    grams = {name: {"chunks": chunks, "_FillValue": np.nan}
+             for name, _, _, chunks, _ in gram_arrays(layout)}
+    return {**extension_encoding(layout), **acts, **grams,
+            STEP: {"chunks": (max(1, len(layout.steps)),)}}
 
 
 def _fast_codec():

@@ -16,11 +16,11 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from flq_audit.constants import FEATURE, GRAM_I, GRAM_J, LAYER, SAMPLE, STEP
+from flq_audit.constants import FEATURE, LAYER, SAMPLE, STEP
+from flq_audit.store._grams import gram_arrays
 from flq_audit.store._schema import (
     ACTIVATIONS,
     DONE,
-    GRAM,
     StoreLayout,
     Template,
     encoding,
@@ -46,14 +46,10 @@ class FillOnlyArray:
 
 def fill_only_arrays(layout: StoreLayout) -> list[FillOnlyArray]:
     """The Grams, the activations (with a probe) and the extensions' non-flag variables."""
-    n_steps, n_layers, width = len(layout.steps), len(layout.layers), layout.gram_max
+    n_steps, n_layers = len(layout.steps), len(layout.layers)
     codecs = encoding(layout)
-    arrays = [FillOnlyArray(
-        GRAM, (STEP, LAYER, GRAM_I, GRAM_J), (n_steps, n_layers, width, width),
-        codecs[GRAM]["chunks"], np.dtype(layout.gram_dtype), np.nan, {
-            "long_name": "weight Gram W^T W in the layer's input space", "units": "1",
-            "description": "NaN-padded beyond gram_width(layer); conv kernels as C_out x C_in*k*k",
-        })]
+    arrays = [FillOnlyArray(name, dims, shape, chunks, np.dtype(layout.gram_dtype), np.nan, attrs)
+              for name, dims, shape, chunks, attrs in gram_arrays(layout)]
     if layout.probe is not None:
         arrays.append(FillOnlyArray(
             ACTIVATIONS, (STEP, LAYER, SAMPLE, FEATURE),

@@ -14,8 +14,9 @@ import numpy as np
 import zarr
 
 from flq_audit._faults import fault_point
-from flq_audit._gram_maths import MatrixLike, gram_of_matrix
+from flq_audit._gram_maths import MatrixLike
 from flq_audit.errors import StoreError
+from flq_audit.store._gram_writes import GramWrites
 from flq_audit.store._grow import open_fresh
 from flq_audit.store._location import StoreLocation
 from flq_audit.store._schema import (
@@ -23,7 +24,6 @@ from flq_audit.store._schema import (
     DONE,
     ERROR,
     FILES,
-    GRAM,
     SHA256,
     StoreLayout,
     fixed_width_strings_allowed,
@@ -65,7 +65,7 @@ class StepWriter:
         self.layout = layout
         self.group = open_fresh(self.location)  # not the consolidated copy: it may be older
         self.acts = zarr_array(self.group, ACTIVATIONS) if layout.probe is not None else None
-        self.grams = zarr_array(self.group, GRAM)
+        self.grams = GramWrites(self.group, layout)
         self.done = zarr_array(self.group, DONE)
         self.error = zarr_array(self.group, ERROR)
         self.sha = zarr_array(self.group, SHA256)
@@ -229,29 +229,22 @@ class StepWriter:
             self._pool.shutdown(wait=True)
 
     def write_gram(self, step_index: int, layer_index: int, gram: np.ndarray) -> None:
-        self._submit(self.grams, *self._gram_region(step_index, layer_index, gram))
-
-    def _gram_region(
-        self, step_index: int, layer_index: int, gram: np.ndarray
-    ) -> tuple[tuple, np.ndarray]:
-        """The region and values of one Gram: whole chunks, no chunk of padding only."""
-        side = self.layout.gram_extent(max(gram.shape))
-        padded = np.full((side, side), np.nan, dtype=self.layout.gram_dtype)
-        padded[: gram.shape[0], : gram.shape[1]] = gram
-        return (step_index, layer_index, slice(0, side), slice(0, side)), padded
+        """One layer's dense Gram (a layer the store keeps dense)."""
+        self._submit(*self.grams.dense(step_index, layer_index, gram))
 
     def write_grams(self, step_index: int, matrices: Sequence[tuple[int, MatrixLike]]) -> None:
-        """Compute (float64 WᵀW) and write the Grams of ``(layer index, d_out × d_in weight)``
-        pairs on one writer thread: the caller goes on (e.g. replays the probe) meanwhile.
-        The weights are the step's own tensors or arrays, held until the step commits anyway."""
+        """Write what the store keeps of each ``(layer index, d_out × d_in weight)``, in the
+        layer's form (dense WᵀW in float64, the weight itself, or the eigenvalues), one
+        matrix at a time on one writer thread: the caller goes on (e.g. replays the probe)
+        meanwhile. The weights are the step's own tensors, held until the step commits."""
+        kept = [(layer, matrix) for layer, matrix in matrices if self.grams.keeps(layer)]
 
         def job() -> None:
-            for layer_index, matrix in matrices:
-                region, values = self._gram_region(step_index, layer_index,
-                                                   gram_of_matrix(matrix))
-                self.grams[region] = values
+            for layer_index, matrix in kept:
+                array, region, values = self.grams.of_weight(step_index, layer_index, matrix)
+                array[region] = values
 
-        if matrices:
+        if kept:
             self._submit_job(job)
 
     def copy_step(self, source_index: int, target_index: int) -> None:

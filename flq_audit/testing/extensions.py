@@ -35,11 +35,12 @@ from flq_audit.testing.sources import roundtrip
 #: The outputs a replay can collect for extensions (``replay_outputs``).
 REPLAY_OUTPUTS = frozenset({"predictions", "hidden_states"})
 #: The dimensions an extension variable may use after ``step``.
-STORE_DIMS = frozenset({LAYER, SAMPLE, TARGET, GRAM_I, GRAM_J, FEATURE})
+STORE_DIMS = frozenset({LAYER, SAMPLE, TARGET, GRAM_I, GRAM_J, FEATURE, "factor_row"})
 #: Names the store itself uses.
 CORE_NAMES = frozenset({"activations", "gram", "targets", "done", "error", "sha256", "files",
                         "duplicate_of", "step", "label", "commit", "layer", "layer_kind",
-                        "depth", "width", "gram_width", "sample"})
+                        "depth", "width", "gram_width", "sample", "gram_factor",
+                        "gram_eigenvalues", "gram_form", "gram_rows", "factor_row"})
 
 
 class _Recording:

@@ -255,8 +255,7 @@ class SourceTests:
                 for layer in ds["layer"].values:
                     weight = np.asarray(expected[f"{layer}.weight"], dtype=np.float64)
                     weight = weight.reshape(weight.shape[0], -1)
-                    width = weight.shape[1]
-                    gram = ds["gram"].sel(step=ref.step, layer=layer).values[:width, :width]
+                    gram = ds.flq.gram(ref.step, layer).values
                     np.testing.assert_allclose(gram, weight.T @ weight, rtol=1e-5, atol=1e-6,
                                                err_msg=f"step {ref.step} layer {layer}")
 

@@ -184,8 +184,13 @@ def test_dry_run_json_writes_nothing(e2e):
     assert [(x["name"], x["width"]) for x in plan["layers"]] == list(zip(LAYERS, WIDTHS,
                                                                          strict=True))
     n, wmax, gmax = 40, max(WIDTHS), max(WIDTHS)
-    expected = len(STEPS) * len(LAYERS) * (n * wmax + gmax * gmax) * 4  # float32 by default
-    assert plan["store_bytes_estimate"] == expected
+    # --grams compact: layers.0 (8 × 6) and layers.1 (8 × 8) keep WᵀW, layers.2 (3 × 8) W
+    rows_out = [*SMALL_SPEC["widths"], SMALL_SPEC["out_features"]]
+    assert [x["gram_form"] for x in plan["layers"]] == ["dense", "dense", "factor"]
+    grams = 2 * gmax * gmax + rows_out[2] * gmax
+    per_step = {"activations": len(LAYERS) * n * wmax * 4, "grams": grams * 4}  # float32
+    assert plan["store_bytes_per_step"] == per_step
+    assert plan["store_bytes_estimate"] == len(STEPS) * sum(per_step.values())
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ def test_float64_replay_equals_an_independent_float64_forward(run, tmp_path):
     assert metrics.returncode == 0, metrics.stderr
     ds = xr.open_zarr(store)
     assert ds.activations.dtype == np.float64 and ds.gram.dtype == np.float64
+    assert ds.gram_factor.dtype == np.float64  # the layers with fewer rows than columns
     probe = np.load(run / "probe.npz")
     x, labels = probe["inputs"], probe["targets"]
     y = np.eye(4)[labels]
@@ -84,7 +85,7 @@ def test_float64_replay_equals_an_independent_float64_forward(run, tmp_path):
             h = ds.activations.sel(step=step, layer=name).values[:, :width]
             np.testing.assert_allclose(h, expected[name], rtol=1e-12, atol=1e-12)
             w = state[f"{name}.weight"].numpy()
-            gram = ds.gram.sel(step=step, layer=name).values[:width, :width]
+            gram = ds.flq.gram(step, name).values
             np.testing.assert_allclose(gram, w.T @ w, rtol=1e-12, atol=1e-14)
             for var, value in _expected_metrics(expected[name], w, y).items():
                 stored = float(ds[var].sel(step=step, layer=name))

@@ -140,14 +140,18 @@ def test_bare_parameter_model_equals_its_linear_form_in_float64(runs, tmp_path):
                                             "Parameter(in=0)"]
     assert list(bare.step.values) == [0, 5, 10]
     for param, module in PAIRS.items():
-        for var in ("activations", "gram", "target_linearity", "surrogate", "alignment"):
+        for var in ("activations", "target_linearity", "surrogate", "alignment"):
             np.testing.assert_allclose(_values(bare, var, param), _values(linear, var, module),
                                        rtol=1e-12, atol=1e-13, err_msg=f"{var} {param}")
+        for step in (0, 5, 10):
+            np.testing.assert_allclose(bare.flq.gram(step, param).values,
+                                       linear.flq.gram(step, module).values,
+                                       rtol=1e-12, atol=1e-13, err_msg=f"gram {param}")
     # the Gram of x @ W_out lives in W_out's first dimension: W_out W_outᵀ
     w_out = _weights(10)["W_out"].double().numpy()
-    np.testing.assert_allclose(bare.gram.sel(layer="W_out").isel(step=-1).values,
-                               w_out @ w_out.T, rtol=1e-12)
-    assert bare.gram.dtype == np.float64 and bare.activations.dtype == np.float64
+    np.testing.assert_allclose(bare.flq.gram(10, "W_out").values, w_out @ w_out.T, rtol=1e-12)
+    assert bare.activations.dtype == np.float64
+    assert all(bare[name].dtype == np.float64 for name in ("gram", "gram_factor") if name in bare)
 
 
 def test_float32_activations_are_bitwise_those_of_the_linear_form(runs, tmp_path):

@@ -102,9 +102,18 @@ def test_gram_is_wt_w_of_the_checkpoint(audited, ds, step):
     state = load_file(str(run / f"step_{step}.safetensors"))
     for layer, width in zip(LAYERS, WIDTHS, strict=True):
         w = state[f"{layer}.weight"].double().numpy()
-        got = ds["gram"].sel(step=step, layer=layer).values
-        np.testing.assert_allclose(got[:width, :width], w.T @ w, rtol=1e-5, atol=1e-6)
-        assert np.isnan(got[width:, :]).all() and np.isnan(got[:, width:]).all()
+        np.testing.assert_allclose(ds.flq.gram(step, layer).values, w.T @ w, rtol=1e-5,
+                                   atol=1e-6)
+        form = str(ds["gram_form"].sel(layer=layer).values)
+        assert form == ("factor" if w.shape[0] < w.shape[1] else "dense")  # --grams compact
+        if form == "dense":
+            got = ds["gram"].sel(step=step, layer=layer).values
+            np.testing.assert_allclose(got[:width, :width], w.T @ w, rtol=1e-5, atol=1e-6)
+        else:
+            got = ds["gram_factor"].sel(step=step, layer=layer).values
+            np.testing.assert_array_equal(got[: w.shape[0], :width], w)  # W itself, float32
+        rows = got.shape[0] if form == "dense" else w.shape[0]
+        assert np.isnan(got[rows:, :]).all() and np.isnan(got[:, width:]).all()
 
 
 @pytest.mark.slow

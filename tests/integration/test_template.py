@@ -47,7 +47,8 @@ def test_small_arrays_and_attributes_match_xarray_to_zarr(tmp_path, probe):
     # the data arrays are declared with the same coordinates xarray would attach
     full = xr.open_zarr(direct, consolidated=False)
     assert set(full["gram"].coords) == {"step", "label", "commit", "layer", "layer_kind",
-                                        "depth", "width", "gram_width"}
+                                        "depth", "width", "gram_width", "gram_form",
+                                        "gram_rows"}
     assert np.isnan(full["gram"].values).all()
 
 

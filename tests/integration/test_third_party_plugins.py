@@ -104,9 +104,8 @@ def test_the_installed_family_audits_the_wandb_run_through_the_cli(site, tmp_pat
                 if not name.endswith(".weight") or layer not in ds["layer"].values:
                     continue
                 w = tensor.double().numpy()
-                np.testing.assert_allclose(
-                    ds["gram"].sel(step=step, layer=layer).values[:w.shape[1], :w.shape[1]],
-                    w.T @ w, rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(ds.flq.gram(step, layer).values, w.T @ w,
+                                           rtol=1e-5, atol=1e-6)
 
 
 def test_a_broken_source_plugin_is_named_in_one_line(tmp_path):

@@ -20,7 +20,13 @@ def gram_spectrum(gram: F64, *, top_k: int = 8) -> tuple[F64, float, float]:
     ([4.0, 4.0], 2.0, 2.0)
     """
     g = np.asarray(gram, dtype=np.float64)
-    values = np.clip(np.linalg.eigvalsh((g + g.T) / 2.0)[::-1], 0.0, None)
+    return spectrum_summary(np.clip(np.linalg.eigvalsh((g + g.T) / 2.0)[::-1], 0.0, None),
+                            top_k=top_k)
+
+
+def spectrum_summary(values: F64, *, top_k: int = 8) -> tuple[F64, float, float]:
+    """:func:`gram_spectrum` from the eigenvalues themselves (descending, ≥ 0)."""
+    values = np.asarray(values, dtype=np.float64)
     top = np.full(top_k, np.nan)
     top[: min(top_k, values.size)] = values[:top_k]
     total = values.sum()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flq_audit._gram_forms import DenseGram, GramForm
 from flq_audit.metrics._kernels.moments import F64, Moments
 
 
@@ -32,26 +33,26 @@ class SurrogateResult:
     alignment: float
 
 
-def _surrogate_compute(m: Moments, gram: F64) -> SurrogateResult:
+def _surrogate_compute(m: Moments, gram: F64 | GramForm) -> SurrogateResult:
     """Surrogate, norm and alignment of one layer from its moments and ``G = WᵀW``.
 
     Parameters
     ----------
     m : Moments
         Moments of the layer input ``H`` (width d) and targets ``Y`` (k columns).
-    gram : ndarray of shape (d, d)
-        The weight Gram of the module that consumes ``H``.
+    gram : ndarray of shape (d, d), or a GramForm of width d
+        The weight Gram of the module that consumes ``H`` (a factor form answers from
+        ``d_out × d_out`` products).
     """
-    gram = np.asarray(gram, dtype=np.float64)
-    if gram.shape != m.hh.shape:
+    form = gram if isinstance(gram, GramForm) else DenseGram(gram)
+    if (form.width, form.width) != m.hh.shape:
         nan = float("nan")
         return SurrogateResult(nan, nan, nan, nan)
     hy_c, _ = m.centered_targets()
     yy_c = m.yy - np.outer(m.y_sum, m.y_sum) / m.n
-    surrogate = float(np.einsum("ik,ij,jk->", hy_c, gram, hy_c))
-    norm = float(np.einsum("ij,ji->", gram, m.hh))
-    sg = m.hh @ gram
-    zz_norm = float(np.sqrt(max(np.einsum("ij,ji->", sg, sg), 0.0)))
+    surrogate = form.sandwich_trace(hy_c)
+    norm = form.trace_with(m.hh)
+    zz_norm = float(np.sqrt(max(form.trace_with_squared(m.hh), 0.0)))
     yy_norm = float(np.linalg.norm(yy_c))
     denominator = zz_norm * yy_norm
     alignment = surrogate / denominator if denominator > 0 else float("nan")
