@@ -13,7 +13,7 @@ so the child times the calls an audit makes, per step:
 - ``fetch``: the source's ``fetch`` (files onto local disk: a local folder resolves paths);
 - ``load``: the loader's ``read`` (transformers' ``from_pretrained``, shard by shard);
 - ``replay``: the probe's forward passes (time spent inside the replay generator);
-- ``grams``: forming each Gram or factor (``gram_of_matrix``, on the writer's threads);
+- ``grams``: forming each Gram or factor (``GramWrites.of_weight``, on the writer's threads);
 - ``writes``: the writer's jobs (compressing and writing arrays) less the Gram maths.
 
 ``grams`` and ``writes`` run on the writer's two threads, partly while the probe replays:
@@ -109,7 +109,7 @@ def child(run: Path, out: Path, form: str, threads: int) -> None:
     from flq_audit.audit import loaders, step
     from flq_audit.options import CaptureOptions, RunOptions, TextProbeOptions
     from flq_audit.sources.local import LocalFolderSource
-    from flq_audit.store import _writer
+    from flq_audit.store import _gram_writes, _writer
 
     torch.set_num_threads(threads)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -149,7 +149,7 @@ def child(run: Path, out: Path, form: str, threads: int) -> None:
         return original_submit(self, timed("jobs", job))
 
     _writer.StepWriter._submit_job = submit
-    _writer.gram_of_matrix = timed("grams", _writer.gram_of_matrix)
+    _gram_writes.GramWrites.of_weight = timed("grams", _gram_writes.GramWrites.of_weight)
     step.replay = timed_generator(step.replay)
     LocalFolderSource.fetch = timed("fetch", LocalFolderSource.fetch)
     loaders.TransformersLoader.read = timed("load", loaders.TransformersLoader.read)
