@@ -23,6 +23,8 @@ def load_state_dict(
 
     Tensors land on the CPU whatever device they were saved from; floating tensors are
     upcast to float32 (bf16/fp16 included) so downstream math never runs in half precision.
+    Shards are read one at a time and upcast as they are read: no more than one shard's
+    tensors are held in their own dtype beside the merged float32 ones.
 
     Raises
     ------
@@ -39,13 +41,14 @@ def load_state_dict(
             if path.suffix.lower() in SAFETENSORS_EXTENSIONS
             else _load_pickle(path, trust_pickle, step)
         )
-        merged.update(part)
+        merged.update((key, _upcast(value)) for key, value in part.items())
+        del part
     if not merged:
         raise WeightsError(
             f"step {step}: {[Path(f).name for f in files]} hold no tensors", step=step,
             path=files[0] if files else None,
         )
-    return {k: _upcast(v) for k, v in merged.items()}
+    return merged
 
 
 def tensor_shapes(files: Sequence[str | Path], *, step: int | None = None) -> dict[str, tuple]:

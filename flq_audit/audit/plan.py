@@ -273,6 +273,10 @@ def _model_plan(
                               path=probe_spec, hint=err.hint) from err
     builtin: list[StepExtension] = [NonFiniteWeights()]
     predictions, classifier = _classification_outputs(loader, loaded, chosen, infos)
+    if loader.kind == "transformers" and fl is None:  # steps load models of their own
+        from flq_audit.models.hf import release_weights
+
+        release_weights(built)
     if predictions:
         builtin.append(ClassPredictions(classifier))
     if hidden:

@@ -89,6 +89,16 @@ def build_hf_model(
     return BuiltModel(module, origin=f"hf:{name}")
 
 
+def release_weights(built: BuiltModel) -> None:
+    """Move the parameters and buffers of a plan-time model to the meta device, in place.
+
+    A transformers template is only needed for its structure once the plan-time forward
+    pass has measured the layers: every step loads a model of its own. Its random weights
+    would otherwise stay resident for the whole audit, as large as one more checkpoint.
+    """
+    built.module.to("meta")
+
+
 def _no_kv_cache(module: Any) -> None:
     """Forward passes without a KV cache (a probe replay never decodes further)."""
     config = getattr(module, "config", None)
