@@ -200,3 +200,64 @@ def test_factor_layers_never_form_the_dense_gram(tmp_path, grams):
                                                                             metrics_peak)
     else:  # the bound is one that a dense Gram breaks
         assert max(audit_peak, metrics_peak) > TRACED_BOUND
+
+
+def _as_written_before_grams(store):
+    """Strip ``gram_form`` and ``gram_rows`` as a store written before ``--grams`` lacks them."""
+    import zarr
+
+    from flq_audit.store import consolidate
+    from flq_audit.store._schema import fixed_width_strings_allowed
+
+    with fixed_width_strings_allowed():
+        group = zarr.open_group(str(store), mode="r+", zarr_format=3)
+        for name in ("gram_form", "gram_rows"):
+            del group[name]
+        for name in group.array_keys():
+            array = group[name]
+            coords = str(array.attrs.get("coordinates", ""))
+            if coords:
+                kept = [c for c in coords.split() if c not in ("gram_form", "gram_rows")]
+                array.attrs["coordinates"] = " ".join(kept)
+    consolidate(store)
+
+
+def test_a_store_of_dense_grams_without_gram_form_reads_computes_and_grows(tmp_path):
+    """A store written before --grams (dense Grams, no gram_form) reads as all dense,
+    computes the Gram metrics of a fresh dense store, and takes more steps as dense Grams."""
+    run = make_run(tmp_path / "run", steps=(0, 10, 20), spec=MLP)
+    old, fresh = tmp_path / "old.zarr", tmp_path / "fresh.zarr"
+    api.audit(str(run), steps="0,10", out=old, capture=_capture("full"))
+    _as_written_before_grams(old)
+    ds = api.open_store(old)
+    assert "gram_form" not in ds.coords and ds.flq.gram_form("layers.1") == "dense"
+    api.audit(str(run), steps="all", out=old, capture=_capture("full"))  # resumes, dense
+    api.audit(str(run), out=fresh, capture=_capture("full"))
+    got = api.compute_metrics(old, metrics=GRAM_METRICS)
+    want = api.compute_metrics(fresh, metrics=GRAM_METRICS)
+    _assert_metrics_equal(got, want, ["gram_top_eigenvalues", "gram_drift", "surrogate",
+                                      "alignment"])
+    w = load_file(str(run / "step_20.safetensors"))["layers.1.weight"].double().numpy()
+    np.testing.assert_allclose(api.open_store(old).flq.gram(20, "layers.1").values, w.T @ w,
+                               rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.slow
+def test_tiny_gpt_neox_compact_gram_metrics_equal_full(tmp_path):
+    from flq_audit.options import TextProbeOptions
+    from tests._helpers.hf_models import trainer_run
+
+    run = trainer_run(tmp_path / "run", "neox")
+    stores = {}
+    for grams in ("full", "compact"):
+        stores[grams] = tmp_path / f"{grams}.zarr"
+        api.audit(str(run), probe=str(run / "probe.jsonl"), out=stores[grams],
+                  text=TextProbeOptions(pooling="mean"), capture=_capture(grams))
+    forms = set(api.open_store(stores["compact"])["gram_form"].values.tolist())
+    assert forms == {"dense", "factor"}  # the MLP down projections (32 × 64) are factors
+    full = api.compute_metrics(stores["full"], metrics=GRAM_METRICS)
+    compact = api.compute_metrics(stores["compact"], metrics=GRAM_METRICS)
+    _assert_metrics_equal(compact, full, ["gram_top_eigenvalues", "gram_effective_rank",
+                                          "gram_stable_rank", "gram_drift",
+                                          "gram_cosine_to_final", "surrogate", "norm",
+                                          "alignment"])
