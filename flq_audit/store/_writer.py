@@ -236,17 +236,16 @@ class StepWriter:
         """Write what the store keeps of each ``(layer index, d_out × d_in weight)``, in the
         layer's form (dense WᵀW in float64, the weight itself, or the eigenvalues), one
         matrix at a time on one writer thread: the caller goes on (e.g. replays the probe)
-        meanwhile. ``matrices`` may make each weight when iterated (read from the checkpoint
-        files): it is iterated on the writer thread, one weight held at a time."""
+        meanwhile. The weights are made here, on the caller's thread (``matrices`` may read
+        them from the checkpoint files when iterated), and held until the job has run."""
+        kept = [(layer, matrix) for layer, matrix in matrices if self.grams.keeps(layer)]
 
         def job() -> None:
-            for layer_index, matrix in matrices:
-                if self.grams.keeps(layer_index):
-                    array, region, values = self.grams.of_weight(step_index, layer_index,
-                                                                 matrix)
-                    array[region] = values
+            for layer_index, matrix in kept:
+                array, region, values = self.grams.of_weight(step_index, layer_index, matrix)
+                array[region] = values
 
-        if len(matrices) and any(self.grams.keeps(i) for i in range(len(self.grams.forms))):
+        if kept:
             self._submit_job(job)
 
     def copy_step(self, source_index: int, target_index: int) -> None:
