@@ -54,6 +54,13 @@ def form_for(grams: str, d_out: int, d_in: int) -> str:
     return DENSE
 
 
+def psd_eigenvalues(matrix: npt.ArrayLike) -> F64:
+    """Eigenvalues of a symmetric positive semi-definite matrix, descending, clipped at 0
+    (symmetrised first: rounding leaves a computed Gram slightly asymmetric)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    return np.clip(np.linalg.eigvalsh((m + m.T) / 2.0)[::-1], 0.0, None)
+
+
 class WholeGramNeeded(ValueError):
     """A quantity that the eigenvalues alone do not determine."""
 
@@ -116,8 +123,7 @@ class DenseGram(GramForm):
         return self.gram
 
     def eigenvalues(self) -> F64:
-        g = self.gram
-        return np.clip(np.linalg.eigvalsh((g + g.T) / 2.0)[::-1], 0.0, None)
+        return psd_eigenvalues(self.gram)
 
     def frobenius(self) -> float:
         return float(np.linalg.norm(self.gram))
@@ -161,8 +167,7 @@ class FactorGram(GramForm):
         return self.weight @ self.weight.T
 
     def eigenvalues(self) -> F64:
-        small = self._outer()
-        values = np.clip(np.linalg.eigvalsh((small + small.T) / 2.0)[::-1], 0.0, None)
+        values = psd_eigenvalues(self._outer())
         out = np.zeros(self.width)
         out[: values.size] = values
         return out
@@ -246,4 +251,4 @@ def form_of(form: str, values: npt.ArrayLike) -> GramForm:
 __all__ = ["DENSE", "FACTOR", "FACTOR_ROW", "FORMS", "GRAM", "GRAM_EIGENVALUES", "GRAM_FACTOR",
            "GRAM_FORM", "GRAM_ROWS", "GRAM_VARIABLES", "NONE", "SPECTRUM", "VARIABLE_OF",
            "DenseGram", "FactorGram", "GramForm", "SpectrumGram", "WholeGramNeeded", "form_for",
-           "form_of", "stored_forms", "weight_form"]
+           "form_of", "psd_eigenvalues", "stored_forms", "weight_form"]

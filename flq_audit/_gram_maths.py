@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from flq_audit._gram_forms import psd_eigenvalues
+
 
 @runtime_checkable
 class TensorLike(Protocol):
@@ -89,7 +91,7 @@ def gram_eigenvalues(matrix: MatrixLike) -> npt.NDArray[np.float64]:
         small = w @ w.T
     else:
         small = gram_of_matrix(matrix)
-    values = np.clip(np.linalg.eigvalsh((small + small.T) / 2.0)[::-1], 0.0, None)
+    values = psd_eigenvalues(small)
     out = np.zeros(cols)
     out[: values.size] = values
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from flq_audit._gram_forms import psd_eigenvalues
 from flq_audit.metrics._kernels.moments import F64
 
 
@@ -19,9 +20,7 @@ def gram_spectrum(gram: F64, *, top_k: int = 8) -> tuple[F64, float, float]:
     >>> top.tolist(), round(erank, 6), srank
     ([4.0, 4.0], 2.0, 2.0)
     """
-    g = np.asarray(gram, dtype=np.float64)
-    return spectrum_summary(np.clip(np.linalg.eigvalsh((g + g.T) / 2.0)[::-1], 0.0, None),
-                            top_k=top_k)
+    return spectrum_summary(psd_eigenvalues(gram), top_k=top_k)
 
 
 def spectrum_summary(values: F64, *, top_k: int = 8) -> tuple[F64, float, float]:
