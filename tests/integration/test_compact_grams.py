@@ -261,3 +261,12 @@ def test_tiny_gpt_neox_compact_gram_metrics_equal_full(tmp_path):
                                           "gram_stable_rank", "gram_drift",
                                           "gram_cosine_to_final", "surrogate", "norm",
                                           "alignment"])
+
+
+def test_weights_only_with_grams_none_is_refused_before_anything_is_written(mlp_run, tmp_path):
+    from flq_audit.errors import OptionError
+
+    out = tmp_path / "w.zarr"
+    with pytest.raises(OptionError, match="--grams compact, full or spectrum"):
+        api.audit(str(mlp_run), weights_only=True, out=out, capture=_capture("none"))
+    assert not out.exists()
