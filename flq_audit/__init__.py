@@ -12,4 +12,8 @@ __version__ = "0.3.0"
 
 __all__ = ["__version__"]
 
-from flq_audit import reading as _reading  # noqa: F401  (registers ``ds.flq``)
+from flq_audit._accessor_hook import register_accessor_with_xarray as _register
+
+# ``ds.flq`` is registered when xarray is imported (at once if it already is): an audit,
+# which never imports xarray, does not pay for it.
+_register()

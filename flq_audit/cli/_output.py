@@ -11,11 +11,10 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import typer
-import xarray as xr
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -24,6 +23,9 @@ from rich.table import Table
 from flq_audit._format import human_size
 from flq_audit.options import Choice
 from flq_audit.sources import CheckpointRef
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Line width when the stream is not a terminal: tables are written whole, never cut.
 PIPE_WIDTH = 1_000_000

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import xarray as xr
 from rich.table import Table
 
 from flq_audit import api
 from flq_audit.cli import _output
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import JsonOpt, StorageOptionsOpt, StoreArg
-from flq_audit.reading import LAYER_COLUMNS, LAYER_FIELDS, layer_rows
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 @mapped
@@ -47,6 +48,8 @@ def report_command(
     if fmt == "table":
         _output.stdout.print(layer_table(said.metrics))
     elif fmt != "json":
+        from flq_audit.reading import LAYER_FIELDS
+
         _output.write_rows(LAYER_FIELDS, said.layers, fmt)
     notes = _output.stdout if fmt == "table" else _output.stderr
     for line in [*said.notes, said.verdict, *said.findings]:
@@ -66,6 +69,8 @@ def report_command(
 def layer_table(metrics: xr.Dataset) -> Table:
     """One row per layer: TL at the first and last done step, its chance floor at the last
     (marked where TL is at or near it), t90, surrogate, alignment, NC1."""
+    from flq_audit.reading import LAYER_COLUMNS, layer_rows
+
     table = Table(title="per layer")
     for column in LAYER_COLUMNS:
         table.add_column(column, justify="right" if column != "layer" else "left")

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
-import xarray as xr
 from rich.markup import escape
 from rich.table import Table
 
@@ -27,6 +26,8 @@ from flq_audit.cli._options import (
 from flq_audit.constants import DEFAULT_PCA_THRESHOLD
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from flq_audit.reading import StoreSummary
 
 

@@ -8,8 +8,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import xarray as xr
-
 from flq_audit.errors import StoreError, StoreNotFoundError
 from flq_audit.store._claims import Claim, StepClaims
 from flq_audit.store._grams import GRAM, GRAM_FORM
@@ -34,6 +32,8 @@ from flq_audit.store._schema import (
 )
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from flq_audit.store._create import (
         create_or_resume,
         source_paths,
@@ -113,6 +113,8 @@ def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
         if "flq-audit" not in str((meta.get("attributes") or {}).get("Conventions", "")):
             raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown,
                              hint="Give the store that `flq-audit SOURCE --out STORE` wrote.")
+    import xarray as xr
+
     with warnings.catch_warnings(), fixed_width_strings_allowed():
         warnings.simplefilter("ignore", category=UserWarning)
         try:

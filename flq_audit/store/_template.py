@@ -9,6 +9,8 @@ value until a step is written, so only their metadata is written.
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -123,10 +125,17 @@ def _with_coordinates(tpl: Template, dims: tuple[str, ...], attrs: dict[str, Any
 
 
 def _encoded_fill(fill: float | int | bool, dtype: np.dtype) -> Any:
-    """The ``_FillValue`` attribute xarray writes and decodes (base64 for floats)."""
-    from xarray.backends.zarr import FillValueCoder
-
-    return FillValueCoder.encode(fill, np.dtype(dtype))
+    """The ``_FillValue`` attribute ``xarray.Dataset.to_zarr`` writes and ``open_zarr`` decodes:
+    a float as the base64 of its little-endian float64 bytes, an integer or a boolean as
+    itself (written here so that an audit does not import xarray)."""
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return base64.standard_b64encode(struct.pack("<d", float(fill))).decode()
+    if kind == "b":
+        return bool(fill)
+    if kind in "iu":
+        return int(fill)
+    raise ValueError(f"no _FillValue encoding for dtype {np.dtype(dtype)}")
 
 
 def step_chunked(tpl: Template, codecs: dict[str, dict]) -> dict[str, dict]:
