@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
     from flq_audit.store._repair import RepairResult
+    from flq_audit.store._summary import StoreSummary
 
 
 def list_checkpoints(source: str, *, steps: str = "all") -> list[CheckpointRef]:
@@ -238,6 +239,15 @@ def open_store(path: str | Path | StoreLocation, *, dask: bool = True,
     return open_dataset(path, dask=dask, storage_options=storage_options)
 
 
+def store_summary(path: str | Path | StoreLocation, *,
+                  storage_options: dict[str, Any] | None = None) -> StoreSummary:
+    """What ``flq-audit show`` prints: the record ``open_store(path).flq.summary()`` gives,
+    read with zarr alone (no xarray import: fast enough to poll)."""
+    from flq_audit.store._summary import read_summary
+
+    return read_summary(path, storage_options=storage_options)
+
+
 def compute_metrics(
     store: str | Path | StoreLocation,
     *,
@@ -353,7 +363,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "RunOptions", "SourceOptions",
     "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
-    "plan_audit", "report", "run_audit", "watch",
+    "plan_audit", "report", "run_audit", "store_summary", "watch",
 ]
 
 

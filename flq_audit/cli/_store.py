@@ -175,7 +175,7 @@ def show_command(store: StoreArg, as_json: JsonOpt = False,
             f"repaired {store}: provenance of {len(repaired.done)} done step(s) written, "
             "metadata consolidated" + (f"; {len(repaired.not_done)} step(s) not done (rerun "
                                        "the audit to write them)" if repaired.not_done else ""))
-    summary = api.open_store(store, dask=False, storage_options=storage_options).flq.summary()
+    summary = api.store_summary(store, storage_options=storage_options)
     if fmt == "json":
         _output.print_json(summary.to_dict())
         return

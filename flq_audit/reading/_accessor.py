@@ -9,68 +9,12 @@ and a plain ``xr.open_zarr(path)`` both have it::
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-
-@dataclass(frozen=True)
-class StepRecord:
-    step: int
-    label: str
-    done: bool
-    error: str | None
-
-
-@dataclass(frozen=True)
-class LayerRecord:
-    name: str
-    kind: str
-    width: int
-    gram_width: int
-    #: How the store keeps the layer's Gram (``dense``, ``factor``, ``spectrum``, ``none``).
-    gram_form: str = "dense"
-
-
-@dataclass(frozen=True)
-class StoreSummary:
-    """What ``flq-audit show`` prints about a store, as a plain record.
-
-    ``metrics`` are the stored metric variables whose group is complete (stamped);
-    ``stale_metrics`` those of them computed from other done steps than the store's now;
-    ``incomplete_metrics`` those written without their stamp (an interrupted computation);
-    ``stale_groups`` the stale metric groups (by tag) with ``[steps computed on, done steps
-    now]``.
-    """
-
-    store: str | None
-    source: str | None
-    flq_audit_version: str | None
-    probe: dict[str, Any]
-    capture_config: dict[str, Any]
-    steps: list[StepRecord]
-    layers: list[LayerRecord]
-    n_samples: int
-    bytes_on_disk: int | None
-    metrics: list[str] = field(default_factory=list)
-    stale_metrics: list[str] = field(default_factory=list)
-    incomplete_metrics: list[str] = field(default_factory=list)
-    stale_groups: dict[str, list[int]] = field(default_factory=dict)
-
-    @property
-    def n_done(self) -> int:
-        return sum(s.done for s in self.steps)
-
-    @property
-    def n_failed(self) -> int:
-        return sum(bool(s.error) for s in self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as JSON-ready built-in types (what ``show --json`` prints)."""
-        return asdict(self)
+from flq_audit.store._summary import LayerRecord, StepRecord, StoreSummary, summarize
 
 
 @xr.register_dataset_accessor("flq")
@@ -167,37 +111,8 @@ class FlqAccessor:
 
     def summary(self) -> StoreSummary:
         """Provenance, steps, layers, size on disk and stored metrics of the store."""
-        from flq_audit._stamps import metric_status, stale_groups
-
-        ds = self._ds
-        source = ds.encoding.get("source")
-        errors = ([str(e) for e in ds["error"].values] if "error" in ds
-                  else [""] * ds.sizes["step"])
-        labels = ([str(v) for v in ds["label"].values] if "label" in ds
-                  else [str(int(s)) for s in ds["step"].values])
-        steps = [StepRecord(int(s), lab, bool(d), e or None) for s, lab, d, e in zip(
-            ds["step"].values, labels, ds["done"].values.astype(bool), errors, strict=True)]
-        kinds = ds["layer_kind"].values if "layer_kind" in ds else [""] * ds.sizes["layer"]
-        from flq_audit._gram_forms import stored_forms
-
-        layers = [LayerRecord(str(n), str(k), int(w), int(g), f) for n, k, w, g, f in zip(
-            ds["layer"].values, kinds, ds["width"].values,
-            ds["gram_width"].values if "gram_width" in ds else ds["width"].values,
-            stored_forms(ds), strict=True)]
-        status = metric_status(ds)
-        tagged = [str(name) for name, var in ds.data_vars.items() if "flq_metric" in var.attrs]
-        return StoreSummary(
-            store=source, source=ds.attrs.get("source"),
-            flq_audit_version=ds.attrs.get("flq_audit_version"),
-            probe=json.loads(ds.attrs.get("probe", "null")) or {},
-            capture_config=json.loads(ds.attrs.get("capture_config", "{}")),
-            steps=steps, layers=layers, n_samples=int(ds.sizes.get("sample", 0)),
-            bytes_on_disk=_bytes_on_disk(ds),
-            metrics=[n for n in tagged if status.get(n) != "incomplete"],
-            stale_metrics=sorted(n for n, s in status.items() if s == "stale"),
-            incomplete_metrics=sorted(n for n, s in status.items() if s == "incomplete"),
-            stale_groups={tag: list(counts) for tag, counts in stale_groups(ds).items()},
-        )
+        return summarize(self._ds, store=self._ds.encoding.get("source"),
+                         bytes_on_disk=_bytes_on_disk(self._ds))
 
 
 def _bytes_on_disk(ds: xr.Dataset) -> int | None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.std import tqdm as std_tqdm
+if TYPE_CHECKING:
+    from tqdm.std import tqdm as std_tqdm
 
 #: ``listener(step, bytes downloaded so far, bytes expected)`` for the step being fetched.
 DownloadListener = Callable[[int, int, int], None]
@@ -30,6 +31,8 @@ class _Discard(io.StringIO):
 def byte_counter(report: Callable[[int], None]) -> type[std_tqdm]:
     """A ``tqdm_class`` for ``hf_hub_download`` that draws nothing and calls ``report(n)`` with
     each chunk's size (negative when a retry rolls a resumed download back)."""
+    from tqdm.std import tqdm as std_tqdm  # only a Hub download needs tqdm
+
 
     class DownloadCounter(std_tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:

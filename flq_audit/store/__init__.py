@@ -91,6 +91,26 @@ def root_metadata(location: StoreLocation) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("node_type") == "group" else None
 
 
+def check_flq_store(location: StoreLocation) -> None:
+    """Refuse (``StoreNotFoundError`` or ``StoreError``) a location that is not an flq-audit
+    store: missing, not a Zarr group, or one that flq-audit did not write."""
+    shown = location.display
+    if location.is_local:
+        if not is_flq_store(location.path):
+            _refuse_local(location.path)
+        return
+    meta = root_metadata(location)
+    if meta is None:
+        if not location.exists():
+            raise StoreNotFoundError(f"store {shown!r} does not exist", path=shown,
+                                     hint="Run `flq-audit SOURCE --out STORE` first.")
+        raise StoreError(f"{shown!r} is not a Zarr store (no zarr.json)", path=shown,
+                         hint="Run `flq-audit SOURCE --out STORE` first.")
+    if "flq-audit" not in str((meta.get("attributes") or {}).get("Conventions", "")):
+        raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown,
+                         hint="Give the store that `flq-audit SOURCE --out STORE` wrote.")
+
+
 def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
                  storage_options: dict | None = None) -> xr.Dataset:
     """Open a store lazily: dask arrays with the stored chunks, or with ``dask=False`` xarray's
@@ -100,19 +120,7 @@ def open_dataset(path: str | Path | StoreLocation, *, dask: bool = True,
     fsspec) or a :class:`StoreLocation`."""
     location = StoreLocation.parse(path, storage_options)
     shown = location.display
-    if location.is_local and not is_flq_store(location.path):
-        _refuse_local(location.path)
-    if not location.is_local:
-        meta = root_metadata(location)
-        if meta is None:
-            if not location.exists():
-                raise StoreNotFoundError(f"store {shown!r} does not exist", path=shown,
-                                         hint="Run `flq-audit SOURCE --out STORE` first.")
-            raise StoreError(f"{shown!r} is not a Zarr store (no zarr.json)", path=shown,
-                             hint="Run `flq-audit SOURCE --out STORE` first.")
-        if "flq-audit" not in str((meta.get("attributes") or {}).get("Conventions", "")):
-            raise StoreError(f"{shown!r} is a Zarr store but not an flq-audit store", path=shown,
-                             hint="Give the store that `flq-audit SOURCE --out STORE` wrote.")
+    check_flq_store(location)
     import xarray as xr
 
     with warnings.catch_warnings(), fixed_width_strings_allowed():

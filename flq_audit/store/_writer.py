@@ -82,6 +82,7 @@ class StepWriter:
         self._filled: dict[int, int] = {}
         self._widths: dict[int, int] = {}
         self._chunk_start: dict[int, int] = {}
+        self._variables: dict[str, zarr.Array] = {}
 
     def done_steps(self) -> list[int]:
         """The steps whose ``done`` flag is set."""
@@ -272,9 +273,7 @@ class StepWriter:
 
     def write_variable(self, step_index: int, name: str, values: np.ndarray) -> None:
         """One step's slab of an extension variable, padded with its fill value."""
-        if name not in self.group:
-            raise KeyError(f"the store has no variable {name!r} (declare it in variables())")
-        array = zarr_array(self.group, name)
+        array = self._variable(name)
         values = np.asarray(values)
         target = array.shape[1:]
         if values.ndim != len(target) or any(v > t for v, t in zip(values.shape, target,
@@ -284,6 +283,15 @@ class StepWriter:
         padded = np.full(target, array.fill_value, dtype=array.dtype)
         padded[tuple(slice(0, n) for n in values.shape)] = values
         self._submit(array, (step_index,), padded)
+
+    def _variable(self, name: str) -> zarr.Array:
+        """The extension variable ``name``, opened once per writer (opening reads metadata)."""
+        array = self._variables.get(name)
+        if array is None:
+            if name not in self.group:
+                raise KeyError(f"the store has no variable {name!r} (declare it in variables())")
+            array = self._variables[name] = zarr_array(self.group, name)
+        return array
 
     def finish(self) -> dict[str, dict[str, object]]:
         """The store's provenance and consolidated metadata (see :func:`finish_store`)."""

@@ -66,3 +66,19 @@ def test_template_fill_values_are_the_ones_xarray_writes(dtype, fill):
     if kind in "iub" and (fill != fill or fill != int(fill) or (kind == "u" and fill < 0)):
         pytest.skip("not a value of this dtype")
     assert _encoded_fill(fill, np.dtype(dtype)) == FillValueCoder.encode(fill, np.dtype(dtype))
+
+
+def test_show_reads_the_store_without_xarray(run_dir, tmp_path):
+    from flq_audit import api
+
+    store = tmp_path / "s.zarr"
+    api.audit(str(run_dir), out=store)
+    code = ("import sys\n"
+            "from flq_audit.cli import main\n"
+            f"sys.argv = ['flq-audit', 'show', {str(store)!r}, '--json']\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit as end:\n"
+            "    assert not end.code, end.code\n"
+            "print(sorted(m for m in ('xarray', 'pandas', 'dask', 'torch') if m in sys.modules))\n")
+    assert _run(code).splitlines()[-1] == "[]"

@@ -147,3 +147,49 @@ def test_the_package_registers_the_accessor_without_loading_the_rest():
                          timeout=120, check=True)
     assert out.stdout.strip() == "[]"
     assert hasattr(flq_audit.reading, "FlqAccessor")
+
+
+def test_store_summary_read_with_zarr_equals_the_accessor_summary(run_dir, tmp_path):
+    import zarr
+
+    from flq_audit._stamps import STAMPS_ATTR
+    from flq_audit.store._summary import ZarrView
+
+    store = tmp_path / "s.zarr"
+    api.audit(str(run_dir), out=store, steps="0,10")
+    api.compute_metrics(store, metrics=["tl", "gram"])
+    api.audit(str(run_dir), out=store)  # step 20 added: both groups are stale
+    ds = api.open_store(store, dask=False)
+    view = ZarrView(zarr.open_group(store, mode="r"))
+    assert set(view.data_vars) == set(ds.data_vars)
+    assert set(view.coords) == set(ds.coords)
+    assert view.sizes == dict(ds.sizes)
+    assert api.store_summary(store) == ds.flq.summary()
+    assert api.store_summary(store).stale_groups == {"gram": [2, 3], "tl": [2, 3]}
+    group = zarr.open_group(store, mode="r+")
+    group.attrs.pop(STAMPS_ATTR)  # as if the metric run died before stamping
+    zarr.consolidate_metadata(store)
+    incomplete = api.store_summary(store)
+    assert incomplete == api.open_store(store, dask=False).flq.summary()
+    assert "target_linearity" in incomplete.incomplete_metrics and not incomplete.metrics
+
+
+def test_store_summary_of_a_url_store_equals_the_accessor_summary(run_dir):
+    import fsspec
+
+    url = "memory://summary-zarr-only.zarr"
+    api.audit(str(run_dir), out=url)
+    try:
+        assert api.store_summary(url) == api.open_store(url).flq.summary()
+    finally:
+        fsspec.filesystem("memory").rm("/summary-zarr-only.zarr", recursive=True)
+
+
+def test_store_summary_refuses_what_is_not_a_store(tmp_path):
+    from flq_audit.errors import StoreError, StoreNotFoundError
+
+    with pytest.raises(StoreNotFoundError, match="does not exist"):
+        api.store_summary(tmp_path / "missing.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match="not a Zarr store"):
+        api.store_summary(tmp_path / "plain")
