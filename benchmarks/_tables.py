@@ -36,8 +36,11 @@ def figure(summary: dict | None, unit: str = "") -> str:
 
 
 def load(entry: dict) -> str:
-    before, after = entry["load_average"]["before"], entry["load_average"]["after"]
-    return f"{before[0]:.1f} → {after[0]:.1f}"
+    """The 1-minute load average before and after the row, if recorded."""
+    average = entry.get("load_average") or {}
+    if "before" not in average or "after" not in average:
+        return ""
+    return f"{average['before'][0]:.1f} → {average['after'][0]:.1f}"
 
 
 def row(entry: dict) -> str:

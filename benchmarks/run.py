@@ -25,7 +25,8 @@ Rows c, d+e and g are measured by ``bench_step_overhead.run``, ``bench_suite.run
 result is kept under ``external`` and the row is measured here. Each entry says which
 implementation measured it.
 
-Run:  python benchmarks/run.py --quick|--full [--work DIR] [--only a,b,...] [--out PATH]
+Run:  python benchmarks/run.py --quick|--full [--work DIR] [--only a,b,...] [--repeats N]
+      [--out PATH]
       python benchmarks/run.py --tables-only JSON
 Writes one JSON (default benchmarks/results/benchmark.json) and regenerates the table of
 docs/performance.md from it. The setup (training the digits recipe, writing the neox
@@ -98,9 +99,9 @@ def entry(id_: str, what: str, *, flq: list[float], base: list[float] | None, un
 class Bench:
     """The work folder, the children's environment and the rows measured so far."""
 
-    def __init__(self, work: Path, quick: bool) -> None:
+    def __init__(self, work: Path, quick: bool, repeats: int | None = None) -> None:
         self.work, self.quick = work, quick
-        self.repeats = 3 if quick else 5
+        self.repeats = repeats or (3 if quick else 5)
         self.stores = work / "stores"
         self.neox_root = work / ("neox-small" if quick else "neox-70m")
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -277,7 +278,8 @@ def external_rows(bench: Bench, row_id: str, result: dict) -> list[dict] | None:
     if name not in raw:
         try:
             module = importlib.import_module(name)
-            raw[name] = module.run(bench.work / f"ext-{name}", bench.quick)
+            figures = module.run(bench.work / f"ext-{name}", bench.quick)
+            raw[name] = json.loads(json.dumps(figures, default=str))
         except Exception as exc:  # its failure is recorded; the row is measured here
             raw[name] = {"error": f"{type(exc).__name__}: {exc}"}
     rows = raw[name].get("rows") if isinstance(raw[name], dict) else None
@@ -293,7 +295,13 @@ def measure(bench: Bench, only: str, result: dict, out: Path) -> None:
     for row_id in only:
         before = loadavg()
         try:
-            rows = external_rows(bench, row_id, result) or getattr(bench, f"row_{row_id}")()
+            rows = external_rows(bench, row_id, result)
+            if rows is None:
+                rows = getattr(bench, f"row_{row_id}")()
+                if EXTERNAL.get(row_id) in result["external"]:
+                    for e in rows:
+                        e["implementation"] += (f" ({EXTERNAL[row_id]}.run's result, not in "
+                                                "the row format, is kept under external)")
         except Exception as exc:  # one failing row leaves the others measured
             rows = [{"id": row_id, "what": f"row {row_id}", "error": f"{type(exc).__name__}: "
                      f"{str(exc).splitlines()[0][:200]}",
@@ -321,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "flq-bench")
     parser.add_argument("--only", default=",".join(ROWS), help="rows to run, e.g. a,b,h")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--repeats", type=int, default=None, help="paired runs per row "
+                        "(default 3 with --quick, 5 with --full)")
     parser.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
     parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -330,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.setup_only:
         return setup(args.work, args.quick)
     only = "".join(r for r in args.only.replace(",", "") if r in ROWS)
-    bench = Bench(args.work, args.quick)
+    bench = Bench(args.work, args.quick, args.repeats)
     # a child makes the checkpoints: this process stays small, and so do the RSS high-water
     # marks its children inherit
     subprocess.run([PY, __file__, "--setup-only", "--work", args.work,
