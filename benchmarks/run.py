@@ -13,8 +13,8 @@ d. ``flq-audit metrics`` with every group vs ``--metric tl`` on that neox store,
 e. TL (``compute_metrics``, in process, after the imports) vs ``numpy.linalg.lstsq`` on the
    stored digits activations: CPU of the computation, and the largest difference of the values;
 f. store writes, CPU per GiB: the audit minus the same audit with its store writes made no-ops,
-   vs a plain zarr loop writing the same arrays with the store's codecs and chunks
-   (``--quick``: the digits store; ``--full``: digits with its probe ×8);
+   vs a plain zarr loop writing the same arrays with the store's codecs and chunks (digits,
+   its probe tiled ×8: 0.5 GiB);
 g. ``--workers 2`` vs sequential, neox, wall (the speed-up);
 h. ``flq-audit show STORE`` vs ``python -c "import xarray"``, wall;
 i. peak RSS of the digits audit, probe ×8 vs ×1.
@@ -210,7 +210,7 @@ class Bench:
                       entries=len(diffs), over_1e12=sum(d > 1e-12 for d in diffs))]
 
     def row_f(self) -> list[dict]:
-        source = self.work / ("digits" if self.quick else "digits8")
+        source = self.work / "digits8"
         store = self.stores / "writes.zarr"
         dest = Path(tempfile.mkdtemp(prefix="zarr-loop-", dir=self.work)) / "copy.zarr"
         runs, load = self.pairs({
