@@ -15,9 +15,9 @@ Three loaders:
 - :class:`ModuleLoader`: a JSON spec or a factory (``--model``); the template is converted
   to the compute dtype once, and each step loads into a copy of it (a float64 checkpoint
   loads unrounded into a float64 replay).
-- :class:`TransformersLoader`: ``--model hf``; transformers builds the template and reads
-  each checkpoint in the compute dtype itself (``dtype=`` of ``from_config`` and
-  ``from_pretrained``), so float64 means unrounded float64 weights here too.
+- :class:`TransformersLoader`: ``--model hf``; transformers loads the template (the first
+  checkpoint's folder) and reads each checkpoint in the compute dtype itself (``dtype=`` of
+  ``from_config`` and ``from_pretrained``), so float64 means unrounded float64 weights here too.
 - :class:`WeightsLoader`: ``--weights-only``; state dicts only, no module.
 
 The replay dtype (:func:`resolve_replay_dtype`) is ``--dtype`` when given, else the legacy
@@ -240,14 +240,15 @@ class TransformersLoader(_Loader):
     @classmethod
     def create(cls, config_dir: Path | None, activation_dtype: str, replay: str | None = None,
                *, trust_remote_code: bool = False) -> TransformersLoader:
-        """Instantiate the architecture of ``config_dir/config.json`` in the replay dtype
-        (``--dtype`` ``replay``, else the checkpoint's own as the config declares it)."""
-        from flq_audit.models.hf import build_hf_model
+        """The model of ``config_dir`` in the replay dtype (``--dtype`` ``replay``, else the
+        checkpoint's own as the config declares it): its weights when the folder holds them,
+        else the architecture of ``config.json`` with random ones (``build_template``)."""
+        from flq_audit.models.hf import build_template
 
         if config_dir is None:
             raise ModelBuildError("--model hf needs checkpoint folders holding config.json")
         dtype = resolve_replay_dtype(activation_dtype, replay, config_dtype(config_dir))
-        built = build_hf_model(config_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+        built = build_template(config_dir, trust_remote_code=trust_remote_code, dtype=dtype)
         return cls(activation_dtype=activation_dtype, template=built, config_dir=config_dir,
                    replay=dtype_name(dtype))
 

@@ -1,10 +1,14 @@
-"""Fetch and load the next checkpoint on a background thread while this one replays.
+"""Fetch the next checkpoint on a background thread while this one replays.
 
 A :class:`Prefetcher` walks the steps in order on one daemon thread and hands each step's
-:class:`Fetched` (files, checksums and loaded weights, or the error that stopped them) to
-the audit loop. A semaphore bounds what is resident: the step being replayed plus
-``ahead`` loaded ones (``ahead=1``: at most two checkpoints in memory at once). The loop
-releases a step's slot only after it has dropped every reference to that step's weights.
+:class:`Fetched` (files, checksums and, where the audit asks for it, loaded weights, or the
+error that stopped them) to the audit loop. A semaphore bounds what is resident: the step
+being replayed plus ``ahead`` prefetched ones (``ahead=1``: at most two checkpoints in
+memory at once when the weights are read ahead). The loop releases a step's slot only
+after it has dropped every reference to that step's weights. The audit reads the weights
+ahead only when an extension compares a step with the next one
+(:func:`flq_audit.audit.step.reads_ahead`): else a step's weights are read when it starts,
+and one checkpoint is resident.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ class Fetched:
     """One step's files, their sha256 and what was loaded from them, or why it failed.
 
     ``fetch_error`` happened before any file was on disk (the step is not started);
-    ``load_error`` happened reading the files (the step is recorded as failed).
+    ``load_error`` happened reading the files (the step is recorded as failed); ``read``
+    says whether the weights were read (the prefetch thread may fetch the files only).
     """
 
     ref: CheckpointRef
@@ -38,6 +43,7 @@ class Fetched:
     state: Mapping[str, Any] = field(default_factory=dict)
     fetch_error: Exception | None = None
     load_error: Exception | None = None
+    read: bool = False
 
 
 def checksums(ref: CheckpointRef, paths: Sequence[Path]) -> list[str]:

@@ -103,18 +103,31 @@ def is_copy(plan: AuditPlan, ref: CheckpointRef, done: set[int] | frozenset[int]
     return original in done or any(r.step == original for r in plan.refs)
 
 
+def reads_ahead(plan: AuditPlan) -> bool:
+    """Whether the prefetch thread reads the next step's weights too, not only its files:
+    when the FL residual compares each step with the next (it reuses them). Otherwise the
+    weights are read when the step starts, after the last step's are dropped, so that one
+    checkpoint's weights are resident, not two; the fetch (the slow part of a remote
+    source) and the checksums still run ahead."""
+    return plan.fl is not None
+
+
 def prefetched(
     plan: AuditPlan, ref: CheckpointRef, run: RunOptions, done: set[int]
 ) -> Fetched | None:
-    """What the prefetch thread loads for ``ref``; ``None`` for a step that will be a copy."""
-    return None if is_copy(plan, ref, done) else fetch_and_load(plan, ref, run)
+    """What the prefetch thread makes ready for ``ref`` (its files and checksums, and its
+    weights when :func:`reads_ahead`); ``None`` for a step that will be a copy."""
+    if is_copy(plan, ref, done):
+        return None
+    return fetch_and_load(plan, ref, run, read=reads_ahead(plan))
 
 
 def fetch_and_load(
-    plan: AuditPlan, ref: CheckpointRef, run: RunOptions, *, hash_later: bool = False
+    plan: AuditPlan, ref: CheckpointRef, run: RunOptions, *, hash_later: bool = False,
+    read: bool = True,
 ) -> Fetched:
-    """Fetch a step's files, checksum them and read its weights (``plan.loader.read``);
-    errors are kept, not raised.
+    """Fetch a step's files, checksum them and (with ``read``) read its weights
+    (``plan.loader.read``); errors are kept, not raised.
 
     With ``hash_later`` the checksums are computed on a thread of their own (a future the
     step's commit waits for).
@@ -127,11 +140,21 @@ def fetch_and_load(
     except Exception as err:
         fetched.fetch_error = err
         return fetched
+    if read:
+        read_weights(plan, fetched, run)
+    return fetched
+
+
+def read_weights(plan: AuditPlan, fetched: Fetched, run: RunOptions) -> None:
+    """Read the fetched files' weights into ``fetched`` (once); an error is kept in
+    ``load_error``, not raised."""
+    if fetched.read:
+        return
+    fetched.read = True
     try:
         plan.loader.read(plan.source, fetched, run)
     except Exception as err:
         fetched.load_error = err
-    return fetched
 
 
 def run_step(
@@ -153,6 +176,7 @@ def run_step(
         fetched = fetch_and_load(plan, ref, run, hash_later=True)
     if fetched.fetch_error is not None:
         raise fetched.fetch_error
+    read_weights(plan, fetched, run)  # the prefetcher fetched its files only
     position = plan.refs.index(ref)
     next_ref = plan.refs[position + 1] if position + 1 < len(plan.refs) else None
     with writer.step(index, files=[str(p) for p in fetched.paths], sha256=fetched.sha256,
@@ -290,5 +314,5 @@ def _replayed(
 
 
 __all__ = ["STEP_ERRORS", "AuditResult", "Progress", "SilentProgress", "after_audit",
-           "fetch_and_load", "is_copy", "prefetched", "reopen_moved", "run_step",
-           "set_threads"]
+           "fetch_and_load", "is_copy", "prefetched", "read_weights", "reads_ahead",
+           "reopen_moved", "run_step", "set_threads"]

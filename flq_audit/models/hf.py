@@ -1,7 +1,9 @@
 """Rebuild transformers models from a checkpoint's own ``config.json`` (extra ``flq-audit[hf]``).
 
-The architecture named in ``config.architectures`` is instantiated with random weights
-(``from_config``-style, no download) once, when the audit is planned. Each checkpoint is then
+The plan-time model is the first checkpoint's folder loaded like any step
+(:func:`build_template`), or, when that folder holds no weights that fit, the architecture
+named in ``config.architectures`` instantiated with random weights (``from_config``-style, no
+download). Each checkpoint is then
 loaded by transformers' ``from_pretrained``, which builds the architecture on the meta device
 and assigns the checkpoint's tensors (no throw-away random initialisation per step). Models
 run with ``use_cache=False``: a probe replay never reuses a KV cache. Remote code runs only
@@ -87,6 +89,31 @@ def build_hf_model(
     _no_kv_cache(module)
     name = architectures[0] if architectures else type(module).__name__
     return BuiltModel(module, origin=f"hf:{name}")
+
+
+def _holds_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds weight files transformers reads (safetensors or pickles)."""
+    return any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+
+
+def build_template(
+    config_dir: str | Path, *, trust_remote_code: bool = False, dtype: Any = None
+) -> BuiltModel:
+    """The plan-time model of ``config_dir``: its own checkpoint, loaded as each step is
+    (:func:`load_hf_checkpoint`), when the folder holds weights that fit its config, else
+    the architecture with random weights (:func:`build_hf_model`).
+
+    Only the template's structure is used (layers, widths, pooling), so its weights do not
+    matter; loading them costs a read of the files, while a random initialisation costs a
+    sampling pass over every parameter (seconds of CPU at 70 M parameters).
+    """
+    folder = Path(config_dir)
+    if (folder / "config.json").is_file() and _holds_weights(folder):
+        try:
+            return load_hf_checkpoint(folder, trust_remote_code=trust_remote_code, dtype=dtype)
+        except ModelBuildError:  # weights that do not fit: the step says so when it loads
+            pass
+    return build_hf_model(folder, trust_remote_code=trust_remote_code, dtype=dtype)
 
 
 def release_weights(built: BuiltModel) -> None:

@@ -150,3 +150,36 @@ def test_cli_threads_and_no_prefetch(run, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert _arrays(store)["done"].all()
+
+
+def test_the_prefetcher_reads_a_steps_weights_ahead_only_for_the_fl_residual(run, tmp_path):
+    from flq_audit.audit.step import prefetched
+    from flq_audit.options import FLOptions
+
+    plain = api.plan_audit(str(run), out=tmp_path / "p.zarr")
+    ref = plain.refs[1]
+    fetched = prefetched(plain, ref, RunOptions(), set())
+    assert fetched is not None and not fetched.read and not fetched.state
+    data = (run / f"step_{ref.step}.safetensors").read_bytes()
+    assert list(fetched.sha256) == [hashlib.sha256(data).hexdigest()]  # checksummed ahead
+    fl = api.plan_audit(str(run), out=tmp_path / "f.zarr",
+                        fl=FLOptions(loss="ce", lr=0.1, batches="full"))
+    ahead = prefetched(fl, ref, RunOptions(), set())
+    assert ahead is not None and ahead.read
+    assert torch.equal(ahead.state["layers.0.weight"], state_for(ref.step)["layers.0.weight"])
+
+
+def test_a_prefetched_transformers_audit_writes_the_same_store(tmp_path):
+    hf = trainer_run(tmp_path / "hf", "neox", steps=(0, 10, 20))
+    probe = tmp_path / "probe.jsonl"
+    (hf / "probe.jsonl").rename(probe)  # outside the source: every file there is audited
+    stores = {flag: tmp_path / f"{flag}.zarr" for flag in (True, False)}
+    for flag, store in stores.items():
+        api.audit(str(hf), probe=str(probe), out=store,
+                  run=RunOptions(device="cpu", prefetch=flag, threads=1))
+    assert_same_store(stores[True], stores[False])
+    arrays = _arrays(stores[True])
+    assert arrays["done"].all()
+    for i, step in enumerate((0, 10, 20)):
+        data = (hf / f"checkpoint-{step}" / "model.safetensors").read_bytes()
+        assert json.loads(str(arrays["sha256"][i])) == [hashlib.sha256(data).hexdigest()]

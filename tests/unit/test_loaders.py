@@ -218,3 +218,28 @@ def test_file_tensors_refuse_a_tensor_that_is_not_the_loaded_weight(tmp_path: Pa
     tensors = FileTensors(run / "checkpoint-0", other, step=0)  # step 10's model, step 0's files
     with pytest.raises(ModelBuildError, match=r"step 0: tensor 'embed_out.weight' .* 'lm_head.weight'"):
         tensors["lm_head.weight"]
+
+
+def test_the_transformers_template_is_its_folders_checkpoint_and_else_random(tmp_path: Path) -> None:
+    run = _neox(tmp_path)
+    folder = run / "checkpoint-10"
+    stored = load_file(str(folder / "model.safetensors"))  # the files, read independently
+    template = TransformersLoader.create(folder, "float32").model()
+    params = dict(template.module.named_parameters())
+    # transformers renames embed_out. to lm_head. when it loads GPT-NeoX
+    assert torch.equal(params["lm_head.weight"], stored["embed_out.weight"])
+    assert all(torch.equal(params[k], v) for k, v in stored.items() if k in params)
+    assert template.origin == "hf:GPTNeoXForCausalLM"
+    bare = tmp_path / "config-only"  # a folder without weights: the architecture, random
+    bare.mkdir()
+    (bare / "config.json").write_bytes((folder / "config.json").read_bytes())
+    random = TransformersLoader.create(bare, "float32").model()
+    shapes = {k: tuple(p.shape) for k, p in random.module.named_parameters()}
+    assert shapes == {k: tuple(p.shape) for k, p in params.items()}
+    assert not torch.equal(dict(random.module.named_parameters())["lm_head.weight"],
+                           params["lm_head.weight"])
+    (folder.parent / "broken").mkdir()  # weights that do not load: the random one again
+    broken = folder.parent / "broken"
+    (broken / "config.json").write_bytes((folder / "config.json").read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\0" * 64)
+    assert TransformersLoader.create(broken, "float32").model().origin == "hf:GPTNeoXForCausalLM"
