@@ -87,3 +87,32 @@ def test_factor_moment_traces_equal_the_pre_activations():
     norm, squared = FactorGram(w).moment_traces(h.T @ h)
     assert norm == pytest.approx(float((z * z).sum()), rel=TOL)
     assert squared == pytest.approx(float(((z.T @ z) ** 2).sum()), rel=TOL)
+
+
+def test_gram_drift_and_cosine_equal_numpy():
+    """From one pass over each layer's Grams: ``‖G_t − G_{t−1}‖/‖G_{t−1}‖`` and
+    ``⟨G_t, G_T⟩/(‖G_t‖‖G_T‖)`` as numpy computes them from the dense Grams."""
+    from flq_audit.metrics import gram_dataset
+
+    rng = np.random.default_rng(11)
+    widths, steps = (4, 6), 4
+    grams = np.zeros((steps, len(widths), 6, 6))
+    for s in range(steps):
+        for j, w in enumerate(widths):
+            weight = rng.normal(size=(w + 2, w))
+            grams[s, j, :w, :w] = weight.T @ weight
+    ds = xr.Dataset(
+        {"gram": (("step", "layer", "gram_i", "gram_j"), grams),
+         "done": (("step",), np.ones(steps, dtype=bool))},
+        coords={"step": np.arange(steps) * 10, "layer": ["a", "b"],
+                "width": ("layer", np.asarray(widths)), "gram_width": ("layer", np.asarray(widths))})
+    got = gram_dataset(ds).compute()
+    for j, w in enumerate(widths):
+        g = grams[:, j, :w, :w]
+        assert np.isnan(float(got["gram_drift"][0, j]))
+        for s in range(steps):
+            cosine = (g[s] * g[-1]).sum() / (np.linalg.norm(g[s]) * np.linalg.norm(g[-1]))
+            assert float(got["gram_cosine_to_final"][s, j]) == pytest.approx(cosine, rel=TOL)
+            if s:
+                drift = np.linalg.norm(g[s] - g[s - 1]) / np.linalg.norm(g[s - 1])
+                assert float(got["gram_drift"][s, j]) == pytest.approx(drift, rel=TOL)
