@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,25 +68,39 @@ def audit(source: Path, store: Path, *extra: object) -> None:
                    check=True, env=_env(), stdout=subprocess.DEVNULL)
 
 
+def store_paths(work: Path, quick: bool) -> dict[str, Path]:
+    name = "small" if quick else "pythia70m"
+    return {"neox": work / f"neox-{name}.zarr", "digits": work / "digits.zarr"}
+
+
 def setup(work: Path, quick: bool) -> dict[str, Path]:
     """The two stores (made once per ``work`` folder and shape)."""
     work.mkdir(parents=True, exist_ok=True)
-    name = "small" if quick else "pythia70m"
-    neox = work / f"neox-{name}"
-    stores = {"neox": work / f"neox-{name}.zarr", "digits": work / "digits.zarr"}
+    stores = store_paths(work, quick)
+    neox = stores["neox"].with_suffix("")
     if not stores["neox"].exists():
-        if not neox.exists():
-            make_neox(neox, SMALL if quick else PYTHIA_70M)  # writes neox/ and texts.jsonl
+        # writes neox/ and texts.jsonl
+        made(neox, lambda tmp: make_neox(tmp, SMALL if quick else PYTHIA_70M))
         audit(neox / "neox", stores["neox"], "--probe", neox / "texts.jsonl",
               "--pooling", "last")
     if not stores["digits"].exists():
         from flq_audit.recipes.digits_mlp import train
 
         run = work / "digits"
-        if not run.exists():
-            train(run, total_steps=3000, seed=0)
+        made(run, lambda tmp: train(tmp, total_steps=3000, seed=0))
         audit(run, stores["digits"])
     return stores
+
+
+def made(folder: Path, make: Callable[[Path], object]) -> None:
+    """``make`` the folder once: into a temporary sibling renamed when complete, so that an
+    interrupted setup is redone rather than taken for a finished one."""
+    if folder.exists():
+        return
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make(tmp)
+    tmp.rename(folder)
 
 
 def _env() -> dict[str, str]:
@@ -132,7 +148,11 @@ def tl_values(store: Path) -> np.ndarray:
 def run(work: Path, quick: bool, repeats: int | None = None) -> dict:
     """Every figure of this benchmark (stores made first, untimed, under ``work``)."""
     repeats = repeats or (2 if quick else 3)
-    stores = setup(work, quick)
+    # in a child: a parent that trained or loaded models would pass its peak RSS on to
+    # every process it spawns (Linux counts the spawner's high-water mark in ``ru_maxrss``)
+    subprocess.run([sys.executable, Path(__file__).resolve(), "--setup-only", "--work", work,
+                    *(["--quick"] if quick else [])], check=True, env=_env())
+    stores = store_paths(work, quick)
     load_before = os.getloadavg()
     result: dict[str, object] = {
         "quick": quick, "repeats": repeats, "cpus": os.cpu_count(),
@@ -163,7 +183,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "results" / "work")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.setup_only:
+        setup(args.work, args.quick)
+        return
     print(write_result(run(args.work, args.quick, args.repeats), args.out))
 
 
