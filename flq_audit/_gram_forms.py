@@ -98,6 +98,11 @@ class GramForm(ABC):
         """``tr((S G)²)`` of a symmetric ``width × width`` matrix ``S``."""
         raise WholeGramNeeded("tr((SG)²) needs the whole Gram")
 
+    def moment_traces(self, s: F64) -> tuple[float, float]:
+        """``(tr(G S), tr((S G)²))`` of a symmetric ``width × width`` matrix ``S``: the two
+        traces the surrogate's norm and alignment need, sharing their products."""
+        return self.trace_with(s), self.trace_with_squared(s)
+
     def inner(self, other: GramForm) -> float:
         """``⟨G, G'⟩_F``."""
         raise WholeGramNeeded("⟨G, G'⟩ needs the whole Gram")
@@ -186,8 +191,14 @@ class FactorGram(GramForm):
         return float(((self.weight @ s) * self.weight).sum())  # tr(W S Wᵀ)
 
     def trace_with_squared(self, s: F64) -> float:
-        a = self.weight @ s @ self.weight.T  # tr((SWᵀW)²) = ‖W S Wᵀ‖_F², W S Wᵀ symmetric
-        return float((a * a).sum())
+        return self.moment_traces(s)[1]
+
+    def moment_traces(self, s: F64) -> tuple[float, float]:
+        """One ``W S`` product serves both: ``tr(W S Wᵀ)`` and ``‖W S Wᵀ‖_F²`` (``W S Wᵀ``
+        symmetric, so ``tr((SWᵀW)²)`` is its squared norm)."""
+        ws = self.weight @ s
+        a = ws @ self.weight.T
+        return float((ws * self.weight).sum()), float((a * a).sum())
 
     def inner(self, other: GramForm) -> float:
         self._same_form(other)

@@ -277,22 +277,24 @@ def _lazy_first(ds: xr.Dataset, groups: Sequence[str], specs: Mapping[str, Metri
     moments = _moments_by_form(ds, [(specs[g], plans[g].options) for g in groups])
     return {g: mask_nonfinite(group_dataset(specs[g], GroupContext(
         ds, plans[g].options,
-        shared_moments=moments.get(specs[g].accepts_dual(plans[g].options)))), ds)
+        shared_moments=moments.get(_form_key(specs[g], plans[g].options)))), ds)
         for g in groups}
 
 
+def _form_key(spec: MetricSpec, options: object | None) -> tuple[bool, bool]:
+    """Which moments a reading group takes: ``(dual kernels for wide layers, QR factors)``."""
+    return spec.accepts_dual(options), spec.wants_qr(options)
+
+
 def _moments_by_form(ds: xr.Dataset, readers: Sequence[tuple[MetricSpec, object | None]]
-                     ) -> dict[bool, LayerMoments]:
-    """The moments each reading group gets, by whether it accepts the dual form: a group's
-    form is its own, whatever other groups share the pass (layers that stay primal in both
-    forms share one graph)."""
-    forms = {spec.accepts_dual(options) for spec, options in readers if "moments" in spec.needs}
-    out: dict[bool, LayerMoments] = {}
-    if False in forms:
-        out[False] = layer_moments(ds)
-    if True in forms:
-        out[True] = layer_moments(ds, dual=True, primal=out.get(False))
-    return out
+                     ) -> dict[tuple[bool, bool], LayerMoments]:
+    """The moments each reading group gets, by :func:`_form_key`: a group's form is its own,
+    whatever other groups share the pass (layers that stay primal moments in several forms
+    share one graph, and so do the dual kernels: each block is read once)."""
+    forms = {_form_key(spec, options) for spec, options in readers if "moments" in spec.needs}
+    primal = layer_moments(ds) if any(not qr for _, qr in forms) else None
+    return {(dual, qr): primal if primal is not None and not (dual or qr)
+            else layer_moments(ds, dual=dual, qr=qr, primal=primal) for dual, qr in forms}
 
 
 def _named(result: xr.Dataset | None, plan: _Plan) -> xr.Dataset:

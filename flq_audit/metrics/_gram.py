@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import xarray as xr
 
-from flq_audit._gram_forms import DENSE, FACTOR, SPECTRUM, GramForm, form_of
+from flq_audit._gram_forms import DENSE, FACTOR, SPECTRUM, form_of
 from flq_audit.errors import FlqAuditWarning
 from flq_audit.metrics._graph import GroupContext, group_dataset
 from flq_audit.metrics._kernels.gram import spectrum_summary
@@ -31,23 +30,18 @@ def spectrum_kernel(block: Block, options: None) -> tuple[np.ndarray, float, flo
     return spectrum_summary(block.form.eigenvalues(), top_k=TOP_K)
 
 
-def form_drift(previous: GramForm, current: GramForm) -> float:
-    """:func:`gram_drift` of two stored forms."""
-    base = previous.frobenius()
-    return current.distance(previous) / base if base > 0 else float("nan")
-
-
-def form_cosine(a: GramForm, b: GramForm) -> float:
-    """:func:`gram_cosine` of two stored forms."""
-    denominator = a.frobenius() * b.frobenius()
-    return a.inner(b) / denominator if denominator > 0 else float("nan")
-
-
-def _pairwise(func: Callable[[GramForm, GramForm], float], form: str):
-    def kernel(a: np.ndarray, b: np.ndarray) -> float:
-        if not (np.isfinite(a).all() and np.isfinite(b).all()):
-            return np.nan
-        return func(form_of(form, a), form_of(form, b))
+def _comparisons(form: str):
+    """``(‖G_t‖_F, ‖G_t − G_prev‖_F, ⟨G_t, G_final⟩_F)`` of one (step, layer) from the three
+    Grams it is compared with, each NaN where an input it needs is not finite."""
+    def kernel(previous: np.ndarray, current: np.ndarray, final: np.ndarray,
+               ) -> tuple[float, float, float]:
+        if not np.isfinite(current).all():
+            return np.nan, np.nan, np.nan
+        g = form_of(form, current)
+        distance = (g.distance(form_of(form, previous)) if np.isfinite(previous).all()
+                    else np.nan)
+        inner = g.inner(form_of(form, final)) if np.isfinite(final).all() else np.nan
+        return g.frobenius(), distance, inner
     return kernel
 
 
@@ -61,6 +55,22 @@ def previous_step(gram: xr.DataArray) -> xr.DataArray:
     return previous.where(~first)
 
 
+def _layer_drift_and_cosine(layer: LayerGram) -> tuple[xr.DataArray, xr.DataArray]:
+    """One layer's drift and cosine over steps from one pass over its Grams: each step's
+    norm, distance to the previous step and inner product with the final step are computed
+    once; the ratios are taken between those per-step values (no Gram is formed twice)."""
+    gram = layer.values
+    core = [list(layer.core)] * 3
+    norm, distance, inner = xr.apply_ufunc(
+        _comparisons(layer.form), previous_step(gram), gram, gram.isel(step=-1, drop=True),
+        input_core_dims=core, output_core_dims=[[], [], []], vectorize=True,
+        dask="parallelized", keep_attrs=False, output_dtypes=[np.float64] * 3)
+    base = previous_step(norm)
+    drift = (distance / base).where(base > 0)
+    denominator = norm * norm.isel(step=-1, drop=True)
+    return drift, (inner / denominator).where(denominator > 0)
+
+
 def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
     """Per layer, on its Grams sliced to ``gram_width``; stacked on the layer axis."""
     ds, out = context.ds, context.blocks
@@ -71,18 +81,12 @@ def _drift_and_cosine(context: GroupContext) -> xr.Dataset:
     grams = layer_grams(ds)
     _warn_whole_gram_needed(grams, list(texts))
     for layer in grams:
-        gram = layer.values
         if layer.form not in (DENSE, FACTOR):
             for name in texts:
                 values[name].append(xr.full_like(ds["step"], np.nan, dtype=np.float64))
             continue
-        core = [list(layer.core)] * 2
-        pairs = {"gram_drift": (previous_step(gram), gram, form_drift),
-                 "gram_cosine_to_final": (gram, gram.isel(step=-1, drop=True), form_cosine)}
-        for name, (a, b, func) in pairs.items():
-            values[name].append(xr.apply_ufunc(
-                _pairwise(func, layer.form), a, b, input_core_dims=core, vectorize=True,
-                dask="parallelized", keep_attrs=False, output_dtypes=[np.float64]))
+        for name, value in zip(texts, _layer_drift_and_cosine(layer), strict=True):
+            values[name].append(value)
     out = out.copy()
     for name, text in texts.items():
         out[name] = xr.concat(values[name], dim=ds["layer"], coords="minimal",

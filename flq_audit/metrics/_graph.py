@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from flq_audit._gram_forms import NONE, GramForm, form_of
-from flq_audit.metrics._kernels.moments import DualMoments, Moments
+from flq_audit.metrics._kernels.moments import DualMoments, Moments, QRFactor
 from flq_audit.metrics._lazy import (
     MOMENT_I,
     MOMENT_J,
@@ -87,8 +87,9 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
     assert spec.kernel is not None
     ds = context.ds
     with_moments, with_gram = "moments" in spec.needs, "gram" in spec.needs
-    if with_moments and context.shared_moments is None and spec.accepts_dual(context.options):
-        context.shared_moments = layer_moments(ds, dual=True)
+    dual, qr = spec.accepts_dual(context.options), spec.wants_qr(context.options)
+    if with_moments and context.shared_moments is None and (dual or qr):
+        context.shared_moments = layer_moments(ds, dual=dual, qr=qr)
     widths = [int(w) for w in np.asarray(ds["width"].values)]
     gram_widths = [int(w) for w in np.asarray(
         (ds["gram_width"] if "gram_width" in ds else ds["width"]).values)]
@@ -98,12 +99,12 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
     for j, (width, g_width) in enumerate(zip(widths, gram_widths, strict=True)):
         inputs: list[xr.DataArray] = []
         core: list[list[str]] = []
-        dual = False
+        kind = "moments"
         if with_moments:
             moments = context.moments
             inputs.append(moments.per_layer[j])
             core.append([MOMENT_I, MOMENT_J])
-            dual = moments.is_dual(j)
+            kind = "dual" if moments.is_dual(j) else "qr" if moments.is_qr(j) else kind
         if with_gram:
             inputs.append(grams[j].values)
             core.append(list(grams[j].core))
@@ -112,7 +113,7 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
             core.append([])
         form = grams[j].form if with_gram else NONE
         per_layer.append(_layer_outputs(spec, context.options, inputs, core,
-                                        width, g_width, dual, targets, form))
+                                        width, g_width, kind, targets, form))
     done = context.done
     layer = ds["layer"]
     return xr.Dataset({
@@ -124,7 +125,7 @@ def block_dataset(spec: MetricSpec, context: GroupContext) -> xr.Dataset:
 
 
 def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
-                   core: list[list[str]], width: int, g_width: int, dual: bool,
+                   core: list[list[str]], width: int, g_width: int, kind: str,
                    targets: np.ndarray | None, form: str = NONE) -> tuple[xr.DataArray, ...]:
     """One layer's outputs over steps: the kernel applied per step (its Gram, when the
     spec needs one, in the layer's stored ``form``)."""
@@ -140,12 +141,13 @@ def _layer_outputs(spec: MetricSpec, options: Any, inputs: list[xr.DataArray],
     def per_block(*arrays: np.ndarray) -> tuple[Any, ...]:
         _count_block(spec.group)
         position = 0
-        moments: Moments | DualMoments | None = None
+        moments: Moments | DualMoments | QRFactor | None = None
         gram: GramForm | None = None
         if with_moments:
-            if dual:
+            if kind != "moments":
                 assert targets is not None
-                moments = DualMoments(arrays[0], targets, width)
+                moments = (DualMoments(arrays[0], targets, width) if kind == "dual"
+                           else QRFactor(arrays[0], width, targets))
                 finite = np.isfinite(arrays[0]).all()
             else:
                 moments = Moments.from_matrix(arrays[0], width, k)

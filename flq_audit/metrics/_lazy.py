@@ -28,7 +28,13 @@ from flq_audit._gram_forms import (
     stored_forms,
 )
 from flq_audit.constants import GRAM_I, GRAM_J
-from flq_audit.metrics._kernels.moments import _moments_update, kernel_update, use_dual
+from flq_audit.metrics._kernels.moments import (
+    _moments_update,
+    kernel_update,
+    qr_merge,
+    qr_update,
+    use_dual,
+)
 
 MOMENT_I, MOMENT_J = "moment_i", "moment_j"
 #: Feature columns turned into float64 at once while building a dual kernel.
@@ -105,8 +111,12 @@ class LayerMoments:
     def is_dual(self, index: int) -> bool:
         return bool(self.per_layer[index].attrs["dual"])
 
+    def is_qr(self, index: int) -> bool:
+        """Whether the layer holds the QR factor of ``[H | Y_c]`` instead of its moments."""
+        return bool(self.per_layer[index].attrs.get("qr", 0))
 
-def layer_moments(ds: xr.Dataset, *, dual: bool = False,
+
+def layer_moments(ds: xr.Dataset, *, dual: bool = False, qr: bool = False,
                   primal: LayerMoments | None = None) -> LayerMoments:
     """Per-layer statistics as lazy dask arrays (see :class:`LayerMoments`).
 
@@ -114,8 +124,11 @@ def layer_moments(ds: xr.Dataset, *, dual: bool = False,
     moments at the layer's width; blocks are summed over samples by dask's tree reduction, so
     memory holds a few chunks and O(d²) per (step, layer), whatever the number of samples or
     steps. Dual (``dual=True`` and ``n < d + k + 1``): one task per step builds ``HHᵀ`` from
-    column blocks of the layer, O(n²) memory. ``primal``: the primal moments already built
-    for this store; layers that stay primal reuse them (one graph, read once).
+    column blocks of the layer, O(n²) memory. ``qr``: primal layers hold the triangular
+    factor of ``[H | Y_c]`` instead (:class:`~flq_audit.metrics._kernels.moments.QRFactor`,
+    one per sample block, merged by a tree of QR factorizations: O(d²) memory too).
+    ``primal``: the primal moments already built for this store; layers that stay primal
+    (and not ``qr``) reuse them (one graph, read once).
     """
     acts = ds["activations"].data
     if not isinstance(acts, da.Array):
@@ -127,17 +140,23 @@ def layer_moments(ds: xr.Dataset, *, dual: bool = False,
     per_layer = []
     for j, width in enumerate(widths):
         form = dual and use_dual(n, width, k)
-        if primal is not None and not form and not primal.is_dual(j):
+        if primal is not None and not form and not qr and not primal.is_dual(j):
             per_layer.append(primal.per_layer[j])
             continue
         h = acts[:, j, :, :width]
-        total = _dual_kernel(h) if form else _primal_moments(h, targets)
+        if form:
+            total = _dual_kernel(h)
+        elif qr:
+            total = _primal_qr(h, targets)
+        else:
+            total = _primal_moments(h, targets)
         side = total.shape[1]
         steps_per_block = max(1, BLOCK_BYTES // (side * side * 8))
         total = total.rechunk({0: steps_per_block, 1: -1, 2: -1})
         per_layer.append(xr.DataArray(
             total, dims=("step", MOMENT_I, MOMENT_J), coords={"step": ds["step"]},
-            attrs={"width": width, "n_targets": k, "dual": int(form)}))
+            attrs={"width": width, "n_targets": k, "dual": int(form),
+                   "qr": int(qr and not form)}))
     return LayerMoments(tuple(per_layer), names, {"n_targets": k, "n_samples": n})
 
 
@@ -162,6 +181,35 @@ def _primal_moments(h: da.Array, targets: np.ndarray) -> da.Array:
         dtype=np.float64,
     )
     return per_block.sum(axis=1)
+
+
+def _primal_qr(h: da.Array, targets: np.ndarray) -> da.Array:
+    """``(step, d+k, d+k)`` triangular factors of ``[h | Y_c]`` (``h``: step, sample,
+    feature): one per sample block, then merged pairwise up a tree."""
+    k = targets.shape[1]
+    width = h.shape[2]
+    side = width + k
+
+    def block(hb: np.ndarray, y_c: np.ndarray) -> np.ndarray:
+        out = np.empty((hb.shape[0], 1, side, side))
+        for i in range(hb.shape[0]):
+            out[i, 0] = qr_update(hb[i], y_c)
+        return out
+
+    def merge(x: np.ndarray, axis: object = None, keepdims: bool = True) -> np.ndarray:
+        merged = np.stack([qr_merge(x[i]) for i in range(x.shape[0])])
+        return merged[:, None] if keepdims else merged
+
+    y_c = targets - targets.mean(axis=0)
+    y = da.from_array(y_c, chunks=(h.chunks[1], (k,)))
+    per_block = da.blockwise(
+        block, "sbij", h.rechunk({2: width}), "sbf", y, "bt",
+        new_axes={"i": side, "j": side}, adjust_chunks={"b": 1}, concatenate=True,
+        dtype=np.float64,
+    )
+    return da.reduction(per_block, chunk=lambda x, axis, keepdims: x, combine=merge,
+                        aggregate=merge, axis=1, keepdims=False, concatenate=True,
+                        dtype=np.float64)
 
 
 def _dual_kernel(h: da.Array) -> da.Array:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from flq_audit._gram_forms import DENSE, FACTOR, DenseGram, GramForm
 from flq_audit.errors import FlqAuditWarning, OptionError
-from flq_audit.metrics._kernels.moments import DualMoments, Moments
+from flq_audit.metrics._kernels.moments import DualMoments, Moments, QRFactor
 
 ENTRY_POINT_GROUP = "flq_audit.metrics"
 #: What a spec may need from the store or from other groups.
@@ -48,10 +48,11 @@ class Block:
     """What a kernel sees for one (step, layer): float64 moments and the Gram in its stored
     form (:class:`~flq_audit._gram_forms.GramForm`; a dense array given here is wrapped),
     sliced to width. ``moments`` is a :class:`DualMoments` only for specs that declare
-    ``dual``. Kernels that ask ``form`` for what they need (its trace, ``tr(MᵀGM)``, its
-    eigenvalues) work on every form; :attr:`gram` forms ``WᵀW`` itself."""
+    ``dual``, a :class:`QRFactor` only for those that declare ``qr``. Kernels that ask
+    ``form`` for what they need (its trace, ``tr(MᵀGM)``, its eigenvalues) work on every
+    form; :attr:`gram` forms ``WᵀW`` itself."""
 
-    moments: Moments | DualMoments | None
+    moments: Moments | DualMoments | QRFactor | None
     form: GramForm | None
     width: int
     gram_width: int
@@ -97,6 +98,10 @@ class MetricSpec:
     #: (:class:`~flq_audit.metrics._kernels.moments.DualMoments`) for layers wider than the
     #: probe; ``None``: it always needs the primal moments.
     dual: Callable[[Any], bool] | None = None
+    #: ``qr(options)``: whether the kernel takes, for primal layers, the QR factor of
+    #: ``[H | Y_c]`` (:class:`~flq_audit.metrics._kernels.moments.QRFactor`: least squares
+    #: without squaring the condition number) instead of the moments; ``None``: moments.
+    qr: Callable[[Any], bool] | None = None
     per_step: bool = False
     trajectory: frozenset[str] = frozenset()
     #: The stored Gram forms (``--grams``) the kernel computes from, for specs that need
@@ -116,6 +121,10 @@ class MetricSpec:
     def accepts_dual(self, options: object) -> bool:
         """Whether this group, with these options, can read the dual form."""
         return self.dual is not None and bool(self.dual(options))
+
+    def wants_qr(self, options: object) -> bool:
+        """Whether this group, with these options, reads primal layers as QR factors."""
+        return self.qr is not None and bool(self.qr(options))
 
     def make_options(self, given: Mapping[str, object]) -> object | None:
         """This group's options object from the parameters given (the defaults otherwise)."""

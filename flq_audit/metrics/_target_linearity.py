@@ -85,7 +85,7 @@ SPEC = MetricSpec(
     options=TLOptions, build=_with_parameters,
     description="target_linearity (+ n_samples, n_features, rank, chance_floor, cutoff, "
                 "kept_ratio, dropped_ratio, dual)",
-    dual=_primal_only_when_projected, per_step=True,
+    dual=_primal_only_when_projected, qr=_primal_only_when_projected, per_step=True,
 )
 
 

@@ -12,6 +12,7 @@ order: ``update`` per chunk, ``merge`` by addition, ``compute`` reads only the s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -98,3 +99,47 @@ def kernel_update(h: npt.ArrayLike) -> F64:
     """``HHᵀ`` of one block of feature columns (all samples): sums over feature blocks."""
     h = np.asarray(h, dtype=np.float64)
     return h @ h.T
+
+
+@dataclass(frozen=True)
+class QRFactor:
+    """The triangular factor ``R`` of ``[H | Y_c] = QR`` (``(d+k) × (d+k)``) and the
+    centred targets' own statistics: least squares from ``R`` never squares the condition
+    number of ``H``, as ``HᵀH`` does (``R₁₁`` has the singular values of ``H``, ``R₁₂ =
+    QᵀY_c`` the targets' coordinates in its column space)."""
+
+    r: F64
+    width: int
+    y: F64  # Y (n × k), uncentred
+
+    @property
+    def n(self) -> float:
+        return float(self.y.shape[0])
+
+
+def qr_update(h: npt.ArrayLike, y_c: npt.ArrayLike) -> F64:
+    """``R`` of ``[H | Y_c]`` for one sample block, padded with zero rows to a square
+    ``(d+k) × (d+k)`` when the block has fewer rows than columns."""
+    h = np.asarray(h, dtype=np.float64)
+    a = np.concatenate([h, np.asarray(y_c, dtype=np.float64).reshape(h.shape[0], -1)], axis=1)
+    return _square(_r_of(a), a.shape[1])
+
+
+def qr_merge(factors: npt.ArrayLike) -> F64:
+    """``R`` of the stacked factors ``(m, p, p)``: the factor of every block's rows (TSQR)."""
+    stacked = np.asarray(factors, dtype=np.float64)
+    p = stacked.shape[-1]
+    return _square(_r_of(stacked.reshape(-1, p)), p)
+
+
+def _r_of(a: F64) -> F64:
+    # ``mode="r"`` returns the array itself; numpy's stubs type every mode as a QRResult
+    return cast(F64, np.linalg.qr(a, mode="r"))
+
+
+def _square(r: F64, p: int) -> F64:
+    if r.shape[0] == p:
+        return r
+    out = np.zeros((p, p))
+    out[: r.shape[0]] = r
+    return out

@@ -51,8 +51,8 @@ def _surrogate_compute(m: Moments, gram: F64 | GramForm) -> SurrogateResult:
     hy_c, _ = m.centered_targets()
     yy_c = m.yy - np.outer(m.y_sum, m.y_sum) / m.n
     surrogate = form.sandwich_trace(hy_c)
-    norm = form.trace_with(m.hh)
-    zz_norm = float(np.sqrt(max(form.trace_with_squared(m.hh), 0.0)))
+    norm, zz_squared = form.moment_traces(m.hh)
+    zz_norm = float(np.sqrt(max(zz_squared, 0.0)))
     yy_norm = float(np.linalg.norm(yy_c))
     denominator = zz_norm * yy_norm
     alignment = surrogate / denominator if denominator > 0 else float("nan")

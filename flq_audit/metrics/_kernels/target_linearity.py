@@ -18,8 +18,10 @@ from flq_audit.metrics._kernels.moments import (
     F64,
     DualMoments,
     Moments,
+    QRFactor,
     _moments_update,
     kernel_update,
+    qr_update,
     use_dual,
 )
 
@@ -108,8 +110,25 @@ def _fit_dual(m: DualMoments, *, ridge: float, rtol: float, denominator: str) ->
                  kept, dropped, True)
 
 
+def _fit_qr(m: QRFactor, *, ridge: float, rtol: float, denominator: str) -> TLFit:
+    """From ``R = [[R₁₁, R₁₂], [0, R₂₂]]`` of ``[H | Y_c]``: with ``R₁₁ = U S Vᵀ`` the left
+    singular vectors of ``H`` are ``Q U``, so ``‖u_iᵀY_c‖² = ‖(UᵀR₁₂)_i‖²`` and ``w = S²``."""
+    y = np.asarray(m.y, dtype=np.float64)
+    total = float(((y - y.mean(axis=0)) ** 2).sum())
+    if total <= 0 or m.n < 2:
+        return TLFit(float("nan"), 0, m.width, float(np.sqrt(rtol)), float("nan"),
+                     float("nan"), False)
+    u, s, _ = np.linalg.svd(m.r[: m.width, : m.width])
+    q2 = ((u.T @ m.r[: m.width, m.width :]) ** 2).sum(axis=1)
+    explained, rank, kept, dropped = _fit_spectrum(s * s, q2, total, ridge=ridge, rtol=rtol)
+    total_out = (_row_total(y.T @ y, y.sum(axis=0), m.n, total) if denominator == "row"
+                 else total)
+    return TLFit(1.0 - (total - explained) / total_out, rank, m.width, float(np.sqrt(rtol)),
+                 kept, dropped, False)
+
+
 def fit_target_linearity(
-    m: Moments | DualMoments,
+    m: Moments | DualMoments | QRFactor,
     *,
     ridge: float = 0.0,
     pca: int | None = None,
@@ -125,8 +144,11 @@ def fit_target_linearity(
 
     Notes
     -----
-    Solved with ``eigh`` of the float64 ``HᵀH`` (primal) or ``HHᵀ`` (dual) and a
-    pseudo-inverse cutoff ``rtol·λ_max`` (never an explicit inverse). With eigenpairs
+    Solved with ``eigh`` of the float64 ``HᵀH`` (primal moments) or ``HHᵀ`` (dual), or with
+    the SVD of ``R₁₁`` from the QR factor of ``[H | Y_c]`` (:class:`QRFactor`: the form the
+    store's metrics use for primal layers, as accurate as ``numpy.linalg.lstsq`` since it
+    does not square the condition number of ``H``), and a pseudo-inverse cutoff
+    ``rtol·λ_max`` on the eigenvalues ``w = s²`` (never an explicit inverse). With eigenpairs
     ``(w_i, u_i)`` of ``HHᵀ`` (``u_i = H v_i / √w_i`` for those of ``HᵀH``) the explained
     part is ``Σ_i ‖u_iᵀY_c‖²`` for ``λ = 0`` and ``Σ_i ‖u_iᵀY_c‖² w_i (2/(w_i+λ) −
     w_i/(w_i+λ)²)`` for ``λ > 0``. The optional PCA keeps the top ``pca`` eigenvectors of
@@ -137,15 +159,17 @@ def fit_target_linearity(
     ``‖Y_c − rowmean(Y_c)‖²`` (used for the VAE figures); it equals the paper's for centred
     one-hot targets and is smaller for continuous targets with per-row offsets.
     """
-    if isinstance(m, DualMoments):
+    if isinstance(m, DualMoments | QRFactor):
         if pca is not None and m.width > pca_threshold:
             raise ValueError("the PCA projection needs the primal (moment) form")
+        if isinstance(m, QRFactor):
+            return _fit_qr(m, ridge=ridge, rtol=rtol, denominator=denominator)
         return _fit_dual(m, ridge=ridge, rtol=rtol, denominator=denominator)
     return _fit_primal(m, ridge=ridge, pca=pca, pca_threshold=pca_threshold, rtol=rtol,
                        denominator=denominator)
 
 
-def _target_linearity_compute(m: Moments | DualMoments, **options: object,
+def _target_linearity_compute(m: Moments | DualMoments | QRFactor, **options: object,
                               ) -> tuple[float, int, int]:
     """``(tl, rank, n_features_used)``; see :func:`fit_target_linearity`."""
     # the kernels pass TLOptions' fields by name; ``**options: object`` cannot say their types
@@ -179,7 +203,11 @@ def target_linearity(
     projected = pca is not None and h.shape[1] > pca_threshold
     dual = form == "dual" or (form == "auto" and not projected
                               and use_dual(h.shape[0], h.shape[1], y.shape[1]))
-    m: Moments | DualMoments = (
-        DualMoments(kernel_update(h), y, h.shape[1]) if dual
-        else Moments.from_matrix(_moments_update(h, y), h.shape[1], y.shape[1]))
+    m: Moments | DualMoments | QRFactor
+    if dual:
+        m = DualMoments(kernel_update(h), y, h.shape[1])
+    elif projected:
+        m = Moments.from_matrix(_moments_update(h, y), h.shape[1], y.shape[1])
+    else:
+        m = QRFactor(qr_update(h, y - y.mean(axis=0)), h.shape[1], y)
     return fit_target_linearity(m, ridge=ridge, pca=pca, pca_threshold=pca_threshold).tl
