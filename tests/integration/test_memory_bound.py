@@ -3,7 +3,8 @@
 The bound is the one the project states (``docs/performance.md``): peak RSS over the
 interpreter's own (measured in the child after its imports, before any model is built) is at
 most 1.3 × the checkpoints held at once (the step being replayed, plus the prefetched one when
-the FL residual reads it ahead; the bound keeps room for it) + the activations of one batch + the Gram of the widest layer (formed one at a time). The
+the FL residual reads it ahead; the bound keeps room for it) + the activations of one batch
++ the Gram of the widest layer (formed one at a time). The
 model is sized so that one more model-sized copy (the plan-time model kept alive, a float64
 copy of the weights, every shard merged into one state dict next to the model) breaks it.
 """
