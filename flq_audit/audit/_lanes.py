@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 #: The name this process's own steps are recorded under (``--json``'s ``workers``).
 CLIENT = "client"
+#: Seconds a worker outlives this process when it is killed (SIGKILL: nothing stops them).
+ORPHAN_TIMEOUT_S = 60
 #: How often a wait for the workers looks up (so that Ctrl-C is not held up).
 _POLL_S = 0.5
 
@@ -201,9 +203,11 @@ class WorkerPool:
 
 def worker_command(address: str, name: str, resources: dict[str, int] | None) -> list[str]:
     """A ``dask worker`` process of one single-threaded worker (under its nanny, which
-    restarts it when it dies) for the scheduler at ``address``."""
+    restarts it when it dies) for the scheduler at ``address``; it closes itself when the
+    scheduler (this process) is gone for :data:`ORPHAN_TIMEOUT_S`."""
     command = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--name", name,
-               "--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+               "--nworkers", "1", "--nthreads", "1", "--no-dashboard",
+               "--death-timeout", str(ORPHAN_TIMEOUT_S)]
     for key, value in (resources or {}).items():
         command += ["--resources", f"{key}={value}"]
     return command

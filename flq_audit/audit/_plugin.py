@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -31,13 +32,18 @@ class PlanInstaller(WorkerPlugin):
     restarts too); tasks then carry only its token."""
 
     def __init__(self, shipped: ShippedPlan) -> None:
-        self.shipped = shipped
+        import cloudpickle
+
+        self.token = shipped.token
+        # by cloudpickle, as a task's arguments travel (classes of __main__ by value)
+        self.payload = cloudpickle.dumps(shipped)
 
     async def setup(self, worker: object) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, install, self.shipped)
+        shipped = pickle.loads(self.payload)
+        await asyncio.get_running_loop().run_in_executor(None, install, shipped)
 
     def teardown(self, worker: object) -> None:
-        INSTALLED.pop(self.shipped.token, None)
+        INSTALLED.pop(self.token, None)
 
 
 __all__ = ["PlanInstaller", "install"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -127,7 +128,7 @@ class WaitsForAWorker(Extension):
         self.store, self.pid = store, os.getpid()
 
     def on_step(self, ctx: StepContext) -> Mapping[str, np.ndarray]:
-        deadline = time.monotonic() + 300  # a worker starts in seconds; never forever
+        deadline = time.monotonic() + 180  # a worker starts in seconds; never forever
         while os.getpid() == self.pid and time.monotonic() < deadline:
             if np.asarray(zarr.open_group(str(self.store), mode="r")["done"][:]).any():
                 break
@@ -141,8 +142,14 @@ def test_local_workers_and_this_process_share_the_steps(run_dir, tmp_path):
     alone = tmp_path / "sequential.zarr"
     api.audit(str(run_dir), out=alone, run=RunOptions(batch_size=BATCH))
     out = tmp_path / "shared.zarr"
-    result = api.audit(str(run_dir), out=out, extensions=[WaitsForAWorker(out)],
-                       run=RunOptions(batch_size=BATCH, workers=2))
+    cloudpickle = pytest.importorskip("cloudpickle")
+    module = sys.modules[WaitsForAWorker.__module__]  # a test module workers cannot import
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        result = api.audit(str(run_dir), out=out, extensions=[WaitsForAWorker(out)],
+                           run=RunOptions(batch_size=BATCH, workers=2))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
     assert sorted(result.written) == list(STEPS) and not result.failed
     assert set(result.workers) == {"client", "0"}, result.workers
     assert all(tally["written"] for tally in result.workers.values()), result.workers
