@@ -201,9 +201,17 @@ class CaptureOptions:
         positive_int("--max-samples (max_samples)", self.max_samples, allow_none=True)
 
 
-def _cluster_options(workers: int | None, scheduler: str | None) -> None:
-    """``--workers N`` (N >= 2) or ``--scheduler ADDRESS``, not both."""
-    positive_int("--workers (workers)", workers, allow_none=True)
+def _cluster_options(workers: int | str | None, scheduler: str | None) -> int | str | None:
+    """``--workers N`` (N >= 2) or ``--workers auto``, or ``--scheduler ADDRESS``, not both;
+    returns ``workers`` as an int or ``"auto"`` (the CLI passes it as text)."""
+    if isinstance(workers, str):
+        text = workers.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise OptionError(f"--workers (workers) must be an integer >= 2 or auto; got "
+                              f"{workers!r}")
+        workers = "auto" if text == "auto" else int(text)
+    if not isinstance(workers, str):
+        positive_int("--workers (workers)", workers, allow_none=True)
     if workers == 1:
         raise OptionError("--workers (workers) must be 2 or more; one worker is the sequential "
                           "audit: leave --workers out")
@@ -213,6 +221,7 @@ def _cluster_options(workers: int | None, scheduler: str | None) -> None:
     if workers is not None and scheduler is not None:
         raise OptionError("give --workers (a local cluster) or --scheduler (an existing "
                           "cluster), not both")
+    return workers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,8 +243,9 @@ class RunOptions:
     #: the store pinned (into the same store; every other step is kept).
     reaudit_moved: bool = False
 
-    #: Run the steps on a LocalCluster of this many single-threaded worker processes.
-    workers: int | None = None
+    #: Run the steps in this many processes (this one and a LocalCluster of the others), or
+    #: ``"auto"``: as many as pay off (:func:`flq_audit.scheduler.auto_workers`).
+    workers: int | str | None = None
     #: Run the steps on the dask.distributed cluster at this address.
     scheduler: str | None = None
 
@@ -246,7 +256,7 @@ class RunOptions:
             raise OptionError(f"--threads (threads) must be between 1 and {MAX_THREADS}; got "
                               f"{self.threads}", hint="A value near the number of CPU cores is "
                               "fastest; leave --threads out for torch's own choice.")
-        _cluster_options(self.workers, self.scheduler)
+        object.__setattr__(self, "workers", _cluster_options(self.workers, self.scheduler))
         object.__setattr__(self, "probe_keys", parse_probe_keys(self.probe_keys))
         if not (self.device in ("auto", "cpu") or self.device.startswith(("cuda", "mps"))):
             raise OptionError(

@@ -7,11 +7,15 @@ nothing listens at the address (exit 7, "cannot reach"), or something listens bu
 answer dask's handshake, such as a web server or a dashboard (exit 7, "not a dask
 scheduler"; dask's own client would wait for that answer forever). A malformed address is a
 usage error (exit 2).
+
+It also holds the rule of ``--workers auto`` (:func:`auto_workers`) and the torch threads
+each audit process of a local cluster runs (:func:`threads_per_worker`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +31,41 @@ _WEB = ("http", "https")
 #: Schemes whose address is ``HOST:PORT`` on TCP (the probes apply).
 _TCP = ("tcp", "tls", "ws", "wss", *_WEB)
 _HINT = "A scheduler's address is tcp://HOST:8786 (`dask scheduler` prints it)."
+
+#: ``--workers auto`` gives each audit process at least this many steps: a worker starts
+#: seconds after the audit does (it imports torch and rebuilds the model), so one that would
+#: audit a single step rarely finishes it before the process that started it is done.
+AUTO_MIN_STEPS_PER_WORKER = 2
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(cores: int, steps: int, device: str = "cpu") -> int:
+    """How many audit processes ``--workers auto`` runs; 1 is the sequential audit.
+
+    One per core, as long as each gets :data:`AUTO_MIN_STEPS_PER_WORKER` steps or more:
+    ``min(cores, steps // 2)``, and 1 (sequential) when that is under 2 (one core, or fewer
+    than 4 steps to audit). An audit on an accelerator (``device`` other than ``cpu``) is
+    sequential: its processes would share the one device.
+    """
+    if device != "cpu":
+        return 1
+    return max(1, min(cores, steps // AUTO_MIN_STEPS_PER_WORKER))
+
+
+def threads_per_worker(cores: int, workers: int, threads: int | None = None) -> int:
+    """torch intra-op threads of each of ``workers`` audit processes on ``cores`` cores:
+    ``threads`` (``--threads``) when given, else ``cores // workers`` (at least 1), so
+    threads × workers never exceeds the cores."""
+    if threads is not None:
+        return threads
+    return max(1, cores // max(1, workers))
 
 
 def active_client() -> Client | None:
@@ -138,4 +177,5 @@ def _malformed(address: str, err: BaseException) -> OptionError:
                        "expected e.g. tcp://HOST:8786")
 
 
-__all__ = ["connect_timeout", "scheduler_client"]
+__all__ = ["AUTO_MIN_STEPS_PER_WORKER", "auto_workers", "connect_timeout", "scheduler_client",
+           "threads_per_worker", "usable_cores"]

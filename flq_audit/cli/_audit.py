@@ -104,9 +104,10 @@ def audit_command(
     storage_options: StorageOptionsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Probe samples per forward pass.")] = 512,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    workers: Annotated[int | None, typer.Option(
-        help="Audit the steps on a local dask cluster of N single-threaded worker processes "
-        "(N >= 2).")] = None,
+    workers: Annotated[str | None, typer.Option(
+        metavar="N|auto", help="Audit the steps in N processes (N >= 2): this one and a local "
+        "dask cluster of N-1 workers, cores shared out among them; auto: one per core when "
+        "each gets 2 steps or more, else sequential (docs/cluster.md).")] = None,
     scheduler: Annotated[str | None, typer.Option(
         help="Audit the steps on the dask.distributed cluster at this address "
         "(tcp://HOST:8786).")] = None,

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import zarr
 
 from flq_audit import api
+from flq_audit.audit.extensions.base import Extension, StepContext
 from flq_audit.options import FLOptions, RunOptions
 from tests._helpers.cli import assert_says, cli_env, describe, invoke, run_cli
 from tests._helpers.runs import make_run
 from tests._helpers.sources import hashed_folder_source
-from tests._helpers.stores import assert_same_store
+from tests._helpers.stores import assert_same_store, assert_same_variables
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 distributed = pytest.importorskip("dask.distributed")
@@ -81,12 +86,22 @@ def test_a_worker_killed_mid_step_loses_only_that_try(run_dir, reference, cluste
 
 
 def test_a_step_whose_workers_keep_dying_is_recorded_and_rerun(run_dir, reference, tmp_path):
+    import dask
+
     out = tmp_path / "dying.zarr"
-    env = cli_env(FLQ_AUDIT_FAULT="kill@step-batch:step=20,batch=2",
-                  DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
-    args = (run_dir, "--workers", "2", "--out", out, "--batch-size", str(BATCH),
-            "--fl-loss", "ce", "--fl-lr", "0.1", "--fl-batches", "full")
-    first = run_cli(*args, "--json", env=env)
+    args = ("--out", out, "--batch-size", str(BATCH), "--fl-loss", "ce", "--fl-lr", "0.1",
+            "--fl-batches", "full")
+    # workers of their own (a --workers audit also runs steps in its own process); a killed
+    # worker's nanny starts a fresh, unarmed one, and no task is retried
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as dying, \
+            distributed.Client(dying) as client:
+        def arm() -> None:  # runs in each worker process
+            os.environ["FLQ_AUDIT_FAULT"] = "kill@step-batch:step=20,batch=2"
+
+        client.run(arm)
+        first = run_cli(run_dir, "--scheduler", dying.scheduler_address, *args, "--json")
     assert first.returncode == 5, describe(first)
     summary = json.loads(first.stdout)
     assert "20" in summary["failed"] and 20 not in summary["written"]
@@ -97,10 +112,48 @@ def test_a_step_whose_workers_keep_dying_is_recorded_and_rerun(run_dir, referenc
     assert not done[STEPS.index(20)]
     assert "died while running it" in errors[STEPS.index(20)]
     assert_says(first.stderr, "step 20", "rerun the audit")
-    second = run_cli(*args[:1], *args[3:])  # resumed by the sequential audit: same store
+    second = run_cli(run_dir, *args)  # resumed by the sequential audit: same store
     assert second.returncode == 0, describe(second)
     assert_says(second.stdout, "already done, 0 failed")
     assert_same_store(reference, out)
+
+
+class WaitsForAWorker(Extension):
+    """In the process that made it, a step waits until another process has written one:
+    so a --workers audit's own process cannot audit every step before its worker starts."""
+
+    name: ClassVar[str] = "waits_for_a_worker"
+
+    def __init__(self, store: Path) -> None:
+        self.store, self.pid = store, os.getpid()
+
+    def on_step(self, ctx: StepContext) -> Mapping[str, np.ndarray]:
+        deadline = time.monotonic() + 180  # a worker starts in seconds; never forever
+        while os.getpid() == self.pid and time.monotonic() < deadline:
+            if np.asarray(zarr.open_group(str(self.store), mode="r")["done"][:]).any():
+                break
+            time.sleep(0.1)
+        return {}
+
+
+def test_local_workers_and_this_process_share_the_steps(run_dir, tmp_path):
+    """--workers 2: this process and one worker each write steps; the store is the
+    sequential audit's."""
+    alone = tmp_path / "sequential.zarr"
+    api.audit(str(run_dir), out=alone, run=RunOptions(batch_size=BATCH))
+    out = tmp_path / "shared.zarr"
+    cloudpickle = pytest.importorskip("cloudpickle")
+    module = sys.modules[WaitsForAWorker.__module__]  # a test module workers cannot import
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        result = api.audit(str(run_dir), out=out, extensions=[WaitsForAWorker(out)],
+                           run=RunOptions(batch_size=BATCH, workers=2))
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+    assert sorted(result.written) == list(STEPS) and not result.failed
+    assert set(result.workers) == {"client", "0"}, result.workers
+    assert all(tally["written"] for tally in result.workers.values()), result.workers
+    assert_same_variables(out, alone)
 
 
 def test_a_step_that_fails_is_recorded_by_its_worker(cluster, tmp_path):
@@ -183,6 +236,8 @@ def test_the_shipped_plan_carries_no_model_and_no_listener(run_dir, tmp_path):
 @pytest.mark.parametrize(("given", "message"), [
     ({"workers": 0}, r"--workers \(workers\) must be an integer >= 1"),
     ({"workers": 1}, r"must be 2 or more; one worker is the sequential audit"),
+    ({"workers": "some"}, r"--workers \(workers\) must be an integer >= 2 or auto; got 'some'"),
+    ({"workers": "auto", "scheduler": "tcp://h:8786"}, r"not both"),
     ({"scheduler": " "}, r"--scheduler \(scheduler\) must be an address such as tcp://"),
     ({"workers": 2, "scheduler": "tcp://h:8786"}, r"--workers .* or --scheduler .*, not both"),
 ])
@@ -191,3 +246,25 @@ def test_run_options_check_the_cluster_options(given, message):
 
     with pytest.raises(OptionError, match=message):
         RunOptions(**given)
+
+
+def test_workers_auto_runs_few_steps_sequentially(run_dir, tmp_path):
+    """Three steps: a worker would get one; ``auto`` audits them in this process alone."""
+    alone = tmp_path / "sequential.zarr"
+    api.audit(str(run_dir), steps="0,10,20", out=alone, run=RunOptions(batch_size=BATCH))
+    out = tmp_path / "auto.zarr"
+    result = run_cli(run_dir, "--steps", "0,10,20", "--workers", "auto", "--out", out,
+                     "--batch-size", str(BATCH), "--json")
+    assert result.returncode == 0, describe(result)
+    summary = json.loads(result.stdout)
+    assert summary["written"] == [0, 10, 20] and "workers" not in summary  # sequential
+    assert_same_variables(out, alone)
+
+
+def test_workers_auto_on_two_cores_shares_the_steps(run_dir, tmp_path):
+    """Four steps on two cores or more: two steps each, so ``auto`` starts a worker."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores")
+    out = tmp_path / "auto.zarr"
+    result = api.audit(str(run_dir), out=out, run=RunOptions(batch_size=BATCH, workers="auto"))
+    assert sorted(result.written) == list(STEPS) and "client" in getattr(result, "workers", {})
