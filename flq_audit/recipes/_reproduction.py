@@ -85,14 +85,14 @@ class Results:
 
 
 def format_value(value: Any) -> str:
-    """A table cell: three or four significant digits, ``–`` for a missing value."""
+    """A table cell: five significant digits, ``–`` for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
         return f"{value:.3e}"
-    return f"{value:.4g}"
+    return f"{value:.5g}"
 
 
 def tolerance_text(row: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ def test_results_round_trip_into_a_page(tmp_path) -> None:
     record = json.loads(path.read_text())
     assert [r["verdict"] for r in record["rows"]] == ["reproduced", "reproduced"]
     table = render_table(record)
-    assert "| MSE w32 | 1.743 | 1.743 | exact ± 0.001 | reproduced |" in table
+    assert "| MSE w32 | 1.7425 | 1.7425 | exact ± 0.001 | reproduced |" in table
     assert "\\|" in table  # a bar inside a cell does not split the row
     assert (tmp_path / "run" / "results.md").read_text().startswith("# E5: staircase")
     page = tmp_path / "page.md"
