@@ -7,7 +7,7 @@ use.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -63,6 +63,7 @@ def plan_audit(
     fl: FLOptions | None = None,
     run: RunOptions = DEFAULT_RUN,
     extensions: Sequence[StepExtension] = (),
+    tags: Mapping[str, Any] | None = None,
 ) -> AuditPlan:
     """Resolve what an audit will do, reading no checkpoint's weights.
 
@@ -72,7 +73,9 @@ def plan_audit(
     ``storage_options`` go to fsspec (credentials, ``client_kwargs``/``endpoint_url`` ...).
     ``weights_only`` stores Grams of every weight matrix with no model and no probe. ``run``
     matters here only for ``trust_remote_code`` (building a transformers model) and
-    ``overwrite`` (which steps count as done).
+    ``overwrite`` (which steps count as done). ``tags`` (``{"weight_decay": 0.5}``; the CLI's
+    ``--tag KEY=VALUE``) label the store's run for :func:`flq_audit.open_runs`: text, numbers
+    or booleans, merged into the store's ``tags`` as each writer finishes.
 
     Raises
     ------
@@ -87,7 +90,7 @@ def plan_audit(
 
     return resolve(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
                    out=out, storage_options=storage_options, capture=capture, hub=hub,
-                   text=text, fl=fl, run=run, extensions=extensions)
+                   text=text, fl=fl, run=run, extensions=extensions, tags=tags)
 
 
 def run_audit(
@@ -135,6 +138,7 @@ def audit(
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
     extensions: Sequence[StepExtension] = (),
+    tags: Mapping[str, Any] | None = None,
     dry_run: Literal[True],
     progress: Progress | None = None,
     **legacy: Any,
@@ -157,6 +161,7 @@ def audit(
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
     extensions: Sequence[StepExtension] = (),
+    tags: Mapping[str, Any] | None = None,
     dry_run: Literal[False] = False,
     progress: Progress | None = None,
     **legacy: Any,
@@ -178,6 +183,7 @@ def audit(
     fl: FLOptions | None = None,
     run: RunOptions | None = None,
     extensions: Sequence[StepExtension] = (),
+    tags: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
     **legacy: Any,
@@ -205,7 +211,7 @@ def audit(
     plan = plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
                       out=out, storage_options=storage_options,
                       capture=capture or CaptureOptions(), hub=hub, text=text, fl=fl, run=run,
-                      extensions=extensions)
+                      extensions=extensions, tags=tags)
     if dry_run:
         return plan
     return run_audit(plan, run, progress)

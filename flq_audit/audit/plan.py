@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from flq_audit._tags import tag_pairs
 from flq_audit.audit.defaults import (
     DEFAULT_PROBE_FILE,
     default_file,
@@ -205,12 +206,14 @@ def plan_audit(
     fl: FLOptions | None = None,
     run: RunOptions = DEFAULT_RUN,
     extensions: Sequence[StepExtension] = (),
+    tags: Mapping[str, Any] | Sequence[str] | None = None,
 ) -> AuditPlan:
     """Resolve source, steps, model, probe, layers and extensions; check them all.
 
     The probe is replayed once through the model built at plan time and every extension's
     ``preflight`` runs, so that bad input fails before any checkpoint is read.
     """
+    pairs = tag_pairs(tags)  # a malformed tag is refused before the source is read
     src = open_source(source, **(hub.source_kwargs() if hub is not None else {}))
     all_refs = src.list_refs()
     wanted = set(select_steps([r.step for r in all_refs], steps))
@@ -225,6 +228,7 @@ def plan_audit(
                            capture=capture, text=text, fl=fl, run=run)
     plan = replace(_with_extensions(plan, list(extensions), named=capture.extensions),
                    left_out=tuple(src.left_out()))
+    plan = replace(plan, layout=replace(plan.layout, tags=pairs))
     for ext in plan.extensions:
         ext.preflight(plan)
     return _with_store_status(plan, overwrite=run.overwrite, reaudit_moved=run.reaudit_moved)

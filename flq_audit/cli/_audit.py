@@ -11,6 +11,7 @@ import typer
 
 from flq_audit import api
 from flq_audit._format import human_size, one_line
+from flq_audit._tags import tag_pairs
 from flq_audit.audit.extensions.fl_inputs import fl_options
 from flq_audit.cli import _output
 from flq_audit.cli._errors import EXIT_STEPS_FAILED, mapped
@@ -28,6 +29,7 @@ from flq_audit.cli._options import (
     ReplayDtypeOpt,
     StepsOpt,
     StorageOptionsOpt,
+    TagOpt,
     TaskOpt,
     UntilOpt,
     WatchMetricsOpt,
@@ -182,6 +184,7 @@ def audit_command(
         "--extension", metavar="NAME", help="Enable an installed per-step extension by name "
         "(repeatable): one a package declares in the entry-point group flq_audit.extensions.")
     ] = None,
+    tag: TagOpt = None,
     weights_only: Annotated[bool, typer.Option(
         "--weights-only", "--no-probe",
         help="Grams of every weight matrix only: no model, no probe.")
@@ -196,6 +199,7 @@ def audit_command(
     _check_watch_options(watch, dry_run=dry_run, steps=steps, poll=poll, until=until,
                          metrics=metrics)
     fl = fl_options(None if fl_loss is None else fl_loss.value, fl_lr, fl_batches, fl_probe, probe_keys)
+    tags = dict(tag_pairs(tag or ()))
     capture = CaptureOptions(
         layers=tuple(_layers(layers)), activation_dtype=activation_dtype.value,
         gram_dtype=gram_dtype.value, grams=grams.value,
@@ -217,11 +221,12 @@ def audit_command(
     if watch:
         _watch(source, poll=poll, until=until, metrics=metrics, as_json=as_json, quiet=quiet,
                run=run, hub=hub, model=model, probe=probe, weights_only=weights_only, out=out,
-               storage_options=storage_options, capture=capture, text=text, fl=fl)
+               storage_options=storage_options, capture=capture, text=text, fl=fl,
+               tags=tags)
         return
     plan = api.plan_audit(source, steps=steps, model=model, probe=probe, weights_only=weights_only,
                           out=out, storage_options=storage_options,
-                          capture=capture, hub=hub, text=text, fl=fl, run=run)
+                          capture=capture, hub=hub, text=text, fl=fl, run=run, tags=tags)
     if dry_run:
         _render_plan(plan, as_json)
         from flq_audit.audit.moved import moved_message

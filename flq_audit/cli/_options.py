@@ -116,3 +116,6 @@ UntilOpt = Annotated[int | None, typer.Option(
 WatchMetricsOpt = Annotated[str | None, typer.Option(
     "--metrics", metavar="GROUPS", autocompletion=complete_metric_groups,
     help="--watch: recompute these metric groups (comma-separated) after each new step.")]
+TagOpt = Annotated[list[str] | None, typer.Option(
+    "--tag", metavar="KEY=VALUE", help="Label the store's run (repeatable), e.g. --tag "
+    "weight_decay=0.5: a coordinate along run in flq-audit compare and open_runs.")]

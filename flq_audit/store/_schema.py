@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flq_audit._tags import TAGS_ATTR, merged_tags
 from flq_audit.constants import (
     DEFAULT_CHUNK_BYTES,
     LAYER,
@@ -70,6 +71,9 @@ class StoreLayout:
     duplicates: tuple[tuple[int, int], ...] = ()  # (step, earlier step with identical files)
     variables: tuple[VariableSpec, ...] = ()  # declared by the audit's step extensions
     attrs: tuple[tuple[str, str], ...] = ()  # store attributes the extensions set
+    #: ``--tag KEY=VALUE`` pairs (:mod:`flq_audit._tags`): merged into the ``tags``
+    #: attribute by every writer as it finishes; not part of the fingerprint.
+    tags: tuple[tuple[str, Any], ...] = ()
     #: The steps this audit writes (empty: all of ``steps``, which lays out every step the
     #: source lists, audited or not).
     selected: tuple[int, ...] = ()
@@ -224,6 +228,7 @@ def template(layout: StoreLayout, *, version: str) -> Template:
         "probe": "null",
         **layout.fingerprint(),
         **dict(layout.attrs),
+        **({TAGS_ATTR: merged_tags({}, layout.tags)} if layout.tags else {}),
     }
     if layout.probe is not None:
         _add_probe(layout, data_vars, coords, attrs)

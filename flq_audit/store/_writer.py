@@ -9,12 +9,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
 
 from flq_audit._faults import fault_point
 from flq_audit._gram_maths import MatrixLike
+from flq_audit._tags import TAGS_ATTR, merged_tags
 from flq_audit.errors import StoreError
 from flq_audit.store._gram_writes import GramWrites
 from flq_audit.store._grow import open_fresh
@@ -295,7 +297,7 @@ class StepWriter:
 
     def finish(self) -> dict[str, dict[str, object]]:
         """The store's provenance and consolidated metadata (see :func:`finish_store`)."""
-        return finish_store(self.group, self.location)
+        return finish_store(self.group, self.location, tags=self.layout.tags)
 
 
 def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
@@ -310,12 +312,13 @@ def step_provenance(group: zarr.Group) -> dict[str, dict[str, object]]:
             for i, step in enumerate(steps) if flags[i]}
 
 
-def finish_store(group: zarr.Group | None, location: StoreLocation
-                 ) -> dict[str, dict[str, object]]:
+def finish_store(group: zarr.Group | None, location: StoreLocation,
+                 tags: tuple[tuple[str, Any], ...] = ()) -> dict[str, dict[str, object]]:
     """Write the ``checkpoints`` provenance of every done step and consolidate the metadata:
     what each writer does as it finishes (the last one leaves them complete; a rerun that
     finds every step done, or ``flq-audit show --repair``, does it again). Returns the
-    provenance written.
+    provenance written. ``tags`` (the audit's ``--tag`` pairs) are merged into the store's
+    ``tags`` attribute.
 
     Done under the store-wide ``axis`` claim, from the store's metadata as it is now (not
     ``group``'s, opened earlier: another writer may have grown the axis or stamped metrics
@@ -332,6 +335,8 @@ def finish_store(group: zarr.Group | None, location: StoreLocation
             provenance = step_provenance(fresh)
             with fixed_width_strings_allowed():  # rewriting the group metadata lists <U arrays
                 fresh.attrs["checkpoints"] = json.dumps(provenance)
+                if tags:
+                    fresh.attrs[TAGS_ATTR] = merged_tags(fresh.attrs, tags)
             consolidate(location)
     finally:
         claims.close()
