@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from sklearn.model_selection import train_test_split
 
 from flq_audit.models import build_from_spec
-from flq_audit.recipes import grokking_paper
+from flq_audit.recipes import _paper_runs, grokking_paper
+from flq_audit.recipes._paper_curves import Curves
 
 ROOT = Path(__file__).resolve().parents[2]
 P = 61
@@ -110,26 +111,61 @@ def test_short_run_table_matches_the_checkpoints(short_run):
         assert rows[f"test accuracy at the end, {lam}"]["toolkit"] == pytest.approx(accuracy, abs=1e-6)
         for quantity in ("TL ordered by depth (L1 < L2 < L3) at the end",
                          "first epoch with train accuracy ≥ 0.99",
-                         "TL gap L3 − L2, early peak (epochs ≤ 150)"):
+                         "TL gap L3 − L2, early peak (epochs ≤ 150)",
+                         "TL gap L3 − L2, minimum after the early peak"):
             assert f"{quantity}, {lam}" in rows
     assert "first epoch with test accuracy ≥ 0.95, λ = 0.5" in rows
-    assert "TL gap L3 − L2 narrows after grokking, stays wide without it" in rows
+    assert "TL gap L3 − L2 narrows with grokking, stays wide without it" in rows
     assert rows["TL L1, last 20 epochs, λ = 0"]["paper"] == 0.19
     assert all(row["verdict"] in ("reproduced", "same direction", "differs", "not compared")
                for row in record["rows"])
 
 
+@pytest.mark.slow
+def test_short_run_compares_its_runs_by_weight_decay(short_run, tmp_path):
+    """The recipe's own comparison, and the issue's command line over ``OUT_DIR/*.zarr``."""
+    import xarray as xr
+
+    from tests._helpers.cli import describe, invoke
+
+    with xr.open_dataset(short_run / "compare.nc") as combined:
+        assert combined.sizes["run"] == 2
+        assert sorted(combined["weight_decay"].values.tolist()) == [0.0, 0.5]
+    assert (short_run / "compare").is_dir()
+    stores = sorted(short_run.glob("*.zarr"))
+    result = invoke("compare", *stores, "--by", "weight_decay", "--out", tmp_path / "cmp.nc",
+                    "--report", tmp_path / "cmp")
+    assert result.exit_code == 0, describe(result)
+    with xr.open_dataset(tmp_path / "cmp.nc") as combined:
+        assert sorted(combined["weight_decay"].values.tolist()) == [0.0, 0.5]
+        tl = combined["target_linearity"].sel(layer="layers.3")
+        assert tl.sizes["run"] == 2 and np.isfinite(tl.values).all()
+    assert any((tmp_path / "cmp").glob("*.png"))
+
+
 def test_checkpoint_epochs_and_run_names():
-    assert grokking_paper.checkpoint_epochs(500, 10)[:3] == [0, 10, 20]
-    assert grokking_paper.checkpoint_epochs(500, 10)[-1] == 500
+    assert _paper_runs.checkpoint_epochs(500, 10)[:3] == [0, 10, 20]
+    assert _paper_runs.checkpoint_epochs(500, 10)[-1] == 500
     assert [grokking_paper.run_name(w) for w in grokking_paper.WEIGHT_DECAYS] == [
         "wd0", "wd0.25", "wd0.5", "wd0.75", "wd1"]
 
 
 def test_epoch_batches_cover_the_training_split_once():
-    batches = list(grokking_paper.epoch_batches(2604, 32, torch.Generator().manual_seed(0)))
+    batches = list(_paper_runs.epoch_batches(2604, 32, torch.Generator().manual_seed(0)))
     assert len(batches) == STEPS_PER_EPOCH and len(batches[-1]) == 2604 - 81 * 32
     assert sorted(torch.cat(batches).tolist()) == list(range(2604))
+
+
+def test_curves_smooth_over_epochs_not_checkpoints():
+    """Checkpoints every 10 epochs: a 20-epoch average spans two of them, after clipping at 0."""
+    epochs = np.arange(0, 60, 10, dtype=float)
+    tl = np.array([-0.2, 0.2, 0.4, 0.6, 0.8, 1.0])
+    run = Curves(0.5, epochs, tl[:, None], np.ones(6), np.ones(6))
+    x, y = run.smoothed(tl, 20)
+    assert x.tolist() == [10.0, 20.0, 30.0, 40.0, 50.0]
+    np.testing.assert_allclose(y, [0.1, 0.3, 0.5, 0.7, 0.9])
+    assert run.window(1000) == 6 and run.first_epoch(tl, 0.5) == 30.0
+    assert np.isnan(run.first_epoch(tl, 2.0))
 
 
 @pytest.mark.full
@@ -138,4 +174,4 @@ def test_full_run_groks_with_weight_decay(tmp_path):
     rows = {r["quantity"]: r for r in json.loads((tmp_path / "grok61" / "results.json").read_text())["rows"]}
     assert rows["test accuracy at the end, λ = 0"]["toolkit"] < 0.1  # memorizes, never generalizes
     assert rows["test accuracy at the end, λ = 0.5"]["toolkit"] > 0.9  # groks
-    assert rows["TL gap L3 − L2 narrows after grokking, stays wide without it"]["verdict"] == "reproduced"
+    assert rows["TL gap L3 − L2 narrows with grokking, stays wide without it"]["verdict"] == "reproduced"
