@@ -115,10 +115,11 @@ def audit_tagged(folder: Path, tags: dict[str, Any]) -> Path:
 
 
 def run_sweep(out: Path, size: Size, tag: str, name: Callable[[float], str],
-              train: Callable[[Path, float], Path]) -> list[Path]:
+              train: Callable[[Path, float], Path], *, across_probes: bool = False) -> list[Path]:
     """For each value of ``size``: ``train(OUT_DIR/name(value), value)``, then audit the run
     into ``OUT_DIR/name(value).zarr`` tagged ``tag=value``; then compare the runs by ``tag``
-    into ``OUT_DIR/compare.nc`` and the report folder ``OUT_DIR/compare/``. The stores."""
+    into ``OUT_DIR/compare.nc`` and the report folder ``OUT_DIR/compare/`` (``across_probes``
+    when each run has probe labels of its own). The stores."""
     from flq_audit.report import compare
 
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,8 @@ def run_sweep(out: Path, size: Size, tag: str, name: Callable[[float], str],
         folder = train(out / name(value), value)
         stores.append(audit_tagged(folder, {tag: value}))
         print(f"{folder}: trained and audited ({time.perf_counter() - started:.0f} s)", flush=True)
-    compare(stores, by=tag, out=out / "compare.nc", report=out / "compare")
+    compare(stores, by=tag, out=out / "compare.nc", report=out / "compare",
+            across_probes=across_probes)
     return stores
 
 
