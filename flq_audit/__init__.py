@@ -10,10 +10,19 @@ from __future__ import annotations
 #: editable install and a source tree never report a stale one.
 __version__ = "0.3.0"
 
-__all__ = ["__version__"]
-
 from flq_audit._accessor_hook import register_accessor_with_xarray as _register
 
 # ``ds.flq`` is registered when xarray is imported (at once if it already is): an audit,
 # which never imports xarray, does not pay for it.
 _register()
+
+__all__ = ["__version__", "open_runs"]
+
+
+def __getattr__(name: str) -> object:
+    """``flq_audit.open_runs`` loads the read side (xarray) on first use."""
+    if name == "open_runs":
+        from flq_audit.api import open_runs
+
+        return open_runs
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

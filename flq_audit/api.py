@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from flq_audit.audit.watch import WatchOptions, WatchReporter, WatchResult
     from flq_audit.metrics import TLOptions
     from flq_audit.reading import Report
+    from flq_audit.reading._compare import compare
+    from flq_audit.reading._runs import open_runs
     from flq_audit.sources import CheckpointRef
     from flq_audit.store import StoreLocation
     from flq_audit.store._repair import RepairResult
@@ -354,7 +356,12 @@ def export(
 
 
 def __getattr__(name: str) -> object:
-    """``AuditPlan`` and ``AuditResult`` load the audit pipeline (and torch) on first use."""
+    """``AuditPlan`` and ``AuditResult`` load the audit pipeline (and torch) on first use;
+    ``open_runs`` and ``compare`` (:mod:`flq_audit.reading`) load xarray."""
+    if name in ("open_runs", "compare"):
+        import flq_audit.reading
+
+        return getattr(flq_audit.reading, name)
     if name in ("AuditPlan", "AuditResult"):
         import flq_audit.audit
 
@@ -368,8 +375,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AuditPlan", "AuditResult", "CaptureOptions", "FLOptions", "RunOptions", "SourceOptions",
-    "TextProbeOptions", "audit", "compute_metrics", "export", "list_checkpoints", "open_store",
-    "plan_audit", "report", "run_audit", "store_summary", "watch",
+    "TextProbeOptions", "audit", "compare", "compute_metrics", "export", "list_checkpoints",
+    "open_runs", "open_store", "plan_audit", "report", "run_audit", "store_summary", "watch",
 ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 #: click's exit status when a write to stdout found no reader (a broken pipe).
 EXIT_BROKEN_PIPE = 1
-COMMANDS = {"audit", "metrics", "show", "export", "report", "demo"}
+COMMANDS = {"audit", "metrics", "show", "export", "report", "compare", "demo"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from typer.core import TyperOption
 from flq_audit.cli import _output
 from flq_audit.cli._audit import audit_command
 from flq_audit.cli._command import Command
+from flq_audit.cli._compare import compare_command
 from flq_audit.cli._errors import mapped
 from flq_audit.cli._options import QuietOpt
 from flq_audit.cli._report import layer_table, report_command
@@ -57,6 +58,7 @@ app.command("metrics", cls=MetricsCommand)(metrics_command)
 app.command("show", cls=Command)(show_command)
 app.command("export", cls=Command)(export_command)
 app.command("report", cls=Command)(report_command)
+app.command("compare", cls=Command)(compare_command)
 
 
 @app.command("demo", cls=Command)

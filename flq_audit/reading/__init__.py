@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from flq_audit.reading._accessor import FlqAccessor, LayerRecord, StepRecord, StoreSummary
 
 if TYPE_CHECKING:
+    from flq_audit.reading._compare import RunComparison, RunVerdict, compare
     from flq_audit.reading._export import NETCDF_ENGINE, metric_variables, to_netcdf
     from flq_audit.reading._figures import (
         gram_spectrum_figure,
@@ -51,9 +52,12 @@ if TYPE_CHECKING:
         sequential_verdict,
         write_report,
     )
+    from flq_audit.reading._runs import open_runs
 
 #: Public name → the private module that defines it, imported on first use.
 _LAZY = {
+    **dict.fromkeys(("RunComparison", "RunVerdict", "compare"), "flq_audit.reading._compare"),
+    "open_runs": "flq_audit.reading._runs",
     **dict.fromkeys(("NETCDF_ENGINE", "metric_variables", "to_netcdf"),
                     "flq_audit.reading._export"),
     **dict.fromkeys(("gram_spectrum_figure", "metric_curves", "short_labels", "tl_heatmap"),
@@ -77,10 +81,11 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "LAYER_COLUMNS", "LAYER_FIELDS", "NEAR_FLOOR_RATIO", "NETCDF_ENGINE", "NETCDF_NAME",
-    "PAGE_NAME", "FlqAccessor", "LayerRecord", "Report", "StepRecord", "StoreSummary",
-    "crossing_lines", "cutoff_lines", "default_folder", "depth_order_sentence", "findings",
-    "fl_step_lines", "floor_lines", "gram_spectrum_figure", "layer_rows", "layer_values",
-    "metric_curves", "metric_variables", "nonfinite_entries", "nonfinite_lines", "prepare_folder",
-    "render_page", "report_groups", "sequential_verdict", "short_labels", "tl_heatmap", "to_netcdf",
-    "write_folder", "write_page", "write_report",
+    "PAGE_NAME", "FlqAccessor", "LayerRecord", "Report", "RunComparison", "RunVerdict",
+    "StepRecord", "StoreSummary", "compare", "crossing_lines", "cutoff_lines", "default_folder",
+    "depth_order_sentence", "findings", "fl_step_lines", "floor_lines", "gram_spectrum_figure",
+    "layer_rows", "layer_values", "metric_curves", "metric_variables", "nonfinite_entries",
+    "nonfinite_lines", "open_runs", "prepare_folder", "render_page", "report_groups",
+    "sequential_verdict", "short_labels", "tl_heatmap", "to_netcdf", "write_folder", "write_page",
+    "write_report",
 ]

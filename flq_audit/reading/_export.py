@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import xarray as xr
@@ -13,7 +14,7 @@ from flq_audit._faults import fault_point
 from flq_audit.errors import ExportError
 from flq_audit.store._safety import check_export_target
 
-NETCDF_ENGINE = "h5netcdf"
+NETCDF_ENGINE: Final = "h5netcdf"
 _BOOKKEEPING = ("done", "error", "sha256", "files")
 
 
@@ -49,6 +50,14 @@ def to_netcdf(
     subset = ds[names]
     subset = subset.assign_attrs(_clean_attrs(ds.attrs))
     _flag_stale(subset, ds)
+    return write_netcdf(subset, out)
+
+
+def write_netcdf(subset: xr.Dataset, out: Path) -> Path:
+    """Write ``subset`` as CF NetCDF4: attributes reduced to strings and numbers, flags as
+    int8 with their meanings, strings as character arrays, float16 as float32; written
+    beside ``out`` and renamed into place."""
+    subset = subset.assign_attrs(_clean_attrs(subset.attrs))
     for name in list(subset.variables):
         var = subset[name]
         if var.dtype == np.float16:
@@ -115,4 +124,4 @@ def _clean_attrs(attrs: dict) -> dict[str, NetCDFAttr]:
     return clean
 
 
-__all__ = ["NETCDF_ENGINE", "NetCDFAttr", "metric_variables", "to_netcdf"]
+__all__ = ["NETCDF_ENGINE", "NetCDFAttr", "metric_variables", "to_netcdf", "write_netcdf"]

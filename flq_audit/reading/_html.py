@@ -137,11 +137,11 @@ def _layer_section(metrics: xr.Dataset) -> list[str]:
             "surrogate, alignment and NC1 (— where there is none).</p>", table]
 
 
-def _figure_section(figures: list[Path]) -> list[str]:
+def _figure_section(figures: list[Path], captions: dict[str, str] | None = None) -> list[str]:
     parts = ['<h2 id="figures">Figures</h2>']
     for path in figures:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        caption = _CAPTIONS.get(Path(path).name, Path(path).name)
+        caption = (captions or _CAPTIONS).get(Path(path).name, Path(path).name)
         parts.append(f'<figure><img src="data:image/png;base64,{data}" '
                      f'alt="{escape(caption)}"><figcaption>{escape(caption)} '
                      f'(<code>{escape(Path(path).name)}</code>)</figcaption></figure>')

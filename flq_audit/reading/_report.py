@@ -86,8 +86,13 @@ def _number(value: float, fmt: str = "{:.3f}") -> str:
 def sequential_verdict(metrics: xr.Dataset) -> str:
     """One line: does t90 increase with depth, and is depth ordered at the last step? The
     verdict is "observed" only when the data supports it; otherwise it says why not."""
-    t90_text, rises = _t90_order(metrics)
-    rho = _last_finite(metrics["depth_spearman"]) if "depth_spearman" in metrics else np.nan
+    return sequential_judgement(metrics)[1]
+
+
+def sequential_judgement(metrics: xr.Dataset) -> tuple[bool, str]:
+    """Whether sequential linearization is observed, and the line that says why."""
+    t90_text, rises = t90_order(metrics)
+    rho = last_finite(metrics["depth_spearman"]) if "depth_spearman" in metrics else np.nan
     rho_text = "undefined" if not np.isfinite(rho) else f"{rho:.2f}"
     against = [] if np.isfinite(rho) and rho > 0.5 else [
         f"ρ {'is undefined' if not np.isfinite(rho) else 'is not above 0.5'} at the last step"]
@@ -102,15 +107,15 @@ def sequential_verdict(metrics: xr.Dataset) -> str:
     observed = rises and not against
     text = (f"{t90_text}; Spearman ρ(depth, TL) at the last step = {rho_text} → sequential "
             f"linearization {'observed' if observed else 'not observed'}")
-    return text + (f" ({'; '.join(against)})" if against else "")
+    return observed, text + (f" ({'; '.join(against)})" if against else "")
 
 
-def _last_finite(values: xr.DataArray) -> float:
+def last_finite(values: xr.DataArray) -> float:
     kept = values.dropna("step")
     return float(kept.values[-1]) if kept.size else float("nan")
 
 
-def _t90_order(metrics: xr.Dataset) -> tuple[str, bool]:
+def t90_order(metrics: xr.Dataset) -> tuple[str, bool]:
     """What t90 over depth shows, and whether it increases (never decreasing, rising at
     least once): equal times, or every layer at the first done step, show no order."""
     times = np.asarray(metrics["t90"].values, dtype=float)

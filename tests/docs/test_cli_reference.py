@@ -14,7 +14,7 @@ from tests._helpers.cli import describe, invoke
 pytestmark = pytest.mark.docs
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
-COMMANDS = ("audit", "metrics", "show", "export", "report", "demo")
+COMMANDS = ("audit", "metrics", "show", "export", "report", "compare", "demo")
 #: ``flq-audit --version`` and ``--debug`` are read before Typer sees the arguments.
 BEFORE_TYPER = {"--version", "-V", "--debug"}
 #: An option line of ``--help``: two spaces, then the option's names.
