@@ -42,9 +42,9 @@ class Size:
     every: int = 20
 
 
-#: The paper's set-up, and a short one (the first width's run is the full run's first 200 epochs).
+#: The paper's set-up, and a short one (the first width's run is the full run's first 100 epochs).
 FULL = Size(widths=(32, 128, 512, 1024), epochs=2000)
-SHORT = Size(widths=(32, 128), epochs=200)
+SHORT = Size(widths=(32, 128), epochs=100)
 
 
 def staircase_data(n: int = N_SAMPLES, d: int = DIM) -> tuple[torch.Tensor, torch.Tensor]:
