@@ -16,16 +16,15 @@ norms); ‖y − ŷ‖²/n is the training MSE.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from flq_audit.recipes import staircase
-from flq_audit.recipes._reproduction import Comparison, Results, write_results
+from flq_audit.recipes._reproduction import Comparison, Results
+from flq_audit.recipes._sizes import command, finish, fresh_store, parse_size, size_name
 
 RIDGE = 0.01
 READOUT = "layers.2"
@@ -227,43 +226,29 @@ def settings(size: staircase.Size) -> dict:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", default="runs/staircase")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--short", action="store_true", help="widths 32 and 128, 100 epochs (default)")
-    group.add_argument("--full", action="store_true", help="the paper's set-up: 4 widths, 2000 epochs")
-    args = parser.parse_args(argv)
-    size = staircase.FULL if args.full else staircase.SHORT
-    out = Path(args.out_dir)
+    out, full = parse_size(argv, description=__doc__.splitlines()[0], default_out="runs/staircase",
+                           short="widths 32 and 128, 100 epochs",
+                           full="the paper's set-up: 4 widths, 2000 epochs")
+    size = staircase.FULL if full else staircase.SHORT
     import torch
 
     torch.set_num_threads(1)  # small matrices: extra threads only add overhead
     folders = staircase.train(out, size)
     norms, stores = {}, []
     for width, folder in folders.items():
-        store = out / f"{staircase.run_name(width)}.zarr"
-        if store.exists():  # a rerun rewrites the checkpoints, so the old store is stale
-            import shutil
-
-            shutil.rmtree(store)
+        store = fresh_store(out / f"{staircase.run_name(width)}.zarr")
         norms[width] = audit_run(folder, store, width)
         stores.append(store)
     compare_runs(stores, out)
     train_mse = {w: json.loads((f / "metrics.json").read_text())["train_mse"][-1]
                  for w, f in folders.items()}
-    spread = seed_spread(min(size.widths), size.epochs) if args.full else None
+    spread = seed_spread(min(size.widths), size.epochs) if full else None
     figure = draw_figure(norms, out / "staircase.png")
-    command = "python recipes/reproduce_staircase.py OUT " + ("--full" if args.full else "--short")
     rows = mse_rows(train_mse, spread, size.epochs) + norm_rows(norms)
     results = Results(experiment="E5", title="Staircase: lazy vs rich features (Fig. 8)",
-                      size="full" if args.full else "short", command=command, rows=rows,
+                      size=size_name(full), command=command("reproduce_staircase.py", full),
+                      rows=rows,
                       figures=[figure.name], settings=settings(size),
                       summary="Norms from the stores (activations, targets, readout weight); "
                               "the final MSE from the training loop.")
-    path = write_results(out, results)
-    print(path)
-    return path
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return finish(out, results)

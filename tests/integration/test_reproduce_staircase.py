@@ -13,6 +13,7 @@ import xarray as xr
 from safetensors.numpy import load_file
 
 from flq_audit.recipes import staircase_report
+from tests._helpers.recipes import run_recipe
 
 pytestmark = pytest.mark.slow
 WIDTHS, EPOCHS = (32, 128), 100  # the short size
@@ -21,10 +22,7 @@ NORMS = ("‖y − ŷ‖", "‖y − y_OLS‖", "‖ŷ − y_OLS‖")
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("staircase")
-    staircase_report.main([str(out), "--short"])
-    record = json.loads((out / "results.json").read_text())
-    return out, record, {row["quantity"]: row for row in record["rows"]}
+    return run_recipe(staircase_report.main, tmp_path_factory.mktemp("staircase"))
 
 
 def _plain_training(width: int, epochs: int) -> float:
