@@ -12,6 +12,8 @@ import xarray as xr
 from safetensors.torch import load_file
 
 from flq_audit.recipes import swiss_roll_report
+from flq_audit.recipes.swiss_roll import InputGradients
+from flq_audit.testing import ExtensionTests
 from tests._helpers.recipes import run_recipe
 
 pytestmark = pytest.mark.slow
@@ -95,3 +97,11 @@ def test_full_size_has_the_papers_frames(tmp_path):
     swiss_roll_report.main([str(tmp_path), "--full"])
     rows = {r["quantity"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
     assert "|ρ(first principal coordinate, t)|, frame 50" in rows
+
+
+class TestInputGradients(ExtensionTests):
+    """The recipe's step extension passes the suite every built-in extension passes."""
+
+    @pytest.fixture
+    def extension(self):
+        return InputGradients()
