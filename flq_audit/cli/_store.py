@@ -191,6 +191,8 @@ def print_summary(summary: StoreSummary) -> None:
     out = _output.stdout
     out.print(f"store   {summary.store} ({human_size(summary.bytes_on_disk or 0)} on disk)")
     out.print(f"source  {summary.source}")
+    if summary.tags:
+        out.print("tags    " + ", ".join(f"{k}={v}" for k, v in summary.tags.items()))
     probe = summary.probe
     if probe:
         out.print(f"probe   {probe.get('name')} ({summary.n_samples} samples, "

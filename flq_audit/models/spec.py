@@ -5,6 +5,9 @@ MLP spec::
     {"type": "mlp", "in_features": 64, "widths": [128, 128, 128, 128],
      "out_features": 10, "activation": "gelu", "bias": true}
 
+and optionally ``"output_scale": 0.03125``, a number multiplying the read-out's output (the
+``1/√width`` of a mean-field output; default 1.0, which leaves the output as the layer gives it).
+
 CNN spec::
 
     {"type": "cnn", "in_channels": 1, "input_size": [8, 8], "channels": [16, 16],
@@ -18,6 +21,7 @@ the CNN) so checkpoints saved from these modules load back by name.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,13 +38,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 
 class MLP(nn.Module):
-    """Fully connected network: ``len(widths)`` hidden layers and a linear read-out."""
+    """Fully connected network: ``len(widths)`` hidden layers and a linear read-out, whose
+    output is multiplied by ``output_scale``."""
 
     def __init__(
         self, in_features: int, widths: list[int], out_features: int,
-        activation: str = "gelu", bias: bool = True,
+        activation: str = "gelu", bias: bool = True, output_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not math.isfinite(output_scale):
+            raise ValueError(f"output_scale must be finite, got {output_scale}")
+        self.output_scale = float(output_scale)
         sizes = [in_features, *widths, out_features]
         self.layers = nn.ModuleList(
             nn.Linear(a, b, bias=bias) for a, b in itertools.pairwise(sizes)
@@ -51,7 +59,8 @@ class MLP(nn.Module):
         x = x.flatten(1)
         for layer in self.layers[:-1]:
             x = self.act(layer(x))
-        return self.layers[-1](x)
+        out = self.layers[-1](x)
+        return out if self.output_scale == 1.0 else out * self.output_scale
 
 
 class CNN(nn.Module):
@@ -103,7 +112,8 @@ def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Modu
             raise ModelBuildError(f"{origin}: {key} must be positive integers, got "
                                   f"{params[key]!r}", path=origin)
     for key, (wanted, what) in _TYPED.items():
-        if key in params and not isinstance(params[key], wanted):
+        if key in params and (not isinstance(params[key], wanted)
+                              or (isinstance(params[key], bool) and wanted is not bool)):
             raise ModelBuildError(f"{origin}: {key} must be {what}, got {params[key]!r} "
                                   f"({type(params[key]).__name__})", path=origin)
     try:
@@ -113,8 +123,10 @@ def build_from_spec(spec: Mapping[str, Any], *, origin: str = "spec") -> nn.Modu
 
 
 #: Spec fields of one JSON type: the type and how messages name it.
-_TYPED: dict[str, tuple[type, str]] = {"bias": (bool, "true or false (a JSON boolean)"),
-                                       "activation": (str, "a string")}
+_TYPED: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "bias": (bool, "true or false (a JSON boolean)"), "activation": (str, "a string"),
+    "output_scale": ((int, float), "a number"),
+}
 #: Spec fields that are sizes: positive integers (or lists of them).
 _SIZES = {"in_features", "out_features", "widths", "in_channels", "channels", "kernel_sizes",
           "num_classes"}

@@ -79,7 +79,8 @@ def depth_positions(n_layers: int) -> np.ndarray:
 
 def depth_alignment(layer_lists: list[list[str]]) -> tuple[list[str], list[list[int]]]:
     """Align layers by relative depth: the run with the fewest layers sets the grid, and each
-    run contributes, at each grid point, its layer nearest in relative depth.
+    run contributes, at each grid point, its layer nearest in relative depth (the shallower
+    of two equally near).
 
     Returns the grid's labels (``"d0.50"``) and, per run, the chosen layer indices.
 
@@ -87,8 +88,9 @@ def depth_alignment(layer_lists: list[list[str]]) -> tuple[list[str], list[list[
     (['d0.00', 'd0.50', 'd1.00'], [[0, 1, 2], [0, 2, 4]])
     """
     grid = depth_positions(min(len(layers) for layers in layer_lists))
-    chosen = [[int(np.argmin(np.abs(depth_positions(len(layers)) - g))) for g in grid]
-              for layers in layer_lists]
+    # distances rounded so that a tie (0.5 between 1/3 and 2/3) goes to the shallower layer
+    chosen = [[int(np.argmin(np.round(np.abs(depth_positions(len(layers)) - g), 9)))
+               for g in grid] for layers in layer_lists]
     return [f"d{g:.2f}" for g in grid], chosen
 
 

@@ -35,6 +35,7 @@ def train(
     total_steps: int = 3000,
     lr: float = 0.05,
     momentum: float = 0.9,
+    weight_decay: float = 0.0,
     batch_size: int = 64,
     seed: int = 0,
     progress: TrainingProgress | None = None,
@@ -52,7 +53,8 @@ def train(
     x = torch.tensor(data.data / 16.0, dtype=torch.float32)
     y = torch.tensor(data.target, dtype=torch.long)
     model = build_from_spec(SPEC)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     schedule = set(log_schedule(total_steps))
     batches = shuffled_batches(len(x), batch_size, torch.Generator().manual_seed(seed))
@@ -78,8 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", nargs="?", default="digits-mlp-checkpoints")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay")
     args = parser.parse_args(argv)
-    print(train(args.out_dir, total_steps=args.steps, seed=args.seed))
+    print(train(args.out_dir, total_steps=args.steps, seed=args.seed,
+                weight_decay=args.weight_decay))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 
 from flq_audit._gram_forms import stored_forms
 from flq_audit._stamps import metric_status, stale_groups
+from flq_audit._tags import stored_tags
 from flq_audit.store._location import StoreLocation
 
 
@@ -65,6 +66,8 @@ class StoreSummary:
     stale_metrics: list[str] = field(default_factory=list)
     incomplete_metrics: list[str] = field(default_factory=list)
     stale_groups: dict[str, list[int]] = field(default_factory=dict)
+    #: The run's ``--tag`` values (:mod:`flq_audit._tags`).
+    tags: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_done(self) -> int:
@@ -106,6 +109,7 @@ def summarize(ds: Any, *, store: str | None, bytes_on_disk: int | None) -> Store
         stale_metrics=sorted(n for n, s in status.items() if s == "stale"),
         incomplete_metrics=sorted(n for n, s in status.items() if s == "incomplete"),
         stale_groups={tag: list(counts) for tag, counts in stale_groups(ds).items()},
+        tags=stored_tags(ds.attrs),
     )
 
 

@@ -72,6 +72,33 @@ def test_spec_without_bias():
     assert sorted(module.state_dict()) == ["layers.0.weight", "layers.1.weight", "layers.2.weight"]
 
 
+def test_output_scale_multiplies_the_readout():
+    torch.manual_seed(0)
+    plain = build_from_spec({**MLP_SPEC, "bias": False})
+    scaled = build_from_spec({**MLP_SPEC, "bias": False, "output_scale": 0.25})
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 6)
+    hidden = torch.nn.functional.gelu(torch.nn.functional.gelu(x @ plain.layers[0].weight.T)
+                                      @ plain.layers[1].weight.T)
+    expected = 0.25 * (hidden @ plain.layers[2].weight.T)
+    torch.testing.assert_close(scaled(x), expected)
+    assert sorted(scaled.state_dict()) == sorted(plain.state_dict())  # not a parameter
+    assert build_from_spec(MLP_SPEC).output_scale == 1.0
+    assert build_from_spec({**MLP_SPEC, "output_scale": 2}).output_scale == 2.0
+
+
+@pytest.mark.parametrize("scale", ["0.5", True, None, [1.0]])
+def test_output_scale_must_be_a_number(scale):
+    with pytest.raises(ModelBuildError,
+                       match=rf"output_scale must be a number, got .* \({type(scale).__name__}\)"):
+        build_from_spec({**MLP_SPEC, "output_scale": scale})
+
+
+def test_output_scale_must_be_finite():
+    with pytest.raises(ModelBuildError, match="output_scale must be finite"):
+        build_from_spec({**MLP_SPEC, "output_scale": float("nan")})
+
+
 def test_spec_round_trip_loads_its_own_checkpoint(tmp_path):
     spec = _spec_file(tmp_path, MLP_SPEC)
     torch.manual_seed(1)

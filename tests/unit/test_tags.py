@@ -53,6 +53,10 @@ def test_tags_are_stored_and_a_later_audit_merges_its_own(run_dir, tmp_path) -> 
     assert _tags(store) == {"weight_decay": 0.5, "opt": "adamw", "seed": 3}
     api.audit(str(run_dir), out=store)  # nothing to do, no tags: the tags stay
     assert _tags(store) == {"weight_decay": 0.5, "opt": "adamw", "seed": 3}
+    assert api.store_summary(store).tags == _tags(store)  # what show prints
+    assert api.open_store(store).flq.summary().tags == _tags(store)
+    shown = invoke("show", store)
+    assert "tags    opt=adamw, seed=3, weight_decay=0.5" in shown.output
 
 
 def test_cli_tag_option(run_dir, tmp_path) -> None:
