@@ -23,7 +23,7 @@ from flq_audit.constants import LAYER, STEP
 from flq_audit.errors import MetricError, OptionError
 from flq_audit.reading._export import metric_variables, write_netcdf
 from flq_audit.reading._report import last_finite, sequential_judgement, t90_order
-from flq_audit.reading._runs import RUN, Alignment, open_runs
+from flq_audit.reading._runs import RUN, Alignment, open_runs, run_view
 from flq_audit.store import StoreLocation, open_dataset
 from flq_audit.store._safety import check_export_target
 
@@ -102,15 +102,6 @@ def comparison_metrics(combined: xr.Dataset) -> xr.Dataset:
     return metrics.drop_vars(unused + [d for d in metrics.coords
                                        if d in metrics.dims and d not in (RUN, STEP, LAYER)
                                        and d not in metrics.sizes])
-
-
-def run_view(metrics: xr.Dataset, run: str) -> xr.Dataset:
-    """One run's metrics on its own done steps and its own layers."""
-    one = metrics.sel({RUN: run})
-    one = one.isel({STEP: np.flatnonzero(np.asarray(one["done"].values, dtype=bool))})
-    if "depth" in one.coords:
-        one = one.isel({LAYER: np.flatnonzero(np.asarray(one["depth"].values) >= 0)})
-    return one
 
 
 def judge(one: xr.Dataset, run: str, by_value: float | str | None) -> RunVerdict:

@@ -31,7 +31,7 @@ from flq_audit.reading._figures import (
     _wrapped,
     short_labels,
 )
-from flq_audit.reading._runs import RUN
+from flq_audit.reading._runs import RUN, run_view
 
 #: Panels per row of the small multiples.
 RUN_COLUMNS = 5
@@ -83,8 +83,6 @@ def _run_key(fig: Figure, axes: list, metrics: xr.Dataset, by: str | None) -> No
 
 
 def _own(metrics: xr.Dataset, run: str) -> xr.Dataset:
-    from flq_audit.reading._compare import run_view
-
     return run_view(metrics, run)
 
 

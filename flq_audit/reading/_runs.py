@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from flq_audit._tags import stored_tags
-from flq_audit.constants import LAYER
+from flq_audit.constants import LAYER, STEP
 from flq_audit.errors import OptionError, StoreMismatchError
 from flq_audit.store import StoreLocation, open_dataset
 
@@ -230,3 +230,12 @@ def _combined_attrs(datasets: list[xr.Dataset], labels: list[str],
         "dimensions_padded": json.dumps(sorted({str(d) for ds in datasets for d in ds.dims
                                                 if ds.sizes[d] != combined.sizes.get(d)})),
     }
+
+
+def run_view(metrics: xr.Dataset, run: str) -> xr.Dataset:
+    """One run's metrics on its own done steps and its own layers."""
+    one = metrics.sel({RUN: run})
+    one = one.isel({STEP: np.flatnonzero(np.asarray(one["done"].values, dtype=bool))})
+    if "depth" in one.coords:
+        one = one.isel({LAYER: np.flatnonzero(np.asarray(one["depth"].values) >= 0)})
+    return one
