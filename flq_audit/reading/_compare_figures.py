@@ -82,10 +82,6 @@ def _run_key(fig: Figure, axes: list, metrics: xr.Dataset, by: str | None) -> No
                title_fontsize=8, ncols=1 if len(labels) <= 20 else 2)
 
 
-def _own(metrics: xr.Dataset, run: str) -> xr.Dataset:
-    return run_view(metrics, run)
-
-
 def tl_by_run_figure(metrics: xr.Dataset, by: str | None = None, *,
                      title: str = "Target Linearity of each layer over training, per run") -> Figure:
     """Small multiples: one panel per run, one line per layer (coloured by depth)."""
@@ -98,7 +94,7 @@ def tl_by_run_figure(metrics: xr.Dataset, by: str | None = None, *,
     colours = [tuple(c) for c in _viridis(len(layer_names))]
     labels = short_labels(layer_names)
     for ax, run, label in zip(axes, runs, run_labels(metrics, by), strict=False):
-        one = _own(metrics, run)
+        one = run_view(metrics, run)
         steps = one[STEP].values.astype(float)
         for colour, layer, short in zip(colours, layer_names, labels, strict=True):
             if layer in one[LAYER].values:
@@ -138,7 +134,7 @@ def depth_profile_figure(metrics: xr.Dataset, by: str | None = None) -> Figure:
     positions = np.arange(len(layer_names))
     for run, label, colour in zip(metrics[RUN].values, run_labels(metrics, by),
                                   run_colours(metrics, by), strict=True):
-        one = _own(metrics, str(run))
+        one = run_view(metrics, str(run))
         if not one.sizes[STEP]:
             continue
         last = one[TL].isel({STEP: -1})

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flq_audit._tags import stored_tags
+
 #: The paper's L1..L3 of a 3-hidden-layer MLP: the outputs of its hidden layers. A store row
 #: ``layers.k`` is the *input* of the k-th Linear (docs/concepts.md), so L1..L3 are the
 #: store's ``layers.1``..``layers.3`` (``layers.0`` is the raw input).
@@ -61,7 +63,7 @@ def load_curves(store: Path, tag: str, layers: Sequence[str] = tuple(PAPER_LAYER
     folder = store.parent / store.name.removesuffix(".zarr")
     by_step = {c["step"]: c for c in json.loads((folder / "metrics.json").read_text())["checkpoints"]}
     rows = [by_step[int(step)] for step in ds["step"].values]
-    return Curves(value=float(json.loads(ds.attrs["tags"])[tag]),
+    return Curves(value=float(stored_tags(ds.attrs)[tag]),
                   epochs=np.array([r["epoch"] for r in rows], dtype=float),
                   tl=np.asarray(ds["target_linearity"].sel(layer=list(layers)).values, dtype=float),
                   train_accuracy=np.array([r["train_accuracy"] for r in rows], dtype=float),

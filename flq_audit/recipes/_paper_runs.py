@@ -102,15 +102,15 @@ def train_epochs(
 
 
 def audit_tagged(folder: Path, tags: dict[str, Any]) -> Path:
-    """Audit a run folder into ``<folder>.zarr`` with ``tags`` and compute its TL; the store."""
-    from flq_audit.api import audit, compute_metrics
+    """Audit a run folder into ``<folder>.zarr`` with ``tags``; the store (its metrics are
+    computed by the comparison that follows)."""
+    from flq_audit.api import audit
     from flq_audit.errors import UnauditedFilesWarning
 
     store = folder.parent / f"{folder.name}.zarr"
     with warnings.catch_warnings():  # metrics.json and test_probe.npz are not checkpoints
         warnings.simplefilter("ignore", UnauditedFilesWarning)
         audit(str(folder), out=str(store), tags=tags)
-    compute_metrics(store, metrics=("tl",))
     return store
 
 
